@@ -1,0 +1,6 @@
+"""Networks: per-agent utility networks and mixers."""
+
+from resq_torchrl.modules.agents import AgentMLP, make_agent_qnet
+from resq_torchrl.modules.mixers import FeedForwardMixer, QMixer, VDNMixer
+
+__all__ = ["AgentMLP", "make_agent_qnet", "FeedForwardMixer", "QMixer", "VDNMixer"]

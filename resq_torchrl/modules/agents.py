@@ -1,0 +1,99 @@
+"""Per-agent utility networks with parameters shared across agents."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.modules import MLP
+
+
+class AgentMLP(nn.Module):
+    """An MLP applied to every agent with one set of parameters.
+
+    Shapes:
+        input ``observation``: ``[*B, N, obs_dim]``
+        output ``action_value``: ``[*B, N, n_actions]``
+
+    With ``agent_id=True`` a one-hot agent index (``N`` features) is appended to each
+    agent's observation, so agents sharing parameters can still learn different utilities.
+
+    Args:
+        obs_dim: per-agent observation size.
+        n_actions: number of discrete actions (output size).
+        n_agents: number of agents ``N``.
+        hidden: hidden layer sizes.
+        agent_id: append a one-hot agent id to the input.
+        device: parameter device.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        n_agents: int,
+        hidden: Sequence[int] = (64,),
+        agent_id: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if n_agents < 1 or n_actions < 1 or obs_dim < 1:
+            raise ValueError(
+                f"AgentMLP needs positive sizes, got obs_dim={obs_dim}, "
+                f"n_actions={n_actions}, n_agents={n_agents}"
+            )
+        self.obs_dim = obs_dim
+        self.n_actions = n_actions
+        self.n_agents = n_agents
+        self.agent_id = agent_id
+        in_features = obs_dim + (n_agents if agent_id else 0)
+        self.net = MLP(
+            in_features=in_features,
+            out_features=n_actions,
+            num_cells=list(hidden),
+            activation_class=nn.ReLU,
+            device=device,
+        )
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        if observation.shape[-2:] != (self.n_agents, self.obs_dim):
+            raise ValueError(
+                f"AgentMLP was built for {self.n_agents} agents with {self.obs_dim} observation "
+                f"features (expected [..., {self.n_agents}, {self.obs_dim}]), got observation "
+                f"of shape {tuple(observation.shape)}"
+            )
+        x = observation.to(self.net[0].weight.dtype)
+        if self.agent_id:
+            eye = torch.eye(self.n_agents, device=x.device, dtype=x.dtype)
+            x = torch.cat([x, eye.expand(*x.shape[:-1], self.n_agents)], dim=-1)
+        return self.net(x)
+
+
+def make_agent_qnet(
+    obs_dim: int,
+    n_actions: int,
+    n_agents: int,
+    hidden: Sequence[int] = (64,),
+    agent_id: bool = True,
+    device: torch.device | str | None = None,
+    in_key: NestedKey = ("agents", "observation"),
+    out_key: NestedKey = ("agents", "action_value"),
+) -> TensorDictModule:
+    """An :class:`AgentMLP` as a ``TensorDictModule`` reading ``in_key`` and writing ``out_key``.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> qnet = make_agent_qnet(obs_dim=4, n_actions=3, n_agents=2)
+        >>> td = TensorDict({("agents", "observation"): torch.zeros(5, 2, 4)}, [5])
+        >>> qnet(td)["agents", "action_value"].shape
+        torch.Size([5, 2, 3])
+    """
+    return TensorDictModule(
+        AgentMLP(obs_dim, n_actions, n_agents, hidden, agent_id, device),
+        in_keys=[in_key],
+        out_keys=[out_key],
+    )

@@ -1,0 +1,123 @@
+"""Mixing networks: per-agent chosen utilities ``[*B, N, 1]`` and a state ``[*B, S]`` -> ``[*B, 1]``.
+
+All mixers subclass torchrl's :class:`~torchrl.modules.models.multiagent.Mixer`, which checks
+the agent count and the state shape and flattens batch dimensions for us; each class here only
+writes ``mix``. torchrl's own ``QMixer`` has one-layer hypernetworks, so the pymarl two-layer
+variant used by the QMIX/ResQ reference configs is written here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrl.modules.models.multiagent import Mixer, VDNMixer
+
+__all__ = ["VDNMixer", "QMixer", "FeedForwardMixer"]
+
+
+def _mlp_head(in_dim: int, embed_dim: int, device) -> nn.Sequential:
+    """``Linear -> ReLU -> Linear(1)``: the state value ``V(s)`` used as the last bias."""
+    return nn.Sequential(
+        nn.Linear(in_dim, embed_dim, device=device),
+        nn.ReLU(),
+        nn.Linear(embed_dim, 1, device=device),
+    )
+
+
+class QMixer(Mixer):
+    """QMIX mixer (Rashid et al. 2018) with two-layer hypernetworks, as in pymarl.
+
+    ``Q_tot = elu(q^T |W1(s)| + b1(s)) |W2(s)| + V(s)``: monotonic in every agent's utility
+    because both hypernetwork outputs pass through ``abs``.
+
+    Shapes: ``chosen_action_value [*B, N, 1]``, ``state [*B, S]`` -> ``[*B, 1]``.
+
+    Args:
+        n_agents: number of agents ``N``.
+        state_dim: state size ``S``.
+        mixing_embed_dim: width of the mixing layer (reference: 32).
+        hypernet_embed: hidden width of the hypernetworks (reference: 64).
+        hypernet_layers: 1 (linear hypernetworks) or 2 (reference).
+        device: parameter device.
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        state_dim: int,
+        mixing_embed_dim: int = 32,
+        hypernet_embed: int = 64,
+        hypernet_layers: int = 2,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
+        )
+        self.embed_dim = mixing_embed_dim
+        self.state_dim = state_dim
+
+        def hyper(out_dim: int) -> nn.Module:
+            if hypernet_layers == 1:
+                return nn.Linear(state_dim, out_dim, device=device)
+            if hypernet_layers == 2:
+                return nn.Sequential(
+                    nn.Linear(state_dim, hypernet_embed, device=device),
+                    nn.ReLU(),
+                    nn.Linear(hypernet_embed, out_dim, device=device),
+                )
+            raise ValueError(f"hypernet_layers must be 1 or 2, got {hypernet_layers}")
+
+        self.hyper_w_1 = hyper(mixing_embed_dim * n_agents)
+        self.hyper_w_final = hyper(mixing_embed_dim)
+        self.hyper_b_1 = nn.Linear(state_dim, mixing_embed_dim, device=device)
+        self.V = _mlp_head(state_dim, mixing_embed_dim, device)
+
+    def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        batch = chosen_action_value.shape[:-2]
+        state = state.reshape(-1, self.state_dim)
+        q = chosen_action_value.reshape(-1, 1, self.n_agents)
+        w1 = self.hyper_w_1(state).abs().view(-1, self.n_agents, self.embed_dim)
+        b1 = self.hyper_b_1(state).view(-1, 1, self.embed_dim)
+        hidden = nn.functional.elu(torch.bmm(q, w1) + b1)
+        w_final = self.hyper_w_final(state).abs().view(-1, self.embed_dim, 1)
+        v = self.V(state).view(-1, 1, 1)
+        return (torch.bmm(hidden, w_final) + v).view(*batch, 1)
+
+
+class FeedForwardMixer(Mixer):
+    """Unconstrained mixer: Weighted QMIX's central ``Q*`` mixer, and ResQ's residual ``R``.
+
+    ``f([s, q_1..q_N]) + V(s)`` with ``f = Linear -> ReLU -> Linear -> ReLU -> Linear(1)``.
+    Not monotonic: it can represent any joint action-value, which is what the central
+    ``Q*`` of ResQ and Weighted QMIX needs, and what ResQ mixes into the residual ``R``
+    (``ResQLoss`` turns it into ``Q_r = -|R|``, as in the reference code's ``rest_mixer``).
+
+    Shapes: ``chosen_action_value [*B, N, 1]``, ``state [*B, S]`` -> ``[*B, 1]``.
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        state_dim: int,
+        embed_dim: int = 128,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
+        )
+        self.state_dim = state_dim
+        self.net = nn.Sequential(
+            nn.Linear(state_dim + n_agents, embed_dim, device=device),
+            nn.ReLU(),
+            nn.Linear(embed_dim, embed_dim, device=device),
+            nn.ReLU(),
+            nn.Linear(embed_dim, 1, device=device),
+        )
+        self.V = _mlp_head(state_dim, embed_dim, device)
+
+    def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        batch = chosen_action_value.shape[:-2]
+        state = state.reshape(-1, self.state_dim).to(chosen_action_value.dtype)
+        q = chosen_action_value.reshape(-1, self.n_agents)
+        out = self.net(torch.cat([state, q], dim=-1)) + self.V(state)
+        return out.view(*batch, 1)

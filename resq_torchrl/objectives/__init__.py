@@ -1,0 +1,23 @@
+"""Value-factorization losses as TorchRL ``LossModule``s, one per file, sharing ``common``."""
+
+from resq_torchrl.objectives.common import (
+    ValueFactorizationLoss,
+    gather_chosen,
+    is_greedy_joint_action,
+    masked_greedy,
+    masked_mean,
+)
+from resq_torchrl.objectives.qmix import QMIXLoss
+from resq_torchrl.objectives.resq import ResQLoss
+from resq_torchrl.objectives.vdn import VDNLoss
+
+__all__ = [
+    "ValueFactorizationLoss",
+    "QMIXLoss",
+    "VDNLoss",
+    "ResQLoss",
+    "gather_chosen",
+    "is_greedy_joint_action",
+    "masked_greedy",
+    "masked_mean",
+]

@@ -1,0 +1,339 @@
+"""Machinery shared by every value-factorization loss, written once.
+
+* :func:`gather_chosen` - per-agent utility of the taken action.
+* :func:`masked_greedy` - per-agent greedy action among available actions.
+* :func:`is_greedy_joint_action` - whether a joint action is the agents' greedy tuple.
+* :func:`masked_mean` - mean over real (non-padded) samples.
+* :class:`ValueFactorizationLoss` - the ``LossModule`` base: accepted keys, functional
+  networks with optional target parameters, running a network with online or target
+  parameters, mixing, input validation and the bootstrapped target.
+
+torchrl provides the TD(0) return (``td0_return_estimate``) that we call; what it does not
+provide is a double-Q bootstrap that evaluates one network (the target) at the greedy
+action of another (the online agents) across several mixers, so that part is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey, unravel_key
+from torch import nn
+from torchrl.modules.models.multiagent import Mixer
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.value.functional import td0_return_estimate
+
+__all__ = [
+    "gather_chosen",
+    "masked_greedy",
+    "is_greedy_joint_action",
+    "masked_mean",
+    "ValueFactorizationLoss",
+]
+
+
+def gather_chosen(action_value: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Utility of the taken action.
+
+    Args:
+        action_value: ``[*B, N, A]`` per-agent utilities.
+        action: ``[*B, N]`` integer actions (a trailing singleton dim is accepted).
+
+    Returns:
+        ``[*B, N, 1]``.
+    """
+    if action.shape == action_value.shape[:-1]:
+        action = action.unsqueeze(-1)
+    if action.shape != (*action_value.shape[:-1], 1):
+        raise ValueError(
+            f"action of shape {tuple(action.shape)} does not match action values of shape "
+            f"{tuple(action_value.shape)} (expected [*B, N] actions for [*B, N, A] values)"
+        )
+    n_actions = action_value.shape[-1]
+    if action.numel() and (action.min() < 0 or action.max() >= n_actions):
+        raise ValueError(
+            f"actions must lie in [0, {n_actions}), got values in "
+            f"[{int(action.min())}, {int(action.max())}]"
+        )
+    return action_value.gather(-1, action.long())
+
+
+def masked_greedy(
+    action_value: torch.Tensor,
+    action_mask: torch.Tensor | None = None,
+    ignore: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-agent greedy action among the available ones.
+
+    Args:
+        action_value: ``[*B, N, A]``.
+        action_mask: ``[*B, N, A]`` bool, ``True`` where the action is available; ``None``
+            means every action is available.
+        ignore: ``[*B]`` or ``[*B, 1]`` bool marking samples whose mask is not checked
+            (padding, or next states after termination, whose values are never used).
+
+    Returns:
+        ``[*B, N]`` int64 actions; an unavailable action is never returned for a checked
+        sample.
+
+    Raises:
+        ValueError: when a checked agent has no available action.
+    """
+    if action_mask is None:
+        return action_value.argmax(-1)
+    if action_mask.shape != action_value.shape:
+        raise ValueError(
+            f"action_mask of shape {tuple(action_mask.shape)} does not match action values of "
+            f"shape {tuple(action_value.shape)}"
+        )
+    action_mask = action_mask.bool()
+    empty = ~action_mask.any(-1)  # [*B, N]
+    if ignore is not None:
+        ignore = ignore.reshape(*empty.shape[:-1], 1).bool()
+        empty = empty & ~ignore
+    if empty.any():
+        where = empty.nonzero()[0].tolist()
+        raise ValueError(
+            f"action_mask has an agent with no available action (first at batch index "
+            f"{where[:-1]}, agent {where[-1]}); every agent needs at least one available action"
+        )
+    lowest = torch.finfo(action_value.dtype).min
+    return action_value.masked_fill(~action_mask, lowest).argmax(-1)
+
+
+def is_greedy_joint_action(action: torch.Tensor, greedy_action: torch.Tensor) -> torch.Tensor:
+    """``[*B, N]`` x ``[*B, N]`` -> ``[*B, 1]`` bool: every agent took its greedy action."""
+    return (action.reshape(greedy_action.shape) == greedy_action).all(-1, keepdim=True)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``x`` ``[*B, 1]`` over samples where ``mask`` (``[*B]`` or ``[*B, 1]``) holds."""
+    if mask is None:
+        return x.mean()
+    mask = mask.reshape(x.shape).to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class ValueFactorizationLoss(LossModule):
+    """Base of every value-factorization loss (VDN, QMIX, ResQ, ...).
+
+    Subclasses register their networks with :meth:`_register_agent_network` and
+    :meth:`_register_mixer`, implement :meth:`joint_q` (the joint values of the taken actions,
+    with gradient) and :meth:`forward`. This class owns the data vocabulary, input
+    validation, running networks with online or target parameters, and the double-Q target.
+
+    Data (``*B`` is any batch shape; ``N`` agents, ``A`` actions, ``S`` state features):
+        ``tensor_keys.action`` ``[*B, N]``, ``tensor_keys.action_mask`` ``[*B, N, A]``
+        (optional), ``tensor_keys.state`` ``[*B, S]``, the agent networks' inputs, and under
+        ``"next"``: the same observations/state/mask plus ``reward`` ``[*B, 1]``,
+        ``terminated`` and ``done`` ``[*B, 1]``. ``tensor_keys.padding_mask``
+        (``("collector", "mask")``) marks real samples when present.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys read or written by the loss; change them with ``set_keys``.
+
+        Attributes:
+            action: per-agent taken actions ``[*B, N]``. Default ``("agents", "action")``.
+            action_value: where agent networks write utilities ``[*B, N, A]``.
+                Default ``("agents", "action_value")``.
+            action_mask: available actions ``[*B, N, A]``; optional in the data.
+                Default ``("agents", "action_mask")``.
+            state: global state ``[*B, S]`` fed to the mixers. Default ``"state"``.
+            reward: team reward ``[*B, 1]`` (read under ``"next"``). Default ``"reward"``.
+            done: episode end ``[*B, 1]`` (read under ``"next"``). Default ``"done"``.
+            terminated: true termination ``[*B, 1]``; targets do not bootstrap through it.
+                Default ``"terminated"``.
+            padding_mask: real-sample mask ``[*B]``; optional. Default ``("collector", "mask")``.
+            priority: written back with the per-sample absolute TD error ``[*B, 1]``.
+                Default ``"td_error"``.
+        """
+
+        action: NestedKey = ("agents", "action")
+        action_value: NestedKey = ("agents", "action_value")
+        action_mask: NestedKey = ("agents", "action_mask")
+        state: NestedKey = "state"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        padding_mask: NestedKey = ("collector", "mask")
+        priority: NestedKey = "td_error"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+
+    def __init__(self, *, gamma: float = 0.99) -> None:
+        super().__init__()
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        self.gamma = gamma
+        self._agent_network_names: list[str] = []
+        self._mixer_names: list[str] = []
+
+    # ----------------------------------------------------------------- registration
+    def _register_agent_network(
+        self, name: str, network: TensorDictModule, *, target: bool
+    ) -> None:
+        """Store ``network`` functionally as ``self.<name>`` with ``self.<name>_params`` and,
+        when ``target``, a detached copy ``self.target_<name>_params``."""
+        if not isinstance(network, TensorDictModule):
+            raise TypeError(
+                f"{name} must be a TensorDictModule writing {self.tensor_keys.action_value!r}, "
+                f"got {type(network).__name__}"
+            )
+        self.convert_to_functional(network, name, create_target_params=target)
+        self._agent_network_names.append(name)
+
+    def _register_mixer(self, name: str, mixer: nn.Module, *, target: bool) -> None:
+        """Store a torchrl :class:`Mixer` (or a ``TensorDictModule`` wrapping one)."""
+        if isinstance(mixer, TensorDictModule):
+            mixer = mixer.module
+        if not isinstance(mixer, Mixer):
+            raise TypeError(
+                f"{name} must be a torchrl Mixer (or a TensorDictModule wrapping one), "
+                f"got {type(mixer).__name__}"
+            )
+        self.convert_to_functional(mixer, name, create_target_params=target)
+        self._mixer_names.append(name)
+
+    # ----------------------------------------------------------------- validation
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = {self.tensor_keys.action, self.tensor_keys.state, ("next", self.tensor_keys.state)}
+        for k in (self.tensor_keys.reward, self.tensor_keys.done, self.tensor_keys.terminated):
+            keys.add(("next", k))
+        for name in self._agent_network_names:
+            for k in getattr(self, name).in_keys:
+                keys |= {k, ("next", k)}
+        return sorted({unravel_key(k) for k in keys}, key=str)
+
+    def _check_input(self, tensordict: TensorDictBase) -> None:
+        """Raise a ``KeyError`` naming the first required key missing from the input."""
+        present = set(tensordict.keys(include_nested=True, leaves_only=True))
+        for key in self.in_keys:
+            if key not in present:
+                raise KeyError(
+                    f"{type(self).__name__}: the input tensordict has no key {key!r} "
+                    f"(required: {self.in_keys}); rename keys with loss.set_keys(...)"
+                )
+
+    # ----------------------------------------------------------------- networks
+    def _params(self, name: str, target: bool) -> TensorDictBase:
+        return getattr(self, f"target_{name}_params" if target else f"{name}_params")
+
+    def _agent_q(self, name: str, tensordict: TensorDictBase, *, target: bool = False):
+        """Run agent network ``name`` on ``tensordict`` (online or target parameters).
+
+        Returns:
+            ``[*B, N, A]`` utilities read from ``tensor_keys.action_value``.
+        """
+        network = getattr(self, name)
+        td = tensordict.copy()  # shallow: the network's outputs do not leak into the input
+        with self._params(name, target).to_module(network, preserve_module_state=False):
+            network(td)
+        return td.get(self.tensor_keys.action_value)
+
+    def _mix(
+        self,
+        name: str,
+        chosen: torch.Tensor,
+        state: torch.Tensor,
+        *,
+        target: bool = False,
+    ) -> torch.Tensor:
+        """Mix ``chosen`` ``[*B, N, 1]`` with ``state`` ``[*B, S]`` into ``[*B, 1]``."""
+        mixer = getattr(self, name)
+        if chosen.shape[-2] != mixer.n_agents:
+            raise ValueError(
+                f"{type(self).__name__}: the data has {chosen.shape[-2]} agents but {name} "
+                f"was built for {mixer.n_agents}"
+            )
+        with self._params(name, target).to_module(mixer, preserve_module_state=False):
+            return mixer(chosen, state) if mixer.needs_state else mixer(chosen)
+
+    def _mask(self, tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor | None:
+        return tensordict.get(key, None)
+
+    def _padding(self, tensordict: TensorDictBase) -> torch.Tensor | None:
+        return tensordict.get(self.tensor_keys.padding_mask, None)
+
+    # ----------------------------------------------------------------- targets
+    def _next_greedy(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """Greedy next actions of the *online* main agents ``[*B, N]`` (double Q)."""
+        next_td = tensordict.get("next")
+        with torch.no_grad():
+            q_next = self._agent_q("agent_network", next_td)
+        terminated = next_td.get(self.tensor_keys.terminated)
+        return masked_greedy(q_next, self._mask(next_td, self.tensor_keys.action_mask), terminated)
+
+    def _target_value(self, tensordict: TensorDictBase, agent: str, mixer: str) -> torch.Tensor:
+        """Bootstrapped double-Q target ``y`` ``[*B, 1]``.
+
+        The next-state value is the *target* parameters of ``agent``/``mixer`` evaluated at the
+        online main agents' greedy next actions; ``y = r + gamma * (1 - terminated) * V'``.
+        Truncation does not stop the bootstrap.
+        """
+        next_td = tensordict.get("next")
+        greedy = self._next_greedy(tensordict)
+        with torch.no_grad():
+            q_next = self._agent_q(agent, next_td, target=True)
+            next_value = self._mix(
+                mixer,
+                gather_chosen(q_next, greedy),
+                next_td.get(self.tensor_keys.state),
+                target=True,
+            )
+            reward = next_td.get(self.tensor_keys.reward).to(next_value.dtype)
+            terminated = next_td.get(self.tensor_keys.terminated).bool()
+            return td0_return_estimate(
+                self.gamma,
+                next_value,
+                reward.reshape(next_value.shape),
+                terminated.reshape(next_value.shape),
+            )
+
+    # ----------------------------------------------------------------- joint values
+    def _main_joint(self, tensordict: TensorDictBase) -> TensorDict:
+        """Main utilities, their greedy tuple and the mixed ``Q_tot`` of the taken action."""
+        q = self._agent_q("agent_network", tensordict)
+        action = tensordict.get(self.tensor_keys.action)
+        greedy = masked_greedy(
+            q.detach(),
+            self._mask(tensordict, self.tensor_keys.action_mask),
+            None if (pad := self._padding(tensordict)) is None else ~pad.bool(),
+        )
+        q_tot = self._mix("mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state))
+        return TensorDict(
+            {"action_value": q, "greedy_action": greedy, "q_tot": q_tot},
+            batch_size=tensordict.batch_size,
+        )
+
+    def joint_q(self, tensordict: TensorDictBase) -> TensorDict:
+        """Joint values of the taken actions with the online parameters (with gradient).
+
+        Returns a ``TensorDict`` of batch ``[*B]`` with ``action_value`` ``[*B, N, A]`` (main
+        utilities), ``greedy_action`` ``[*B, N]``, ``q_tot`` ``[*B, 1]`` (the monotonic main
+        function) and ``q_jt`` ``[*B, 1]`` (the joint value the method represents); methods
+        with a residual add ``q_r`` and ``w_r``.
+        """
+        raise NotImplementedError
+
+    def _finish(
+        self,
+        tensordict: TensorDictBase,
+        td_error: torch.Tensor,
+        losses: dict[str, torch.Tensor],
+        diagnostics: dict[str, torch.Tensor],
+    ) -> TensorDict:
+        """Write the priority back and pack losses and detached diagnostics."""
+        pad = self._padding(tensordict)
+        abs_err = td_error.detach().abs()
+        tensordict.set(self.tensor_keys.priority, abs_err)
+        out = dict(losses)
+        out["td_error"] = masked_mean(abs_err, pad)
+        out.update({k: v.detach() for k, v in diagnostics.items()})
+        return TensorDict(out, batch_size=[])

@@ -1,0 +1,189 @@
+"""ResQ (Shen et al., NeurIPS 2022): a monotonic main function plus a non-positive residual."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule, dispatch
+from torch import nn
+
+from resq_torchrl.objectives.common import (
+    ValueFactorizationLoss,
+    gather_chosen,
+    is_greedy_joint_action,
+    masked_mean,
+)
+
+
+def _fresh_copy(network: TensorDictModule) -> TensorDictModule:
+    """A copy of ``network`` with newly initialised parameters (a second, independent set)."""
+    new = copy.deepcopy(network)
+    for m in new.modules():
+        if m is not new and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return new
+
+
+class ResQLoss(ValueFactorizationLoss):
+    """ResQ: ``Q_jt(s, u) = Q_tot(s, u) + w_r(s, u) Q_r(s, u)``.
+
+    * ``Q_tot`` - the monotonic ``mixer`` (QMIX or VDN) of the main utilities ``Q_i``; these
+      are the only networks used to act, so IGM holds by construction.
+    * ``Q_r`` - the residual: an unconstrained ``residual_mixer`` ``R`` of a second set of
+      utilities (``residual_agent_network``). With ``residual_sign="abs"`` (default)
+      ``Q_r = -|R| <= 0``; with ``"penalty"`` ``Q_r = R`` and ``relu(Q_r)^2`` is added as
+      ``loss_residual_sign``.
+    * ``w_r`` - ``0`` when every agent took its masked greedy action under ``Q_i``, else ``1``;
+      it carries no gradient.
+    * ``Q*`` - a central unconstrained value (``central_agent_network`` + ``central_mixer``)
+      trained on the same target. The target is ``y = r + gamma (1 - terminated) Q*^-(s', u')``
+      with ``Q*^-`` the *target* parameters of the central networks and ``u'`` the online main
+      agents' masked greedy action (double Q).
+
+    Loss: ``loss_td = mean (Q_jt - y)^2``, ``loss_central = central_loss_coef * mean (Q* - y)^2``
+    and, in penalty mode, ``loss_residual_sign = residual_sign_coef * mean relu(Q_r)^2``.
+    Diagnostics: ``td_error`` (mean ``|Q_jt - y|``), ``w_r_mean``, ``q_r_mean``, ``q_tot_mean``,
+    ``q_jt_mean``, ``target_mean``.
+
+    Args:
+        agent_network: main agents, ``TensorDictModule`` writing ``("agents", "action_value")``
+            ``[*B, N, A]``.
+        mixer: monotonic torchrl ``Mixer`` for ``Q_tot`` (``QMixer`` or ``VDNMixer``).
+        residual_mixer: unconstrained ``Mixer`` for ``R`` (``FeedForwardMixer``).
+        central_mixer: unconstrained ``Mixer`` for ``Q*`` (``FeedForwardMixer``).
+
+    Keyword Args:
+        residual_agent_network: utilities mixed into ``R``; default: a re-initialised copy of
+            ``agent_network``.
+        central_agent_network: utilities mixed into ``Q*``; default: a re-initialised copy.
+        residual_sign: ``"abs"`` or ``"penalty"``.
+        central_loss_coef: weight of ``loss_central``.
+        residual_sign_coef: weight of ``loss_residual_sign`` (penalty mode).
+        gamma: discount.
+
+    Example:
+        >>> from resq_torchrl.modules import QMixer, FeedForwardMixer, make_agent_qnet
+        >>> from resq_torchrl.envs import MatrixGameEnv
+        >>> env = MatrixGameEnv(batch_size=[8])
+        >>> loss = ResQLoss(
+        ...     make_agent_qnet(1, 3, 2),
+        ...     QMixer(n_agents=2, state_dim=1),
+        ...     FeedForwardMixer(n_agents=2, state_dim=1),
+        ...     FeedForwardMixer(n_agents=2, state_dim=1),
+        ... )
+        >>> out = loss(env.rand_step(env.reset()))
+        >>> sorted(k for k in out.keys() if k.startswith("loss_"))
+        ['loss_central', 'loss_td']
+    """
+
+    RESIDUAL_SIGNS = ("abs", "penalty")
+
+    agent_network: TensorDictModule
+    agent_network_params: TensorDictParams
+    target_agent_network_params: TensorDictParams
+    residual_agent_network: TensorDictModule
+    residual_agent_network_params: TensorDictParams
+    target_residual_agent_network_params: TensorDictParams
+    central_agent_network: TensorDictModule
+    central_agent_network_params: TensorDictParams
+    target_central_agent_network_params: TensorDictParams
+    mixer: nn.Module
+    mixer_params: TensorDictParams
+    target_mixer_params: TensorDictParams
+    residual_mixer: nn.Module
+    residual_mixer_params: TensorDictParams
+    target_residual_mixer_params: TensorDictParams
+    central_mixer: nn.Module
+    central_mixer_params: TensorDictParams
+    target_central_mixer_params: TensorDictParams
+
+    def __init__(
+        self,
+        agent_network: TensorDictModule,
+        mixer: nn.Module,
+        residual_mixer: nn.Module,
+        central_mixer: nn.Module,
+        *,
+        residual_agent_network: TensorDictModule | None = None,
+        central_agent_network: TensorDictModule | None = None,
+        residual_sign: str = "abs",
+        central_loss_coef: float = 1.0,
+        residual_sign_coef: float = 1.0,
+        gamma: float = 0.99,
+    ) -> None:
+        super().__init__(gamma=gamma)
+        if residual_sign not in self.RESIDUAL_SIGNS:
+            raise ValueError(
+                f"residual_sign must be one of {self.RESIDUAL_SIGNS}, got {residual_sign!r}"
+            )
+        self.residual_sign = residual_sign
+        self.central_loss_coef = central_loss_coef
+        self.residual_sign_coef = residual_sign_coef
+        if residual_agent_network is None:
+            residual_agent_network = _fresh_copy(agent_network)
+        if central_agent_network is None:
+            central_agent_network = _fresh_copy(agent_network)
+        # Only the central Q* is bootstrapped from, so only it keeps target parameters.
+        self._register_agent_network("agent_network", agent_network, target=False)
+        self._register_agent_network("residual_agent_network", residual_agent_network, target=False)
+        self._register_agent_network("central_agent_network", central_agent_network, target=True)
+        self._register_mixer("mixer", mixer, target=False)
+        self._register_mixer("residual_mixer", residual_mixer, target=False)
+        self._register_mixer("central_mixer", central_mixer, target=True)
+
+    def _residual(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``Q_r`` ``[*B, 1]`` of the taken joint action."""
+        q = self._agent_q("residual_agent_network", tensordict)
+        action = tensordict.get(self.tensor_keys.action)
+        r = self._mix(
+            "residual_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
+        )
+        return -r.abs() if self.residual_sign == "abs" else r
+
+    def central_q(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``Q*`` ``[*B, 1]`` of the taken joint action, online parameters."""
+        q = self._agent_q("central_agent_network", tensordict)
+        action = tensordict.get(self.tensor_keys.action)
+        return self._mix(
+            "central_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
+        )
+
+    def joint_q(self, tensordict: TensorDictBase) -> TensorDict:
+        out = self._main_joint(tensordict)
+        action = tensordict.get(self.tensor_keys.action)
+        w_r = (~is_greedy_joint_action(action, out.get("greedy_action"))).to(out.get("q_tot").dtype)
+        q_r = self._residual(tensordict)
+        out.update({"q_r": q_r, "w_r": w_r, "q_jt": out.get("q_tot") + w_r * q_r})
+        return out
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        self._check_input(tensordict)
+        joint = self.joint_q(tensordict)
+        target = self._target_value(tensordict, "central_agent_network", "central_mixer")
+        pad = self._padding(tensordict)
+        q_jt, q_r = joint.get("q_jt"), joint.get("q_r")
+        td_error = q_jt - target
+        q_central = self.central_q(tensordict)
+        losses = {
+            "loss_td": masked_mean(td_error.pow(2), pad),
+            "loss_central": self.central_loss_coef * masked_mean((q_central - target).pow(2), pad),
+        }
+        if self.residual_sign == "penalty":
+            losses["loss_residual_sign"] = self.residual_sign_coef * masked_mean(
+                torch.relu(q_r).pow(2), pad
+            )
+        return self._finish(
+            tensordict,
+            td_error,
+            losses,
+            {
+                "w_r_mean": masked_mean(joint.get("w_r"), pad),
+                "q_r_mean": masked_mean(q_r, pad),
+                "q_tot_mean": masked_mean(joint.get("q_tot"), pad),
+                "q_jt_mean": masked_mean(q_jt, pad),
+                "target_mean": masked_mean(target, pad),
+            },
+        )
