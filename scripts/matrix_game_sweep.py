@@ -1,65 +1,59 @@
 """Run several methods over many seeds on a matrix game; write a table, a figure and the runs.
 
-python scripts/matrix_game_sweep.py                       # vdn, qmix, resq x seeds 0..19
-python scripts/matrix_game_sweep.py 'algorithms=[resq]' n_seeds=5 out_dir=/tmp/mg
+    python scripts/matrix_game_sweep.py                       # vdn, qmix, resq x seeds 0..19
+    python scripts/matrix_game_sweep.py 'algorithms=[resq]' n_seeds=5 out_dir=/tmp/mg
+
+Every method gets the same training settings (those of ``configs/matrix_game.yaml`` plus
+the command-line overrides); only ``algorithm`` changes.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import shlex
 import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resq_torchrl.analysis.sweep import markdown_table, save_heatmap_grid, summarize
-from resq_torchrl.training import train_matrix_game
+from resq_torchrl.training import train_matrix_game_seeds
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _run(cfg: dict) -> dict:
-    torch.set_num_threads(1)
-    return train_matrix_game(cfg)
+def load_algorithm(name: str) -> dict:
+    path = CONFIGS / "algorithm" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ValueError(f"unknown algorithm {name!r}; available: {known}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
 @hydra.main(config_path="../configs", config_name="matrix_game_sweep", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     base = OmegaConf.to_container(cfg, resolve=True)
-    jobs = []
-    for name in cfg.algorithms:
-        algo_file = CONFIGS / "algorithm" / f"{name}.yaml"
-        if not algo_file.exists():
-            raise ValueError(f"unknown algorithm {name!r}: no {algo_file}")
-        algo = OmegaConf.to_container(OmegaConf.load(algo_file), resolve=True)
-        for seed in range(int(cfg.n_seeds)):
-            job = dict(base, algorithm=algo, seed=seed, json_out=None, plot=None, progress=False)
-            jobs.append(job)
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(int(cfg.workers)) as pool:
-        results = []
-        for i, r in enumerate(pool.imap(_run, jobs), 1):
-            results.append(r)
-            print(
-                f"[{i}/{len(jobs)}] {r['algorithm']} seed {r['seed']}: greedy "
-                f"{r['greedy_action']} payoff {r['greedy_payoff']:g}",
-                flush=True,
-            )
+    algorithms = {name: load_algorithm(name) for name in cfg.algorithms}
 
+    def report(i, n, r):
+        print(
+            f"[{i}/{n}] {r['algorithm']} seed {r['seed']}: greedy {r['greedy_action']} "
+            f"payoff {r['greedy_payoff']:g}",
+            flush=True,
+        )
+
+    results = train_matrix_game_seeds(
+        base, algorithms, range(int(cfg.n_seeds)), int(cfg.workers), on_result=report
+    )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
-    command = "python scripts/matrix_game_sweep.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
+    command = " ".join(["python scripts/matrix_game_sweep.py", *map(shlex.quote, sys.argv[1:])])
     settings = {k: base[k] for k in ("batch_size", "n_updates", "optimizer", "lr", "grad_clip")}
     text = (
         "# Matrix game: every method over seeds\n\n"
-        f"Made by `{command.strip()}` (settings: {settings}; payoff {base['payoff']}).\n\n"
+        f"Made by `{command}` (settings: {settings}; payoff {base['payoff']}).\n\n"
         + markdown_table(summary)
         + "\n\n![heatmaps](matrix_game.png)\n"
     )

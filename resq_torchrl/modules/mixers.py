@@ -1,4 +1,4 @@
-"""Mixing networks: per-agent chosen utilities ``[*B, N, 1]`` and a state ``[*B, S]`` -> ``[*B, 1]``.
+"""Mixers: per-agent chosen utilities ``[*B, N, 1]`` and a state ``[*B, S]`` -> ``[*B, 1]``.
 
 All mixers subclass torchrl's :class:`~torchrl.modules.models.multiagent.Mixer`, which checks
 the agent count and the state shape and flattens batch dimensions for us; each class here only

@@ -8,7 +8,7 @@ from resq_torchrl.training.builders import (
     make_target_updater,
     total_loss,
 )
-from resq_torchrl.training.matrix_game import train_matrix_game
+from resq_torchrl.training.matrix_game import train_matrix_game, train_matrix_game_seeds
 
 __all__ = [
     "LOSS_BUILDERS",
@@ -18,4 +18,5 @@ __all__ = [
     "make_target_updater",
     "total_loss",
     "train_matrix_game",
+    "train_matrix_game_seeds",
 ]

@@ -117,12 +117,14 @@ def make_optimizer(loss: LossModule, name: str, lr: float) -> torch.optim.Optimi
 
 
 def make_target_updater(loss: LossModule, interval: int = 0, tau: float = 0.0) -> TargetNetUpdater:
-    """torchrl's ``HardUpdate`` every ``interval`` calls to ``step()``, or ``SoftUpdate(tau)``."""
+    """torchrl's ``HardUpdate`` copying on every ``interval``-th call to ``step()`` (the 1st
+    copy on call ``interval``), or ``SoftUpdate(tau)`` when ``tau > 0``."""
     if tau > 0:
         return SoftUpdate(loss, tau=tau)
     if interval < 1:
         raise ValueError(f"target update interval must be >= 1, got {interval}")
-    return HardUpdate(loss, value_network_update_interval=interval)
+    # HardUpdate copies when its counter, starting at 0, equals the given value, then resets.
+    return HardUpdate(loss, value_network_update_interval=interval - 1)
 
 
 def total_loss(losses: TensorDictBase) -> torch.Tensor:

@@ -8,13 +8,14 @@ the result shows what each factorization can represent, not what it happened to 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from resq_torchrl.analysis import evaluate_matrix_game, format_table, save_heatmap
+from resq_torchrl.analysis import evaluate_matrix_game, save_heatmap
 from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
 from resq_torchrl.training.builders import (
     EnvDims,
@@ -59,6 +60,31 @@ def train_matrix_game(cfg: Mapping) -> dict:
     return result
 
 
+def _train_single_thread(cfg: Mapping) -> dict:
+    torch.set_num_threads(1)
+    return train_matrix_game(cfg)
+
+
+def train_matrix_game_seeds(
+    cfg: Mapping, algorithms: Mapping[str, Mapping], seeds, workers: int = 1, on_result=None
+) -> list[dict]:
+    """:func:`train_matrix_game` for every algorithm config and seed, in ``workers`` spawned
+    processes of one torch thread each; results in (algorithm, seed) order.
+    ``on_result(i, n, result)`` is called as runs finish."""
+    jobs = [
+        dict(cfg, algorithm=dict(algo), seed=int(seed), json_out=None, plot=None, progress=False)
+        for algo in algorithms.values()
+        for seed in seeds
+    ]
+    results = []
+    with mp.get_context("spawn").Pool(int(workers)) as pool:
+        for i, result in enumerate(pool.imap(_train_single_thread, jobs), 1):
+            results.append(result)
+            if on_result is not None:
+                on_result(i, len(jobs), result)
+    return results
+
+
 def _write_json(path: Path, data: dict) -> None:
     """Write atomically: a crash never leaves a truncated file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,4 +93,4 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-__all__ = ["train_matrix_game", "format_table"]
+__all__ = ["train_matrix_game", "train_matrix_game_seeds"]

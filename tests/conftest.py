@@ -1,0 +1,88 @@
+import os
+
+os.environ.setdefault("RL_WARNINGS", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from tensordict.nn import TensorDictModule  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class TableQ(nn.Module):
+    """Agent utilities read from a learnable table ``[N, A]``, whatever the observation.
+
+    With ``by_obs=True`` the observation's first feature selects between two tables
+    (``obs == 0`` -> ``table[0]``, else ``table[1]``), so current and next states differ.
+    """
+
+    def __init__(self, table: torch.Tensor, by_obs: bool = False):
+        super().__init__()
+        self.table = nn.Parameter(torch.as_tensor(table, dtype=torch.float32).clone())
+        self.by_obs = by_obs
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        batch = observation.shape[:-2]
+        if not self.by_obs:
+            return self.table.expand(*batch, *self.table.shape).clone()
+        which = (observation[..., 0, 0] != 0).long()  # [*B]
+        return self.table[which]
+
+
+def table_qnet(
+    table, by_obs=False, in_key=("agents", "observation"), out_key=("agents", "action_value")
+) -> TensorDictModule:
+    return TensorDictModule(TableQ(table, by_obs), in_keys=[in_key], out_keys=[out_key])
+
+
+def transition(
+    action,
+    reward,
+    terminated,
+    n_actions=3,
+    obs=0.0,
+    next_obs=1.0,
+    mask=None,
+    next_mask=None,
+    state_dim=1,
+) -> TensorDict:
+    """A batch of hand-built transitions with ``N = action.shape[-1]`` agents."""
+    action = torch.as_tensor(action)
+    b, n = action.shape
+    full = torch.ones(b, n, n_actions, dtype=torch.bool)
+    reward = torch.as_tensor(reward, dtype=torch.float32).reshape(b, 1)
+    terminated = torch.as_tensor(terminated).reshape(b, 1).bool()
+    return TensorDict(
+        {
+            "agents": {
+                "observation": torch.full((b, n, 1), float(obs)),
+                "action": action,
+                "action_mask": full if mask is None else mask,
+            },
+            "state": torch.full((b, state_dim), float(obs)),
+            "next": {
+                "agents": {
+                    "observation": torch.full((b, n, 1), float(next_obs)),
+                    "action_mask": full.clone() if next_mask is None else next_mask,
+                },
+                "state": torch.full((b, state_dim), float(next_obs)),
+                "reward": reward,
+                "terminated": terminated,
+                "truncated": torch.zeros_like(terminated),
+                "done": terminated.clone(),
+            },
+        },
+        batch_size=[b],
+    )
+
+
+@pytest.fixture
+def make_transition():
+    return transition
+
+
+@pytest.fixture
+def make_table_qnet():
+    return table_qnet

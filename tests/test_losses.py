@@ -1,0 +1,333 @@
+"""Behaviour of VDNLoss, QMIXLoss and ResQLoss on hand-built transitions."""
+
+import io
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from resq_torchrl.modules import FeedForwardMixer, QMixer, VDNMixer, make_agent_qnet
+from resq_torchrl.objectives import QMIXLoss, ResQLoss, VDNLoss
+from resq_torchrl.training import make_target_updater, total_loss
+
+GAMMA = 0.9
+# by_obs tables: [0] = utilities at the current state (obs 0), [1] = at the next state (obs 1)
+MAIN = [[[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]], [[0.0, 5.0, 1.0], [2.0, 0.0, 1.0]]]
+CENTRAL = [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[10.0, 20.0, 30.0], [1.0, 2.0, 3.0]]]
+
+
+def resq_loss(make_table_qnet, residual_sign="abs", main=MAIN, central=CENTRAL):
+    torch.manual_seed(0)
+    return ResQLoss(
+        make_table_qnet(main, by_obs=True),
+        VDNMixer(2, device=None),
+        residual_mixer=FeedForwardMixer(2, 1, embed_dim=16),
+        central_mixer=VDNMixer(2, device=None),
+        residual_agent_network=make_agent_qnet(1, 3, 2, hidden=(8,)),
+        central_agent_network=make_table_qnet(central, by_obs=True),
+        residual_sign=residual_sign,
+        gamma=GAMMA,
+    )
+
+
+# ---------------------------------------------------------------- ResQ decomposition
+def test_w_r_is_zero_exactly_at_the_greedy_joint_action(make_table_qnet, make_transition):
+    loss = resq_loss(make_table_qnet)  # current main utilities: greedy (A, C) = (0, 2)
+    td = make_transition([[0, 2], [0, 1], [1, 2], [2, 0]], [0, 0, 0, 0], [1, 1, 1, 1])
+    joint = loss.joint_q(td)
+    assert joint["greedy_action"].tolist() == [[0, 2]] * 4
+    assert joint["w_r"].squeeze(-1).tolist() == [0.0, 1.0, 1.0, 1.0]
+    torch.testing.assert_close(joint["q_jt"], joint["q_tot"] + joint["w_r"] * joint["q_r"])
+    torch.testing.assert_close(joint["q_jt"][0], joint["q_tot"][0])
+    # Q_tot by hand (VDN main mixer): Q_1(u_1) + Q_2(u_2)
+    assert joint["q_tot"].squeeze(-1).tolist() == [3.0, 1.0, 2.0, 0.0]
+
+
+def test_w_r_uses_the_masked_greedy_action(make_table_qnet, make_transition):
+    loss = resq_loss(make_table_qnet)
+    mask = torch.ones(2, 2, 3, dtype=torch.bool)
+    mask[:, 0, 0] = False  # agent 1 may not play A: its greedy action becomes B (first of ties)
+    td = make_transition([[1, 2], [0, 2]], [0, 0], [1, 1], mask=mask)
+    joint = loss.joint_q(td)
+    assert joint["greedy_action"].tolist() == [[1, 2], [1, 2]]
+    assert joint["w_r"].squeeze(-1).tolist() == [0.0, 1.0]
+
+
+def test_residual_sign_abs_is_minus_abs_of_the_penalty_mode_residual(
+    make_table_qnet, make_transition
+):
+    abs_loss = resq_loss(make_table_qnet, "abs")
+    raw_loss = resq_loss(make_table_qnet, "penalty")
+    raw_loss.load_state_dict(abs_loss.state_dict())
+    td = make_transition(torch.randint(3, (64, 2)), torch.randn(64), torch.ones(64))
+    q_r_abs = abs_loss.joint_q(td)["q_r"]
+    r = raw_loss.joint_q(td)["q_r"]
+    assert (q_r_abs <= 0).all()
+    torch.testing.assert_close(q_r_abs, -r.abs())
+
+
+def test_penalty_mode_adds_relu_squared_of_the_residual(make_table_qnet, make_transition):
+    loss = resq_loss(make_table_qnet, "penalty")
+    with torch.no_grad():  # make the raw residual positive somewhere
+        loss.residual_mixer_params["V", "2", "bias"].fill_(3.0)
+    td = make_transition(torch.randint(3, (32, 2)), torch.randn(32), torch.ones(32))
+    q_r = loss.joint_q(td)["q_r"]
+    assert (q_r > 0).any()
+    out = loss(td)
+    torch.testing.assert_close(out["loss_residual_sign"], torch.relu(q_r).pow(2).mean())
+    assert "loss_residual_sign" not in resq_loss(make_table_qnet, "abs")(td).keys()
+
+
+def test_unknown_residual_sign_is_rejected(make_table_qnet):
+    with pytest.raises(ValueError, match="residual_sign"):
+        resq_loss(make_table_qnet, "relu")
+
+
+# ---------------------------------------------------------------- targets
+def test_resq_target_is_target_central_q_at_the_online_greedy_next_action(
+    make_table_qnet, make_transition
+):
+    loss = resq_loss(make_table_qnet)
+    with torch.no_grad():  # online central values move; the target copy keeps the old ones
+        loss.central_agent_network_params["module", "table"].add_(100.0)
+    td = make_transition([[0, 2], [1, 1]], [1.0, -2.0], [0, 0])
+    out = loss(td)
+    # online main next utilities: agent 1 (0, 5, 1) -> B, agent 2 (2, 0, 1) -> A
+    # target central at (B, A): 20 + 1 = 21
+    expected = torch.tensor([[1.0 + GAMMA * 21], [-2.0 + GAMMA * 21]])
+    torch.testing.assert_close(out["target_mean"], expected.mean())
+    joint = loss.joint_q(td)
+    torch.testing.assert_close(td["td_error"], (joint["q_jt"] - expected).abs())
+
+
+def test_resq_target_skips_unavailable_next_actions_and_stops_at_termination(
+    make_table_qnet, make_transition
+):
+    loss = resq_loss(make_table_qnet)
+    next_mask = torch.ones(3, 2, 3, dtype=torch.bool)
+    next_mask[:, 0, 1] = False  # agent 1 may not play B next: greedy (C, A) -> 30 + 1 = 31
+    next_mask[2] = False  # a terminal next state may carry no available action at all
+    td = make_transition([[0, 0]] * 3, [1.0, 1.0, 4.0], [0, 0, 1], next_mask=next_mask)
+    td["next", "truncated"][1] = True  # truncation still bootstraps
+    loss(td)
+    joint = loss.joint_q(td)
+    expected = torch.tensor([[1.0 + GAMMA * 31], [1.0 + GAMMA * 31], [4.0]])
+    torch.testing.assert_close(td["td_error"], (joint["q_jt"] - expected).abs())
+
+
+def test_qmix_double_q_uses_online_greedy_and_target_values(make_table_qnet, make_transition):
+    loss = QMIXLoss(make_table_qnet(MAIN, by_obs=True), VDNMixer(2, device=None), gamma=GAMMA)
+    with torch.no_grad():
+        loss.agent_network_params["module", "table"][1] = torch.tensor(
+            [[9.0, 0.0, 0.0], [0.0, 0.0, 9.0]]
+        )
+    td = make_transition([[0, 0]], [2.0], [0])
+    out = loss(td)
+    # online next greedy (A, C); target (construction-time) values there: 0 + 1 = 1
+    torch.testing.assert_close(out["target_mean"], torch.tensor(2.0 + GAMMA * 1.0))
+
+
+def test_vdn_q_tot_is_the_sum_of_chosen_utilities(make_table_qnet, make_transition):
+    loss = VDNLoss(make_table_qnet(MAIN, by_obs=True), n_agents=2, gamma=GAMMA)
+    td = make_transition([[0, 2], [1, 0]], [3.0, 0.0], [1, 1])
+    joint = loss.joint_q(td)
+    assert joint["q_tot"].squeeze(-1).tolist() == [3.0, 0.0]
+    out = loss(td)
+    torch.testing.assert_close(out["loss_td"], torch.tensor(((3 - 3) ** 2 + 0**2) / 2.0))
+
+
+# ---------------------------------------------------------------- gradients and targets
+def _make_all(make_table_qnet):
+    torch.manual_seed(0)
+    return {
+        "vdn": VDNLoss(make_agent_qnet(1, 3, 2), n_agents=2),
+        "qmix": QMIXLoss(make_agent_qnet(1, 3, 2), QMixer(2, 1, 8, 16)),
+        "resq": ResQLoss(
+            make_agent_qnet(1, 3, 2),
+            QMixer(2, 1, 8, 16),
+            FeedForwardMixer(2, 1, 16),
+            FeedForwardMixer(2, 1, 16),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
+def test_gradients_never_reach_target_parameters(name, make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)[name]
+    updater = make_target_updater(loss, interval=3)
+    opt = torch.optim.SGD(loss.parameters(), lr=0.1)
+    targets = [k for k, _ in loss.named_children() if k.startswith("target_")]
+    assert targets
+    before = {k: getattr(loss, k).clone() for k in targets}
+    online_before = [p.detach().clone() for p in loss.parameters()]
+    td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))
+    for step in range(2):
+        opt.zero_grad()
+        total_loss(loss(td)).backward()
+        opt.step()
+        updater.step()
+        for k in targets:
+            tp = getattr(loss, k)
+            assert all(not v.requires_grad for v in tp.values(True, True)), k
+            assert (tp == before[k]).all(), f"{k} moved at step {step} before the hard update"
+    assert any(not torch.equal(a, p) for a, p in zip(online_before, loss.parameters(), strict=True))
+    updater.step()  # third step: hard update copies online -> target
+    for k in targets:
+        online = getattr(loss, k[len("target_") :])
+        assert (getattr(loss, k) == online.data).all()
+
+
+def test_resq_td_loss_does_not_train_the_central_q(make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)["resq"]
+    td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))
+    out = loss(td)
+    central = list(loss.central_agent_network_params.values(True, True))
+    main = list(loss.agent_network_params.values(True, True))
+    grads = torch.autograd.grad(out["loss_td"], central + main, allow_unused=True)
+    assert all(g is None or (g == 0).all() for g in grads[: len(central)])
+    assert any(g is not None and (g != 0).any() for g in grads[len(central) :])
+
+
+# ---------------------------------------------------------------- keys, state, errors
+def _rename(td: TensorDict) -> TensorDict:
+    def group(src):
+        return TensorDict(
+            {"obs": src["agents", "observation"], "avail": src["agents", "action_mask"]},
+            batch_size=src["agents"].batch_size,
+        )
+
+    out = TensorDict({"team": group(td)}, batch_size=td.batch_size)
+    out["team", "act"] = td["agents", "action"]
+    out["gstate"] = td["state"]
+    nxt = TensorDict({"team": group(td["next"])}, batch_size=td.batch_size)
+    nxt.update(
+        {
+            "gstate": td["next", "state"],
+            "rew": td["next", "reward"],
+            "term": td["next", "terminated"],
+            "fin": td["next", "done"],
+        }
+    )
+    out["next"] = nxt
+    out["meta", "valid"] = torch.ones(td.shape, dtype=torch.bool)
+    return out
+
+
+def test_set_keys_renames_every_key(make_table_qnet, make_transition):
+    torch.manual_seed(0)
+    default = ResQLoss(
+        make_agent_qnet(1, 3, 2),
+        QMixer(2, 1, 8, 16),
+        FeedForwardMixer(2, 1, 16),
+        FeedForwardMixer(2, 1, 16),
+    )
+    renamed = ResQLoss(
+        make_agent_qnet(1, 3, 2, in_key=("team", "obs"), out_key=("team", "q")),
+        QMixer(2, 1, 8, 16),
+        FeedForwardMixer(2, 1, 16),
+        FeedForwardMixer(2, 1, 16),
+        residual_agent_network=make_agent_qnet(
+            1, 3, 2, in_key=("team", "obs"), out_key=("team", "q")
+        ),
+        central_agent_network=make_agent_qnet(
+            1, 3, 2, in_key=("team", "obs"), out_key=("team", "q")
+        ),
+    )
+    renamed.set_keys(
+        action=("team", "act"),
+        action_value=("team", "q"),
+        action_mask=("team", "avail"),
+        state="gstate",
+        reward="rew",
+        done="fin",
+        terminated="term",
+        padding_mask=("meta", "valid"),
+        priority="prio",
+    )
+    renamed.load_state_dict(default.state_dict())
+    td = make_transition(torch.randint(3, (8, 2)), torch.randn(8), torch.zeros(8))
+    td2 = _rename(td)
+    assert ("agents", "observation") not in td2.keys(True)
+    a, b = default(td), renamed(td2)
+    for k in a.keys():
+        torch.testing.assert_close(a[k], b[k])
+    torch.testing.assert_close(td2["prio"], td["td_error"])
+    del td2["next", "rew"]
+    with pytest.raises(KeyError, match=r"\('next', 'rew'\)"):
+        renamed(td2)
+
+
+@pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
+def test_state_dict_round_trip(name, make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)[name]
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-2)
+    updater = make_target_updater(loss, interval=2)
+    td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))
+    for _ in range(3):
+        opt.zero_grad()
+        total_loss(loss(td)).backward()
+        opt.step()
+        updater.step()
+    buf = io.BytesIO()
+    torch.save(loss.state_dict(), buf)
+    fresh = _make_all(make_table_qnet)[name]
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
+    a, b = loss(td.clone()), fresh(td.clone())
+    for k in a.keys():
+        torch.testing.assert_close(a[k], b[k])
+
+
+@pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
+def test_missing_key_is_named(name, make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)[name]
+    td = make_transition([[0, 0]], [1.0], [1])
+    del td["next", "reward"]
+    with pytest.raises(KeyError, match=r"\('next', 'reward'\)"):
+        loss(td)
+    td = make_transition([[0, 0]], [1.0], [1])
+    del td["agents", "observation"]
+    with pytest.raises(KeyError, match=r"\('agents', 'observation'\)"):
+        loss(td)
+
+
+@pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
+def test_action_mask_row_without_available_action_is_rejected(
+    name, make_table_qnet, make_transition
+):
+    loss = _make_all(make_table_qnet)[name]
+    mask = torch.ones(2, 2, 3, dtype=torch.bool)
+    mask[1, 0] = False
+    td = make_transition([[0, 0], [1, 1]], [1.0, 1.0], [1, 1], mask=mask)
+    with pytest.raises(ValueError, match="no available action"):
+        loss(td)
+    next_mask = torch.ones(2, 2, 3, dtype=torch.bool)
+    next_mask[0, 1] = False  # not terminal: this next state would be bootstrapped from
+    td = make_transition([[0, 0], [1, 1]], [1.0, 1.0], [0, 0], next_mask=next_mask)
+    with pytest.raises(ValueError, match="no available action"):
+        loss(td)
+
+
+def test_agent_count_mismatch_between_data_and_mixer(make_table_qnet, make_transition):
+    loss = QMIXLoss(make_table_qnet(MAIN[0]), QMixer(3, 1, 8, 16))
+    td = make_transition([[0, 0]], [1.0], [1])
+    with pytest.raises(ValueError, match="the data has 2 agents but mixer was built for 3"):
+        loss(td)
+
+
+def test_padding_mask_excludes_padded_samples(make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)["resq"]
+    td = make_transition([[0, 1], [2, 2], [1, 0]], [1.0, 5.0, -3.0], [1, 1, 1])
+    td["collector", "mask"] = torch.tensor([True, True, False])
+    masked = loss(td)
+    first_two = loss(td[:2].exclude(("collector", "mask")))
+    for k in ("loss_td", "loss_central", "td_error", "w_r_mean", "q_r_mean"):
+        torch.testing.assert_close(masked[k], first_two[k])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resq_runs_on_cuda(make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)["resq"].to("cuda")
+    td = make_transition(torch.randint(3, (8, 2)), torch.randn(8), torch.zeros(8)).to("cuda")
+    out = loss(td)
+    assert out["loss_td"].device.type == "cuda"
+    total_loss(out).backward()

@@ -1,0 +1,73 @@
+import itertools
+
+import pytest
+import torch
+from torchrl.envs.utils import check_env_specs
+
+from resq_torchrl.envs import PAPER_PAYOFF, MatrixGameEnv, payoff_tensor
+
+
+@pytest.mark.parametrize(
+    "payoff", [None, [[1, 2], [3, 4]], torch.arange(27.0).reshape(3, 3, 3).tolist()]
+)
+def test_check_env_specs(payoff):
+    check_env_specs(MatrixGameEnv(payoff, batch_size=[4]))
+
+
+def test_reward_is_payoff_of_every_joint_action_and_episode_terminates():
+    env = MatrixGameEnv(batch_size=[9])
+    td = env.reset()
+    assert td["agents", "observation"].shape == (9, 2, 1)
+    assert td["state"].shape == (9, 1)
+    assert td["agents", "action_mask"].all() and td["agents", "action_mask"].shape == (9, 2, 3)
+    joint = env.joint_actions()
+    assert joint.tolist() == [list(u) for u in itertools.product(range(3), repeat=2)]
+    td["agents", "action"] = joint
+    out = env.step(td)["next"]
+    expected = torch.tensor([PAPER_PAYOFF[i][j] for i, j in joint.tolist()])
+    torch.testing.assert_close(out["reward"].squeeze(-1), expected)
+    assert out["terminated"].all() and out["done"].all() and not out["truncated"].any()
+
+
+def test_three_agent_game_reward_indexes_all_agents():
+    payoff = torch.randn(2, 2, 2)
+    env = MatrixGameEnv(payoff, batch_size=[8])
+    assert env.n_agents == 3 and env.n_actions == 2
+    td = env.reset()
+    td["agents", "action"] = env.joint_actions()
+    reward = env.step(td)["next", "reward"].squeeze(-1)
+    torch.testing.assert_close(reward, payoff.reshape(-1))
+
+
+def test_rollout_resets_between_one_step_episodes():
+    env = MatrixGameEnv(batch_size=[5])
+    rollout = env.rollout(4, break_when_any_done=False)
+    assert rollout.shape == (5, 4)
+    assert rollout["next", "terminated"].all()
+
+
+@pytest.mark.parametrize(
+    "payoff, message",
+    [
+        ([[1, 2], [3]], "ragged"),
+        ([1.0, 2.0, 3.0], "at least 2 agents"),
+        ([[1, 2, 3], [4, 5, 6]], "same number of actions"),
+        ([[1, float("nan")], [3, 4]], "finite"),
+        ([[1, float("inf")], [3, 4]], "finite"),
+        ([["a", 1], [2, 3]], "ragged or not numeric"),
+        ([[1]], "at least 2 actions"),
+    ],
+)
+def test_bad_payoff_is_rejected_with_a_clear_error(payoff, message):
+    with pytest.raises(ValueError, match=message):
+        payoff_tensor(payoff)
+    with pytest.raises(ValueError, match=message):
+        MatrixGameEnv(payoff)
+
+
+def test_wrong_action_shape_is_rejected():
+    env = MatrixGameEnv(batch_size=[2])
+    td = env.reset()
+    td["agents", "action"] = torch.zeros(2, 2, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="expected actions of shape"):
+        env.step(td)

@@ -1,0 +1,127 @@
+"""The matrix-game entry point, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resq_torchrl.analysis import format_table, igm_consistent
+from resq_torchrl.training import EnvDims, make_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {
+    "algorithm",
+    "seed",
+    "payoff",
+    "q_agents",
+    "greedy_action",
+    "greedy_payoff",
+    "optimal_payoff",
+    "q_jt",
+    "q_tot",
+    "q_r",
+    "igm_consistent",
+}
+
+
+def run_script(*args: str, script: str = "matrix_game.py") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"RL_WARNINGS": "False", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["resq", "qmix", "vdn"])
+def test_script_writes_the_json_contract(algorithm, tmp_path):
+    out = tmp_path / "out.json"
+    proc = run_script(
+        f"algorithm={algorithm}",
+        "seed=0",
+        "payoff=[[8,-12,-12],[-12,0,0],[-12,0,7.9]]",
+        f"json_out={out}",
+        "n_updates=30",
+        "progress=false",
+        f"plot={tmp_path / 'q.png'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result) == KEYS
+    assert result["algorithm"] == algorithm and result["seed"] == 0
+    assert result["payoff"] == [[8, -12, -12], [-12, 0, 0], [-12, 0, 7.9]]
+    assert len(result["q_agents"]) == 2 and all(len(q) == 3 for q in result["q_agents"])
+    q_jt, q_tot = torch.tensor(result["q_jt"]), torch.tensor(result["q_tot"])
+    assert q_jt.shape == (3, 3)
+    greedy = tuple(result["greedy_action"])
+    assert greedy == tuple(torch.tensor(result["q_agents"]).argmax(-1).tolist())
+    assert result["greedy_payoff"] == result["payoff"][greedy[0]][greedy[1]]
+    assert result["optimal_payoff"] == 8
+    assert result["igm_consistent"] == igm_consistent(q_jt, greedy)
+    if algorithm == "resq":
+        q_r = torch.tensor(result["q_r"])
+        assert (q_r <= 0).all()
+        assert q_jt[greedy] == q_tot[greedy]
+    else:
+        assert result["q_r"] is None and torch.equal(q_jt, q_tot)
+    # the printed table shows the utilities and marks the greedy cell
+    assert "[" in proc.stdout and "greedy joint action" in proc.stdout
+    assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_three_agent_payoff(tmp_path):
+    out = tmp_path / "out.json"
+    payoff = "[[[1,0],[0,0]],[[0,0],[0,5]]]"
+    proc = run_script(
+        "algorithm=resq", f"payoff={payoff}", f"json_out={out}", "n_updates=20", "progress=false"
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert torch.tensor(result["q_jt"]).shape == (2, 2, 2)
+    assert len(result["q_agents"]) == 3 and result["optimal_payoff"] == 5
+    assert "AAA" in proc.stdout  # joint actions listed for n > 2
+
+
+@pytest.mark.parametrize(
+    "payoff, message",
+    [
+        ("[[1,2],[3]]", "ragged"),
+        ("[1,2,3]", "at least 2 agents"),
+        ("[[1,nan],[1,1]]", "finite"),
+        ("[[1,inf],[1,1]]", "finite"),
+    ],
+)
+def test_script_rejects_bad_payoff(payoff, message, tmp_path):
+    proc = run_script(f"payoff={payoff}", "n_updates=5", "progress=false")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_script_rejects_unknown_algorithm():
+    proc = run_script("algorithm=nope", "n_updates=5", "progress=false")
+    assert proc.returncode != 0
+    assert "algorithm/nope" in proc.stderr and "resq" in proc.stderr  # lists the options
+
+
+def test_make_loss_rejects_unknown_algorithm():
+    with pytest.raises(ValueError, match="unknown algorithm 'nope'; available"):
+        make_loss({"name": "nope"}, {}, EnvDims(2, 3, 1, 1))
+
+
+def test_format_table_marks_greedy_cell():
+    result = {
+        "q_agents": [[0.1, -0.3, 0.1], [0.1, -0.3, 0.05]],
+        "q_jt": [[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 7.9]],
+        "greedy_action": [0, 0],
+        "greedy_payoff": 8.0,
+        "optimal_payoff": 8.0,
+        "igm_consistent": True,
+    }
+    text = format_table(result)
+    assert "[8.00]" in text and "7.90" in text and "[7.90]" not in text
+    assert "A 0.10" in text and "B -0.30" in text

@@ -1,0 +1,53 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resq_torchrl.modules import AgentMLP, FeedForwardMixer, QMixer, VDNMixer
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 5), batch=st.integers(1, 6))
+def test_qmixer_is_monotonic_in_every_agent_utility(seed, n, batch):
+    torch.manual_seed(seed)
+    mixer = QMixer(n_agents=n, state_dim=4, mixing_embed_dim=8, hypernet_embed=16)
+    q = (torch.randn(batch, n, 1) * 5).requires_grad_()
+    state = torch.randn(batch, 4)
+    (grad,) = torch.autograd.grad(mixer(q, state).sum(), q)
+    assert (grad >= 0).all()
+
+
+def test_mixer_shapes_over_extra_batch_dims():
+    q, state = torch.randn(5, 7, 3, 1), torch.randn(5, 7, 4)
+    assert QMixer(3, 4)(q, state).shape == (5, 7, 1)
+    assert QMixer(3, 4, hypernet_layers=1)(q, state).shape == (5, 7, 1)
+    assert FeedForwardMixer(3, 4, embed_dim=16)(q, state).shape == (5, 7, 1)
+    torch.testing.assert_close(VDNMixer(3, device=None)(q), q.sum(-2))
+
+
+def test_feedforward_mixer_can_be_non_monotonic():
+    torch.manual_seed(0)
+    mixer = FeedForwardMixer(2, 1, embed_dim=32)
+    q = (torch.randn(256, 2, 1) * 5).requires_grad_()
+    (grad,) = torch.autograd.grad(mixer(q, torch.ones(256, 1)).sum(), q)
+    assert (grad < 0).any() and (grad > 0).any()
+
+
+def test_mixers_reject_an_agent_count_mismatch():
+    with pytest.raises(ValueError, match=r"last 2 dimensions \(3, 1\)"):
+        QMixer(3, 4)(torch.randn(5, 2, 1), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="hypernet_layers"):
+        QMixer(3, 4, hypernet_layers=3)
+
+
+def test_agent_mlp_shares_parameters_and_uses_agent_id():
+    torch.manual_seed(0)
+    obs = torch.ones(4, 3, 2)
+    with_id = AgentMLP(obs_dim=2, n_actions=5, n_agents=3, agent_id=True)
+    without = AgentMLP(obs_dim=2, n_actions=5, n_agents=3, agent_id=False)
+    out_id, out = with_id(obs), without(obs)
+    assert out_id.shape == (4, 3, 5)
+    torch.testing.assert_close(out[:, 0], out[:, 1])  # same input, same parameters
+    assert not torch.allclose(out_id[:, 0], out_id[:, 1])  # the id tells agents apart
+    with pytest.raises(ValueError, match="built for 3 agents"):
+        with_id(torch.ones(4, 2, 2))
