@@ -50,7 +50,9 @@ def main(cfg: DictConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     command = " ".join(["python scripts/matrix_game_sweep.py", *map(shlex.quote, sys.argv[1:])])
-    settings = {k: base[k] for k in ("batch_size", "n_updates", "optimizer", "lr", "grad_clip")}
+    settings = {
+        k: base[k] for k in ("batch_size", "n_updates", "optimizer", "lr", "optim_eps", "grad_clip")
+    }
     text = (
         "# Matrix game: every method over seeds\n\n"
         f"Made by `{command}` (settings: {settings}; payoff {base['payoff']}).\n\n"

@@ -22,6 +22,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
+from torchrl.modules import set_recurrent_mode
 from torchrl.modules.models.multiagent import Mixer
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.value.functional import td0_return_estimate
@@ -225,17 +226,47 @@ class ValueFactorizationLoss(LossModule):
     def _params(self, name: str, target: bool) -> TensorDictBase:
         return getattr(self, f"target_{name}_params" if target else f"{name}_params")
 
-    def _agent_q(self, name: str, tensordict: TensorDictBase, *, target: bool = False):
-        """Run agent network ``name`` on ``tensordict`` (online or target parameters).
+    def _agent_q(
+        self,
+        name: str,
+        tensordict: TensorDictBase,
+        *,
+        target: bool = False,
+        with_next: bool = False,
+        next_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Run agent network ``name`` (online or target parameters).
+
+        The network runs on ``tensordict`` in torchrl's recurrent mode (a recurrent network
+        unrolls over the time dimension of ``[B, T]`` data and writes its state at each step
+        under ``"next"``; a feed-forward one is unaffected). With ``with_next`` it then runs
+        one step on ``tensordict["next"]``, continuing from those states, without gradient.
+        ``next_only`` skips the first pass when the network is not recurrent.
 
         Returns:
-            ``[*B, N, A]`` utilities read from ``tensor_keys.action_value``.
+            utilities ``[*B, N, A]`` at ``tensordict`` (``None`` if skipped) and, with
+            ``with_next``, at its ``"next"`` (else ``None``), read from
+            ``tensor_keys.action_value``.
         """
         network = getattr(self, name)
+        key = self.tensor_keys.action_value
+        params = self._params(name, target)
+        # a recurrent module carries its state to the next step under "next"
+        recurrent = any(unravel_key(k)[0] == "next" for k in network.out_keys)
         td = tensordict.copy()  # shallow: the network's outputs do not leak into the input
-        with self._params(name, target).to_module(network, preserve_module_state=False):
-            network(td)
-        return td.get(self.tensor_keys.action_value)
+        q = None
+        if recurrent or not next_only:
+            with params.to_module(network, preserve_module_state=False), set_recurrent_mode(True):
+                q = network(td).get(key)
+        if not with_next:
+            return q, None
+        with (
+            torch.no_grad(),
+            params.to_module(network, preserve_module_state=False),
+            set_recurrent_mode(False),
+        ):
+            q_next = network(td.get("next").copy()).get(key)
+        return q, q_next
 
     def _mix(
         self,
@@ -262,28 +293,23 @@ class ValueFactorizationLoss(LossModule):
         return tensordict.get(self.tensor_keys.padding_mask, None)
 
     # ----------------------------------------------------------------- targets
-    def _next_greedy(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """Greedy next actions of the *online* main agents ``[*B, N]`` (double Q)."""
-        next_td = tensordict.get("next")
-        with torch.no_grad():
-            q_next = self._agent_q("agent_network", next_td)
-        terminated = next_td.get(self.tensor_keys.terminated)
-        return masked_greedy(q_next, self._mask(next_td, self.tensor_keys.action_mask), terminated)
-
-    def _target_value(self, tensordict: TensorDictBase, agent: str, mixer: str) -> torch.Tensor:
+    def _target_value(
+        self, tensordict: TensorDictBase, next_greedy: torch.Tensor, agent: str, mixer: str
+    ) -> torch.Tensor:
         """Bootstrapped double-Q target ``y`` ``[*B, 1]``.
 
-        The next-state value is the *target* parameters of ``agent``/``mixer`` evaluated at the
-        online main agents' greedy next actions; ``y = r + gamma * (1 - terminated) * V'``.
-        Truncation does not stop the bootstrap.
+        The next-state value is the *target* parameters of ``agent``/``mixer`` evaluated at
+        ``next_greedy`` ``[*B, N]``, the online main agents' masked greedy next actions;
+        ``y = r + gamma * (1 - terminated) * V'``. Truncation does not stop the bootstrap.
         """
         next_td = tensordict.get("next")
-        greedy = self._next_greedy(tensordict)
         with torch.no_grad():
-            q_next = self._agent_q(agent, next_td, target=True)
+            _, q_next = self._agent_q(
+                agent, tensordict, target=True, with_next=True, next_only=True
+            )
             next_value = self._mix(
                 mixer,
-                gather_chosen(q_next, greedy),
+                gather_chosen(q_next, next_greedy),
                 next_td.get(self.tensor_keys.state),
                 target=True,
             )
@@ -297,28 +323,42 @@ class ValueFactorizationLoss(LossModule):
             )
 
     # ----------------------------------------------------------------- joint values
-    def _main_joint(self, tensordict: TensorDictBase) -> TensorDict:
-        """Main utilities, their greedy tuple and the mixed ``Q_tot`` of the taken action."""
-        q = self._agent_q("agent_network", tensordict)
+    def _main_joint(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
+        """Main utilities, their greedy tuple and the mixed ``Q_tot`` of the taken action;
+        with ``with_next`` also the online greedy next action ``next_greedy_action``."""
+        q, q_next = self._agent_q("agent_network", tensordict, with_next=with_next)
         action = tensordict.get(self.tensor_keys.action)
+        pad = self._padding(tensordict)
         greedy = masked_greedy(
             q.detach(),
             self._mask(tensordict, self.tensor_keys.action_mask),
-            None if (pad := self._padding(tensordict)) is None else ~pad.bool(),
+            None if pad is None else ~pad.bool(),
         )
         q_tot = self._mix("mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state))
-        return TensorDict(
+        out = TensorDict(
             {"action_value": q, "greedy_action": greedy, "q_tot": q_tot},
             batch_size=tensordict.batch_size,
         )
+        if with_next:
+            next_td = tensordict.get("next")
+            # samples after a termination (or padding) are never bootstrapped from
+            skip = next_td.get(self.tensor_keys.terminated).bool()
+            if pad is not None:
+                skip = skip | ~pad.bool().reshape(skip.shape)
+            out.set(
+                "next_greedy_action",
+                masked_greedy(q_next, self._mask(next_td, self.tensor_keys.action_mask), skip),
+            )
+        return out
 
-    def joint_q(self, tensordict: TensorDictBase) -> TensorDict:
+    def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         """Joint values of the taken actions with the online parameters (with gradient).
 
         Returns a ``TensorDict`` of batch ``[*B]`` with ``action_value`` ``[*B, N, A]`` (main
         utilities), ``greedy_action`` ``[*B, N]``, ``q_tot`` ``[*B, 1]`` (the monotonic main
         function) and ``q_jt`` ``[*B, 1]`` (the joint value the method represents); methods
-        with a residual add ``q_r`` and ``w_r``.
+        with a residual add ``q_r`` and ``w_r``. ``with_next`` adds ``next_greedy_action``
+        ``[*B, N]`` (the online agents' masked greedy action at ``tensordict["next"]``).
         """
         raise NotImplementedError
 

@@ -51,16 +51,18 @@ class QMIXLoss(ValueFactorizationLoss):
         self._register_agent_network("agent_network", agent_network, target=True)
         self._register_mixer("mixer", mixer, target=True)
 
-    def joint_q(self, tensordict: TensorDictBase) -> TensorDict:
-        out = self._main_joint(tensordict)
+    def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
+        out = self._main_joint(tensordict, with_next)
         out.set("q_jt", out.get("q_tot"))
         return out
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         self._check_input(tensordict)
-        joint = self.joint_q(tensordict)
-        target = self._target_value(tensordict, "agent_network", "mixer")
+        joint = self.joint_q(tensordict, with_next=True)
+        target = self._target_value(
+            tensordict, joint.get("next_greedy_action"), "agent_network", "mixer"
+        )
         q_tot = joint.get("q_tot")
         pad = self._padding(tensordict)
         td_error = q_tot - target

@@ -135,7 +135,7 @@ class ResQLoss(ValueFactorizationLoss):
 
     def _residual(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``Q_r`` ``[*B, 1]`` of the taken joint action."""
-        q = self._agent_q("residual_agent_network", tensordict)
+        q, _ = self._agent_q("residual_agent_network", tensordict)
         action = tensordict.get(self.tensor_keys.action)
         r = self._mix(
             "residual_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
@@ -144,14 +144,14 @@ class ResQLoss(ValueFactorizationLoss):
 
     def central_q(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``Q*`` ``[*B, 1]`` of the taken joint action, online parameters."""
-        q = self._agent_q("central_agent_network", tensordict)
+        q, _ = self._agent_q("central_agent_network", tensordict)
         action = tensordict.get(self.tensor_keys.action)
         return self._mix(
             "central_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
         )
 
-    def joint_q(self, tensordict: TensorDictBase) -> TensorDict:
-        out = self._main_joint(tensordict)
+    def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
+        out = self._main_joint(tensordict, with_next)
         action = tensordict.get(self.tensor_keys.action)
         w_r = (~is_greedy_joint_action(action, out.get("greedy_action"))).to(out.get("q_tot").dtype)
         q_r = self._residual(tensordict)
@@ -161,8 +161,10 @@ class ResQLoss(ValueFactorizationLoss):
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         self._check_input(tensordict)
-        joint = self.joint_q(tensordict)
-        target = self._target_value(tensordict, "central_agent_network", "central_mixer")
+        joint = self.joint_q(tensordict, with_next=True)
+        target = self._target_value(
+            tensordict, joint.get("next_greedy_action"), "central_agent_network", "central_mixer"
+        )
         pad = self._padding(tensordict)
         q_jt, q_r = joint.get("q_jt"), joint.get("q_r")
         td_error = q_jt - target

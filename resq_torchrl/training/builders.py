@@ -106,13 +106,16 @@ def make_loss(
     return LOSS_BUILDERS[name](algo, agent_cfg, dims, device)
 
 
-def make_optimizer(loss: LossModule, name: str, lr: float) -> torch.optim.Optimizer:
-    """``rmsprop`` (pymarl settings: alpha 0.99, eps 1e-5) or ``adam``."""
+def make_optimizer(
+    loss: LossModule, name: str, lr: float, eps: float = 1e-5
+) -> torch.optim.Optimizer:
+    """``rmsprop`` (pymarl settings: alpha 0.99) or ``adam``, both with ``eps`` (default 1e-5,
+    pymarl's; larger than Adam's usual 1e-8, it bounds the steps once gradients vanish)."""
     params = list(loss.parameters())
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5)
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=eps)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}; choose 'rmsprop' or 'adam'")
 
 

@@ -36,7 +36,9 @@ def train_matrix_game(cfg: Mapping) -> dict:
     dims = EnvDims(n_agents=env.n_agents, n_actions=env.n_actions, obs_dim=1, state_dim=1)
     algo = cfg["algorithm"]
     loss = make_loss(algo, cfg["agent"], dims, device)
-    optimizer = make_optimizer(loss, cfg["optimizer"], float(cfg["lr"]))
+    optimizer = make_optimizer(
+        loss, cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5))
+    )
     updater = make_target_updater(loss, interval=int(cfg["target_update_interval"]))
     grad_clip = float(cfg["grad_clip"])
 
