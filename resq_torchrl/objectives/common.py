@@ -8,9 +8,11 @@
   networks with optional target parameters, running a network with online or target
   parameters, mixing, input validation and the bootstrapped target.
 
-torchrl provides the TD(0) return (``td0_return_estimate``) that we call; what it does not
-provide is a double-Q bootstrap that evaluates one network (the target) at the greedy
-action of another (the online agents) across several mixers, so that part is written here.
+torchrl provides the TD(0) and TD(lambda) returns (``td0_return_estimate``,
+``vec_td_lambda_return_estimate``) that we call; what it does not provide is a double-Q
+bootstrap that evaluates one network (the target) at the greedy action of another (the
+online agents) across several mixers, so that part is written here, and
+``make_value_estimator`` selects the return rather than building a torchrl estimator.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.modules import set_recurrent_mode
 from torchrl.modules.models.multiagent import Mixer
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.value.functional import td0_return_estimate
+from torchrl.objectives.utils import ValueEstimators
+from torchrl.objectives.value.functional import (
+    td0_return_estimate,
+    vec_td_lambda_return_estimate,
+)
 
 __all__ = [
     "gather_chosen",
@@ -166,24 +172,48 @@ class ValueFactorizationLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TDLambda)
 
     def __init__(self, *, gamma: float = 0.99) -> None:
         super().__init__()
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-        self.gamma = gamma
         self._agent_network_names: list[str] = []
         self._mixer_names: list[str] = []
+        self.make_value_estimator(self.default_value_estimator, gamma=gamma)
+
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
+        """Choose the bootstrapped return: ``ValueEstimators.TD0`` (default) or
+        ``ValueEstimators.TDLambda`` (keyword ``lmbda``, default 0.6); both take ``gamma``.
+
+        TD(lambda) needs ``[B, T]`` sequences (time is the last batch dimension); on data
+        without a time dimension it reduces to TD(0).
+        """
+        value_type = self.default_value_estimator if value_type is None else value_type
+        if value_type not in self.SUPPORTED_VALUE_ESTIMATORS:
+            raise NotImplementedError(
+                f"{type(self).__name__} supports {self.SUPPORTED_VALUE_ESTIMATORS}, "
+                f"got {value_type}"
+            )
+        gamma = float(hyperparams.pop("gamma", getattr(self, "gamma", 0.99)))
+        lmbda = float(hyperparams.pop("lmbda", getattr(self, "lmbda", 0.6)))
+        if hyperparams:
+            raise TypeError(f"unexpected value-estimator arguments {sorted(hyperparams)}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        if not 0.0 <= lmbda <= 1.0:
+            raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}")
+        self.value_type, self.gamma, self.lmbda = value_type, gamma, lmbda
+        return self
 
     # ----------------------------------------------------------------- registration
     def _register_agent_network(
-        self, name: str, network: TensorDictModule, *, target: bool
+        self, name: str, network: TensorDictModuleBase, *, target: bool
     ) -> None:
         """Store ``network`` functionally as ``self.<name>`` with ``self.<name>_params`` and,
         when ``target``, a detached copy ``self.target_<name>_params``."""
-        if not isinstance(network, TensorDictModule):
+        if not isinstance(network, TensorDictModuleBase):
             raise TypeError(
-                f"{name} must be a TensorDictModule writing {self.tensor_keys.action_value!r}, "
+                f"{name} must be a TensorDict module writing {self.tensor_keys.action_value!r}, "
                 f"got {type(network).__name__}"
             )
         self.convert_to_functional(network, name, create_target_params=target)
@@ -299,8 +329,10 @@ class ValueFactorizationLoss(LossModule):
         """Bootstrapped double-Q target ``y`` ``[*B, 1]``.
 
         The next-state value is the *target* parameters of ``agent``/``mixer`` evaluated at
-        ``next_greedy`` ``[*B, N]``, the online main agents' masked greedy next actions;
-        ``y = r + gamma * (1 - terminated) * V'``. Truncation does not stop the bootstrap.
+        ``next_greedy`` ``[*B, N]``, the online main agents' masked greedy next actions.
+        TD(0): ``y = r + gamma * (1 - terminated) * V'``. TD(lambda) on ``[B, T]`` sequences:
+        ``y_t = r_t + gamma (1 - terminated_t) [(1 - lmbda) V'_t + lmbda y_{t+1}]``, the
+        recursion stopping at ``done``. Truncation never stops the bootstrap itself.
         """
         next_td = tensordict.get("next")
         with torch.no_grad():
@@ -313,14 +345,16 @@ class ValueFactorizationLoss(LossModule):
                 next_td.get(self.tensor_keys.state),
                 target=True,
             )
-            reward = next_td.get(self.tensor_keys.reward).to(next_value.dtype)
-            terminated = next_td.get(self.tensor_keys.terminated).bool()
-            return td0_return_estimate(
-                self.gamma,
-                next_value,
-                reward.reshape(next_value.shape),
-                terminated.reshape(next_value.shape),
-            )
+            shape = next_value.shape
+            reward = next_td.get(self.tensor_keys.reward).to(next_value.dtype).reshape(shape)
+            terminated = next_td.get(self.tensor_keys.terminated).bool().reshape(shape)
+            # lmbda = 0 is TD(0), and torchrl's vectorised TD(lambda) fails on it (IndexError)
+            if self.value_type == ValueEstimators.TDLambda and tensordict.ndim >= 2 and self.lmbda:
+                done = next_td.get(self.tensor_keys.done).bool().reshape(shape)
+                return vec_td_lambda_return_estimate(
+                    self.gamma, self.lmbda, next_value, reward, done, terminated, time_dim=-2
+                )
+            return td0_return_estimate(self.gamma, next_value, reward, terminated)
 
     # ----------------------------------------------------------------- joint values
     def _main_joint(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:

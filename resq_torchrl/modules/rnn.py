@@ -1,0 +1,179 @@
+"""Recurrent per-agent utility network (pymarl's ``RNNAgent``) with an agent dimension.
+
+torchrl's ``GRUModule`` expects ``[*B, T, F]`` inputs and one hidden state per batch element;
+agents add a dimension (``[*B, T, N, F]``, one hidden state per agent). Rather than folding
+agents into the batch and back around every call, :class:`MultiAgentGRU` is a
+``TensorDictModuleBase`` that keeps torchrl's conventions:
+
+* step mode (collection): reads the state at ``("agents", "rnn_hidden")``, zeroes it where
+  ``"is_init"`` is set, and writes the new state at ``("next", "agents", "rnn_hidden")``,
+  which ``step_mdp`` carries to the next step; :meth:`MultiAgentGRU.make_tensordict_primer`
+  gives the env transform that creates the state (and the last action) at reset;
+* recurrent mode (``torchrl.modules.set_recurrent_mode(True)``, used by the losses): the
+  input is ``[*B, T]`` and the network is unrolled over ``T``, starting from the stored state
+  of the first step and restarting from zero wherever ``"is_init"`` is set.
+
+The two modes give the same utilities on the same episodes (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey, unravel_key
+from torch import nn
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import TensorDictPrimer
+from torchrl.modules import recurrent_mode
+
+
+class AgentGRU(nn.Module):
+    """pymarl's ``RNNAgent`` shared by every agent: ``Linear -> ReLU -> GRUCell -> Linear``.
+
+    Input per agent: ``[observation, one-hot last action (optional), one-hot agent id
+    (optional)]``.
+
+    Shapes (``step``): ``observation [*B, N, obs_dim]``, ``last_action [*B, N, A]``,
+    ``hidden [*B, N, H]`` -> ``action_value [*B, N, A]``, ``hidden [*B, N, H]``.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        n_agents: int,
+        hidden_dim: int = 64,
+        last_action: bool = True,
+        agent_id: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.n_actions, self.n_agents = obs_dim, n_actions, n_agents
+        self.hidden_dim = hidden_dim
+        self.use_last_action, self.use_agent_id = last_action, agent_id
+        in_dim = obs_dim + (n_actions if last_action else 0) + (n_agents if agent_id else 0)
+        self.fc1 = nn.Linear(in_dim, hidden_dim, device=device)
+        self.rnn = nn.GRUCell(hidden_dim, hidden_dim, device=device)
+        self.fc2 = nn.Linear(hidden_dim, n_actions, device=device)
+
+    def inputs(self, observation: torch.Tensor, last_action: torch.Tensor | None) -> torch.Tensor:
+        """``[*B, N, obs_dim]`` (+ ``[*B, N, A]``) -> network input ``[*B, N, in_dim]``."""
+        if observation.shape[-2:] != (self.n_agents, self.obs_dim):
+            raise ValueError(
+                f"AgentGRU was built for {self.n_agents} agents with {self.obs_dim} observation "
+                f"features, got observation of shape {tuple(observation.shape)}"
+            )
+        x = [observation.to(self.fc1.weight.dtype)]
+        if self.use_last_action:
+            if last_action is None:
+                raise KeyError("AgentGRU uses the last action but none was given")
+            x.append(last_action.to(x[0].dtype))
+        if self.use_agent_id:
+            eye = torch.eye(self.n_agents, device=observation.device, dtype=x[0].dtype)
+            x.append(eye.expand(*observation.shape[:-1], self.n_agents))
+        return torch.cat(x, dim=-1)
+
+    def step(self, x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on prepared inputs ``[*B, N, in_dim]`` and states ``[*B, N, H]``."""
+        batch = x.shape[:-1]
+        h = self.rnn(
+            torch.relu(self.fc1(x)).reshape(-1, self.hidden_dim),
+            hidden.reshape(-1, self.hidden_dim).to(x.dtype),
+        ).reshape(*batch, self.hidden_dim)
+        return self.fc2(h), h
+
+
+class MultiAgentGRU(TensorDictModuleBase):
+    """:class:`AgentGRU` as a TensorDict module usable step by step and unrolled over time.
+
+    Keys (defaults): reads ``("agents", "observation")``, ``("agents", "last_action")``
+    (one-hot ``[*B, N, A]``, zeros at an episode start), ``("agents", "rnn_hidden")``
+    ``[*B, N, H]`` and ``"is_init"`` ``[*B, 1]``; writes ``("agents", "action_value")``
+    ``[*B, N, A]`` and ``("next", "agents", "rnn_hidden")``.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import set_recurrent_mode
+        >>> gru = MultiAgentGRU(obs_dim=4, n_actions=3, n_agents=2)
+        >>> td = TensorDict({("agents", "observation"): torch.randn(5, 7, 2, 4),
+        ...                  ("agents", "last_action"): torch.zeros(5, 7, 2, 3),
+        ...                  "is_init": torch.zeros(5, 7, 1, dtype=torch.bool)}, [5, 7])
+        >>> with set_recurrent_mode(True):
+        ...     gru(td)["agents", "action_value"].shape
+        torch.Size([5, 7, 2, 3])
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        n_agents: int,
+        hidden_dim: int = 64,
+        last_action: bool = True,
+        agent_id: bool = True,
+        device: torch.device | str | None = None,
+        *,
+        observation_key: NestedKey = ("agents", "observation"),
+        last_action_key: NestedKey = ("agents", "last_action"),
+        hidden_key: NestedKey = ("agents", "rnn_hidden"),
+        is_init_key: NestedKey = "is_init",
+        out_key: NestedKey = ("agents", "action_value"),
+    ) -> None:
+        super().__init__()
+        self.net = AgentGRU(obs_dim, n_actions, n_agents, hidden_dim, last_action, agent_id, device)
+        self.observation_key = unravel_key(observation_key)
+        self.last_action_key = unravel_key(last_action_key) if last_action else None
+        self.hidden_key = unravel_key(hidden_key)
+        self.is_init_key = unravel_key(is_init_key)
+        self.out_key = unravel_key(out_key)
+        self.in_keys = [
+            k
+            for k in (self.observation_key, self.last_action_key, self.hidden_key, self.is_init_key)
+            if k is not None
+        ]
+        self.out_keys = [self.out_key, unravel_key(("next", self.hidden_key))]
+
+    def make_tensordict_primer(self) -> TensorDictPrimer:
+        """Env transform creating zero ``rnn_hidden`` (and ``last_action``) at reset."""
+        n, h, a = self.net.n_agents, self.net.hidden_dim, self.net.n_actions
+        specs = {self.hidden_key: Unbounded(shape=(n, h))}
+        if self.last_action_key is not None:
+            specs[self.last_action_key] = Unbounded(shape=(n, a))
+        return TensorDictPrimer(Composite(specs), expand_specs=True)
+
+    def _zero_state(self, observation: torch.Tensor) -> torch.Tensor:
+        return observation.new_zeros(*observation.shape[:-1], self.net.hidden_dim)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs = tensordict.get(self.observation_key)
+        last = None if self.last_action_key is None else tensordict.get(self.last_action_key)
+        x = self.net.inputs(obs, last)  # [*B, (T,) N, in]
+        hidden = tensordict.get(self.hidden_key, None)
+        is_init = tensordict.get(self.is_init_key, None)
+        if recurrent_mode():
+            if tensordict.ndim < 1:
+                raise ValueError("recurrent mode needs a time dimension: batch [*B, T]")
+            t_dim = tensordict.ndim - 1
+            h = (
+                self._zero_state(obs.select(t_dim, 0))
+                if hidden is None
+                else hidden.select(t_dim, 0)
+            )
+            qs, hs = [], []
+            for t in range(x.shape[t_dim]):
+                if is_init is not None:
+                    h = h.masked_fill(is_init.select(t_dim, t).reshape(*h.shape[:-2], 1, 1), 0.0)
+                q, h = self.net.step(x.select(t_dim, t), h)
+                qs.append(q)
+                hs.append(h)
+            q, h = torch.stack(qs, t_dim), torch.stack(hs, t_dim)
+        else:
+            h = self._zero_state(obs) if hidden is None else hidden
+            if is_init is not None:
+                h = h.masked_fill(is_init.reshape(*h.shape[:-2], 1, 1), 0.0)
+            q, h = self.net.step(x, h)
+        tensordict.set(self.out_key, q)
+        tensordict.set(("next", *self.hidden_key), h)
+        return tensordict

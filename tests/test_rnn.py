@@ -1,0 +1,93 @@
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.modules import set_recurrent_mode
+
+from resq_torchrl.modules.rnn import MultiAgentGRU
+
+N, A, OBS, H = 3, 4, 5, 16
+
+
+def random_sequences(b: int, t: int, seed: int) -> TensorDict:
+    """``[b, t]`` steps holding back-to-back episodes of random lengths (``is_init`` at each
+    episode start), one-hot last actions that are zero at episode starts."""
+    g = torch.Generator().manual_seed(seed)
+    is_init = torch.rand(b, t, 1, generator=g) < 0.15
+    is_init[:, 0] = True
+    actions = torch.randint(A, (b, t, N), generator=g)
+    last = torch.nn.functional.one_hot(actions, A).float().roll(1, dims=1)
+    last[is_init.squeeze(-1)] = 0.0
+    return TensorDict(
+        {
+            ("agents", "observation"): torch.randn(b, t, N, OBS, generator=g),
+            ("agents", "last_action"): last,
+            "is_init": is_init,
+        },
+        [b, t],
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_by_step_equals_unrolled(seed):
+    """Property: collecting step by step (state carried through the tensordict, reset at
+    is_init) and unrolling over [B, T] in the loss give the same utilities (to 1e-5) on
+    episodes of different lengths."""
+    torch.manual_seed(seed)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=H)
+    seq = random_sequences(b=4, t=23, seed=seed)
+    with set_recurrent_mode(True):
+        unrolled = gru(seq.clone())
+    hidden = torch.randn(4, N, H)  # garbage state: must be discarded at the first is_init
+    stepped = []
+    for t in range(seq.shape[1]):
+        step = seq[:, t].clone()
+        step["agents", "rnn_hidden"] = hidden
+        out = gru(step)
+        stepped.append(out["agents", "action_value"])
+        hidden = out["next", "agents", "rnn_hidden"]
+    stepped = torch.stack(stepped, 1)
+    torch.testing.assert_close(unrolled["agents", "action_value"], stepped, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        unrolled["next", "agents", "rnn_hidden"][:, -1], hidden, atol=1e-5, rtol=0
+    )
+
+
+def test_unroll_starts_from_the_stored_state_of_the_first_step():
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=H)
+    seq = random_sequences(b=2, t=6, seed=3)
+    seq["is_init"][:] = False
+    h0 = torch.randn(2, 6, N, H)
+    seq["agents", "rnn_hidden"] = h0
+    with set_recurrent_mode(True):
+        q = gru(seq.clone())["agents", "action_value"]
+    first = seq[:, 0].clone()
+    torch.testing.assert_close(q[:, 0], gru(first)["agents", "action_value"])
+    seq["agents", "rnn_hidden"] = torch.zeros_like(h0)
+    with set_recurrent_mode(True):
+        assert not torch.allclose(q, gru(seq.clone())["agents", "action_value"])
+
+
+def test_utilities_depend_on_last_action_and_agent_id():
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=H)
+    td = random_sequences(b=2, t=1, seed=0)[:, 0]
+    td["agents", "observation"] = torch.ones(2, N, OBS)
+    td["agents", "last_action"] = torch.zeros(2, N, A)
+    q = gru(td.clone())["agents", "action_value"]
+    assert not torch.allclose(q[:, 0], q[:, 1])  # one-hot agent id
+    td["agents", "last_action"][:, :, 1] = 1.0
+    assert not torch.allclose(q, gru(td.clone())["agents", "action_value"])
+
+
+def test_wrong_agent_count_is_rejected():
+    gru = MultiAgentGRU(OBS, A, N)
+    td = TensorDict(
+        {
+            ("agents", "observation"): torch.zeros(2, N + 1, OBS),
+            ("agents", "last_action"): torch.zeros(2, N + 1, A),
+        },
+        [2],
+    )
+    with pytest.raises(ValueError, match=f"built for {N} agents"):
+        gru(td)
