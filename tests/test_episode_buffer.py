@@ -1,74 +1,70 @@
 import pytest
 import torch
 from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.envs import InitTracker, StepCounter, TransformedEnv
 
 from resq_torchrl.data import EpisodeReplayBuffer
+from resq_torchrl.envs import MatrixGameEnv
 
 
-def collector_batch(x, done):
-    x = torch.as_tensor(x, dtype=torch.float32)
-    done = torch.as_tensor(done).bool().unsqueeze(-1)
-    n, t = x.shape
+def padded(lengths, max_t=None):
+    """Padded episodes: episode i has ``lengths[i]`` steps with x = 10 i + t."""
+    max_t = max_t or max(lengths)
+    t = torch.arange(max_t)
+    mask = t < torch.tensor(lengths).unsqueeze(-1)
+    x = (10 * torch.arange(len(lengths)).unsqueeze(-1) + t) * mask
     return TensorDict(
-        {"x": x, ("next", "done"): done, ("agents", "rnn_hidden"): torch.zeros(n, t, 2, 4)},
-        [n, t],
+        {
+            "x": x.float(),
+            ("collector", "mask"): mask,
+            ("agents", "rnn_hidden"): torch.ones(len(lengths), max_t, 2, 4),
+        },
+        [len(lengths), max_t],
     )
 
 
-def stored(buf):
+def test_episodes_are_padded_to_max_len_and_sampled_trimmed():
+    buf = EpisodeReplayBuffer(capacity=10, max_len=8, batch_size=16)
+    assert buf.extend(padded([3, 1, 5])) == 3 and len(buf) == 3
     data = buf.buffer[:]
-    mask = data["collector", "mask"]
-    return sorted(data["x"][i][mask[i]].tolist() for i in range(len(data)))
-
-
-def test_episodes_are_assembled_across_collector_batches():
-    """Episodes cut by the collector's batch boundary are stored whole, in order, padded
-    with zeros and masked; unfinished episodes wait; the recurrent state is not stored."""
-    buf = EpisodeReplayBuffer(capacity=10, max_len=8, batch_size=4)
-    first = collector_batch(
-        [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14], [20, 21, 22, 23, 24]],
-        [[0, 1, 0, 0, 1], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]],
-    )
-    assert buf.extend(first) == 4 and len(buf) == 4
-    assert stored(buf) == [[0, 1], [2, 3, 4], [20], [21]]
-    second = collector_batch([[5, 6], [15, 16], [25, 26]], [[1, 0], [0, 1], [0, 1]])
-    assert buf.extend(second) == 3 and len(buf) == 7
-    assert stored(buf) == [
-        [0, 1],
-        [2, 3, 4],
-        [5],
-        [10, 11, 12, 13, 14, 15, 16],
-        [20],
-        [21],
-        [22, 23, 24, 25, 26],
-    ]
-    data = buf.buffer[:]
-    assert ("agents", "rnn_hidden") not in data.keys(True)
-    assert (data["x"][~data["collector", "mask"]] == 0).all()
+    assert data.shape == (3, 8)
+    assert data["collector", "mask"].sum(-1).tolist() == [3, 1, 5]
+    assert ("agents", "rnn_hidden") not in data.keys(True)  # recomputed by the loss
+    sample = buf.sample()
+    assert sample.shape == (16, 5)  # trimmed to the longest sampled episode
+    assert (sample["x"][~sample["collector", "mask"]] == 0).all()
 
 
 def test_capacity_is_counted_in_episodes_and_oldest_go_first():
     buf = EpisodeReplayBuffer(capacity=3, max_len=4, batch_size=2)
-    for k in range(5):
-        buf.extend(collector_batch([[k, k]], [[0, 1]]))
-    assert len(buf) == 3 and buf.episodes_added == 5
-    assert stored(buf) == [[2, 2], [3, 3], [4, 4]]
+    for _ in range(2):
+        buf.extend(padded([1, 2, 3]))
+    assert len(buf) == 3 and buf.episodes_added == 6
 
 
-def test_sample_is_trimmed_to_the_longest_sampled_episode():
-    buf = EpisodeReplayBuffer(capacity=8, max_len=10, batch_size=5)
-    buf.extend(collector_batch([[1, 2, 3]], [[0, 0, 1]]))
-    buf.extend(collector_batch([[4]], [[1]]))
-    sample = buf.sample()
-    assert sample.shape[0] == 5 and sample.shape[1] in (1, 3)
-    assert sample.shape[1] == int(sample["collector", "mask"].sum(-1).max())
-
-
-def test_too_long_episode_and_empty_buffer_are_reported():
+def test_bad_input_is_reported():
     buf = EpisodeReplayBuffer(capacity=4, max_len=2)
     with pytest.raises(RuntimeError, match="no complete episode"):
         buf.sample()
     with pytest.raises(ValueError, match="longer than max_len=2"):
-        buf.extend(collector_batch([[1, 2, 3]], [[0, 0, 1]]))
+        buf.extend(padded([3]))
+    with pytest.raises(ValueError, match="padded episodes"):
+        buf.extend(TensorDict({"x": torch.zeros(2, 3)}, [2, 3]))
     with pytest.raises(ValueError, match="capacity"):
         EpisodeReplayBuffer(capacity=0)
+
+
+def test_collector_episodes_flow_into_the_buffer():
+    """A torchrl Collector with trajs_per_batch yields whole episodes the buffer stores."""
+    env = TransformedEnv(MatrixGameEnv(batch_size=[3]), InitTracker())
+    env.append_transform(StepCounter())
+    collector = Collector(
+        env, None, frames_per_batch=6, total_frames=24, trajs_per_batch=4, traj_format="padded"
+    )
+    buf = EpisodeReplayBuffer(capacity=100, max_len=1, batch_size=5)
+    for episodes in collector:
+        buf.extend(episodes)
+    collector.shutdown()
+    assert len(buf) >= 20 and buf.sample().shape == (5, 1)
+    assert buf.sample()["is_init"].all()

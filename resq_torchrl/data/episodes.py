@@ -1,11 +1,11 @@
-"""Replay of whole episodes assembled from batched collector output.
+"""Replay of whole episodes for recurrent value-factorization training.
 
-torchrl provides the storage and sampling (``TensorDictReplayBuffer`` over a
-``LazyTensorStorage`` whose items are episodes padded to ``max_len`` steps, uniform
-sampling). What it does not provide is assembling whole episodes from ``[n_envs, T]``
-collector batches that cut episodes at arbitrary points (``split_trajectories`` pads within
-one batch only), so that part is written here: one pending episode per env, written step by
-step (vectorised over envs) and moved to the storage when its ``("next", "done")`` is set.
+torchrl does the work: a ``Collector`` with ``trajs_per_batch`` yields complete episodes,
+reassembled across its internal batches, zero-padded along time with a
+``("collector", "mask")`` entry; a ``TensorDictReplayBuffer`` over a ``LazyTensorStorage``
+stores them and samples uniformly. This class only pads every episode to one length
+(the storage needs a fixed item shape), drops entries the losses recompute, and trims
+samples to their longest episode.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDictBase, pad
 from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
@@ -28,9 +28,9 @@ DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
 
 
 class EpisodeReplayBuffer:
-    """Episodes ``[max_len]`` (padded, ``("collector", "mask")`` marks real steps); capacity
-    counted in episodes, oldest overwritten first; samples ``[batch_size, T]`` with ``T`` the
-    longest episode of the sample.
+    """Episodes stored as ``[max_len]`` items (``("collector", "mask")`` marks real steps);
+    capacity counted in episodes, oldest overwritten first; samples ``[batch_size, T]`` with
+    ``T`` the longest episode in the sample.
 
     Args:
         capacity: episodes kept (paper: 5000).
@@ -38,6 +38,14 @@ class EpisodeReplayBuffer:
         batch_size: episodes per sample (paper: 32).
         device: storage device (``None``: the device of the first data stored).
         exclude: keys dropped before storing (recomputed by the losses).
+
+    Example:
+        >>> from torchrl.collectors import Collector
+        >>> collector = Collector(env, policy, frames_per_batch=..., trajs_per_batch=8)
+        >>> buffer = EpisodeReplayBuffer(capacity=5000, max_len=200)
+        >>> for episodes in collector:   # [8, T] padded, with ("collector", "mask")
+        ...     buffer.extend(episodes)
+        ...     batch = buffer.sample()  # [32, T'] for the loss
     """
 
     mask_key: NestedKey = ("collector", "mask")
@@ -62,52 +70,32 @@ class EpisodeReplayBuffer:
             sampler=RandomSampler(),
             batch_size=batch_size,
         )
-        self._pending: TensorDictBase | None = None  # [n_envs, max_len]
-        self._ptr: torch.Tensor | None = None  # [n_envs] next free step of each pending episode
         self.episodes_added = 0
 
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def extend(self, batch: TensorDictBase) -> int:
-        """Add collector output ``[n_envs, T]`` (time last); returns the number of episodes
-        completed (and stored) by it."""
-        if batch.ndim != 2:
-            raise ValueError(f"expected collector output [n_envs, T], got batch {batch.shape}")
-        batch = batch.exclude(*self.exclude)
-        n_envs, steps = batch.shape
-        if self._pending is None or self._pending.shape[0] != n_envs:
-            self._pending = (
-                batch[:, :1].expand(n_envs, self.max_len).clone().zero_()
-            )  # allocate once, same structure as the data
-            self._pending.set(
-                self.mask_key,
-                torch.zeros(n_envs, self.max_len, dtype=torch.bool, device=batch.device),
+    def extend(self, episodes: TensorDictBase) -> int:
+        """Store padded episodes ``[k, T]`` (a collector's ``trajs_per_batch`` output);
+        returns ``k``."""
+        if episodes.ndim != 2 or self.mask_key not in episodes.keys(True):
+            raise ValueError(
+                f"expected padded episodes [k, T] with {self.mask_key!r} (a Collector with "
+                f"trajs_per_batch), got batch {tuple(episodes.shape)} with keys "
+                f"{sorted(map(str, episodes.keys(True, True)))[:8]}..."
             )
-            self._ptr = torch.zeros(n_envs, dtype=torch.long, device=batch.device)
-        envs = torch.arange(n_envs, device=batch.device)
-        completed = 0
-        for t in range(steps):
-            if (self._ptr >= self.max_len).any():
-                raise ValueError(
-                    f"an episode is longer than max_len={self.max_len}: set max_len to the "
-                    "env's step limit"
-                )
-            step = batch[:, t].clone(False)
-            step.set(self.mask_key, torch.ones(n_envs, dtype=torch.bool, device=batch.device))
-            self._pending[envs, self._ptr] = step
-            self._ptr += 1
-            done = step.get(("next", "done")).reshape(n_envs)
-            if done.any():
-                idx = done.nonzero().squeeze(-1)
-                episodes = self._pending[idx].clone()
-                episodes.masked_fill_(~episodes.get(self.mask_key), 0)
-                self.buffer.extend(episodes)
-                self._pending.get(self.mask_key)[idx] = False
-                self._ptr[idx] = 0
-                completed += len(idx)
-        self.episodes_added += completed
-        return completed
+        k, t = episodes.shape
+        if t > self.max_len:
+            raise ValueError(
+                f"an episode of {t} steps is longer than max_len={self.max_len}: set max_len "
+                "to the env's step limit"
+            )
+        episodes = episodes.exclude(*self.exclude)
+        if t < self.max_len:
+            episodes = pad(episodes, [0, 0, 0, self.max_len - t])
+        self.buffer.extend(episodes)
+        self.episodes_added += k
+        return k
 
     def sample(self, batch_size: int | None = None) -> TensorDictBase:
         """``[batch_size, T]`` episodes, ``T`` the longest real length among them."""
