@@ -51,7 +51,16 @@ def main(cfg: DictConfig) -> None:
     summary = summarize(results)
     command = " ".join(["python scripts/matrix_game_sweep.py", *map(shlex.quote, sys.argv[1:])])
     settings = {
-        k: base[k] for k in ("batch_size", "n_updates", "optimizer", "lr", "optim_eps", "grad_clip")
+        k: base[k]
+        for k in (
+            "batch_size",
+            "n_updates",
+            "optimizer",
+            "lr",
+            "optim_eps",
+            "lr_schedule",
+            "grad_clip",
+        )
     }
     text = (
         "# Matrix game: every method over seeds\n\n"

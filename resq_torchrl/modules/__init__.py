@@ -2,5 +2,14 @@
 
 from resq_torchrl.modules.agents import AgentMLP, make_agent_qnet
 from resq_torchrl.modules.mixers import FeedForwardMixer, QMixer, VDNMixer
+from resq_torchrl.modules.rnn import AgentGRU, MultiAgentGRU
 
-__all__ = ["AgentMLP", "make_agent_qnet", "FeedForwardMixer", "QMixer", "VDNMixer"]
+__all__ = [
+    "AgentMLP",
+    "AgentGRU",
+    "MultiAgentGRU",
+    "make_agent_qnet",
+    "FeedForwardMixer",
+    "QMixer",
+    "VDNMixer",
+]

@@ -19,13 +19,31 @@ The two modes give the same utilities on the same episodes (tested).
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.data import Composite, Unbounded
 from torchrl.envs import TensorDictPrimer
 from torchrl.modules import recurrent_mode
+
+
+def set_next(tensordict: TensorDictBase, key: NestedKey, value: torch.Tensor) -> None:
+    """Write ``value`` at ``("next", *key)``, creating the nested groups with the batch sizes
+    of their counterparts at the root (``("next", "agents")`` is ``[*B, N]`` like
+    ``"agents"``), as the env's own ``"next"`` entries have them."""
+    key = (key,) if isinstance(key, str) else tuple(key)
+    if "next" not in tensordict.keys():
+        tensordict.set("next", tensordict.empty())
+    parent = tensordict.get("next")
+    for i in range(1, len(key)):
+        prefix = key[:i]
+        if prefix[-1] not in parent.keys():
+            root = tensordict.get(prefix, None)
+            batch = root.batch_size if root is not None else parent.batch_size
+            parent.set(prefix[-1], TensorDict({}, batch_size=batch, device=parent.device))
+        parent = parent.get(prefix[-1])
+    parent.set(key[-1], value)
 
 
 class AgentGRU(nn.Module):
@@ -134,6 +152,8 @@ class MultiAgentGRU(TensorDictModuleBase):
             if k is not None
         ]
         self.out_keys = [self.out_key, unravel_key(("next", self.hidden_key))]
+        #: absent state starts at zero; absent is_init means "not an episode start"
+        self.optional_in_keys = [self.hidden_key, self.is_init_key]
 
     def make_tensordict_primer(self) -> TensorDictPrimer:
         """Env transform creating zero ``rnn_hidden`` (and ``last_action``) at reset."""
@@ -175,5 +195,29 @@ class MultiAgentGRU(TensorDictModuleBase):
                 h = h.masked_fill(is_init.reshape(*h.shape[:-2], 1, 1), 0.0)
             q, h = self.net.step(x, h)
         tensordict.set(self.out_key, q)
-        tensordict.set(("next", *self.hidden_key), h)
+        set_next(tensordict, self.hidden_key, h)
+        return tensordict
+
+
+class LastActionWriter(TensorDictModuleBase):
+    """Policy step that writes the one-hot chosen action ``[*B, N, A]`` at
+    ``("next", *out_key)``: after ``step_mdp`` it is the last action the recurrent agents
+    read at the next step (the env's ``TensorDictPrimer`` zeroes it at reset)."""
+
+    def __init__(
+        self,
+        n_actions: int,
+        action_key: NestedKey = ("agents", "action"),
+        out_key: NestedKey = ("agents", "last_action"),
+    ) -> None:
+        super().__init__()
+        self.n_actions = n_actions
+        self.action_key, self.out_key = unravel_key(action_key), unravel_key(out_key)
+        self.in_keys = [self.action_key]
+        self.out_keys = [unravel_key(("next", self.out_key))]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get(self.action_key)
+        one_hot = torch.nn.functional.one_hot(action.long(), self.n_actions).float()
+        set_next(tensordict, self.out_key, one_hot)
         return tensordict

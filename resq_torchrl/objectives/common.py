@@ -238,8 +238,12 @@ class ValueFactorizationLoss(LossModule):
         for k in (self.tensor_keys.reward, self.tensor_keys.done, self.tensor_keys.terminated):
             keys.add(("next", k))
         for name in self._agent_network_names:
-            for k in getattr(self, name).in_keys:
-                keys |= {k, ("next", k)}
+            network = getattr(self, name)
+            # e.g. a recurrent state that starts at zero when absent
+            optional = {unravel_key(k) for k in getattr(network, "optional_in_keys", ())}
+            for k in network.in_keys:
+                if unravel_key(k) not in optional:
+                    keys |= {k, ("next", k)}
         return sorted({unravel_key(k) for k in keys}, key=str)
 
     def _check_input(self, tensordict: TensorDictBase) -> None:

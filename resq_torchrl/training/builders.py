@@ -11,10 +11,18 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase
+from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, TransformedEnv
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
-from resq_torchrl.modules import FeedForwardMixer, QMixer, VDNMixer, make_agent_qnet
+from resq_torchrl.envs import MatrixGameEnv, PredatorPreyEnv
+from resq_torchrl.modules import (
+    FeedForwardMixer,
+    MultiAgentGRU,
+    QMixer,
+    VDNMixer,
+    make_agent_qnet,
+)
 from resq_torchrl.objectives import QMIXLoss, ResQLoss, VDNLoss
 
 
@@ -28,7 +36,61 @@ class EnvDims:
     state_dim: int
 
 
+def env_dims(env: EnvBase) -> EnvDims:
+    """Read the sizes a builder needs from an env in the library's vocabulary."""
+    obs = env.observation_spec["agents", "observation"].shape
+    return EnvDims(
+        n_agents=obs[-2],
+        n_actions=env.full_action_spec["agents", "action"].space.n,
+        obs_dim=obs[-1],
+        state_dim=env.observation_spec["state"].shape[-1],
+    )
+
+
+def _make_matrix_game(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
+    return MatrixGameEnv(env_cfg.get("payoff"), batch_size=[n_envs], device=device)
+
+
+def _make_predator_prey(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
+    kwargs = {k: v for k, v in env_cfg.items() if k not in ("name", "max_steps", "win_key")}
+    return PredatorPreyEnv(batch_size=[n_envs], device=device, **kwargs)
+
+
+ENV_BUILDERS: dict[str, Callable[[Mapping, int, object], EnvBase]] = {
+    "matrix_game": _make_matrix_game,
+    "predator_prey": _make_predator_prey,
+}
+
+
+def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = None) -> EnvBase:
+    """Batched env ``env_cfg["name"]`` with ``n_envs`` copies, plus the transforms training
+    needs: ``InitTracker`` (``"is_init"``) and ``RewardSum`` (``"episode_reward"``)."""
+    name = env_cfg.get("name")
+    if name not in ENV_BUILDERS:
+        raise ValueError(f"unknown env {name!r}; available: {sorted(ENV_BUILDERS)}")
+    env = TransformedEnv(
+        ENV_BUILDERS[name](env_cfg, n_envs, device),
+        Compose(InitTracker(), RewardSum(in_keys=["reward"], out_keys=["episode_reward"])),
+    )
+    if seed is not None:
+        env.set_seed(seed)
+    return env
+
+
 def _agent_net(agent_cfg: Mapping, dims: EnvDims, device):
+    kind = agent_cfg.get("type", "mlp")
+    if kind == "gru":
+        return MultiAgentGRU(
+            obs_dim=dims.obs_dim,
+            n_actions=dims.n_actions,
+            n_agents=dims.n_agents,
+            hidden_dim=int(agent_cfg.get("hidden_dim", 64)),
+            last_action=bool(agent_cfg.get("last_action", True)),
+            agent_id=bool(agent_cfg.get("agent_id", True)),
+            device=device,
+        )
+    if kind != "mlp":
+        raise ValueError(f"unknown agent type {kind!r}; choose 'mlp' or 'gru'")
     return make_agent_qnet(
         obs_dim=dims.obs_dim,
         n_actions=dims.n_actions,

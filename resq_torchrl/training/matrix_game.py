@@ -39,10 +39,21 @@ def train_matrix_game(cfg: Mapping) -> dict:
     optimizer = make_optimizer(
         loss, cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5))
     )
+    n_updates = int(cfg["n_updates"])
+    schedule = cfg.get("lr_schedule", "constant")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {schedule!r}; choose 'constant' or 'cosine'")
+    # cosine: the learning rate decays to 0 at the last update, so the table we report is a
+    # settled fit rather than a snapshot of a step that may have just flipped a near-tie
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_updates)
+        if schedule == "cosine"
+        else None
+    )
     updater = make_target_updater(loss, interval=int(cfg["target_update_interval"]))
     grad_clip = float(cfg["grad_clip"])
 
-    bar = tqdm(range(int(cfg["n_updates"])), desc=algo["name"], disable=not cfg.get("progress"))
+    bar = tqdm(range(n_updates), desc=algo["name"], disable=not cfg.get("progress"))
     for _ in bar:
         batch = env.rand_step(env.reset())
         losses = loss(batch)
@@ -50,6 +61,8 @@ def train_matrix_game(cfg: Mapping) -> dict:
         total_loss(losses).backward()
         torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         updater.step()
         bar.set_postfix(loss=f"{losses['loss_td'].item():.3f}", refresh=False)
 

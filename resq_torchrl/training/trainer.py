@@ -1,0 +1,257 @@
+"""The training run behind ``scripts/train.py``: collect, store episodes, learn, evaluate, log,
+checkpoint. A reader can follow one run from top to bottom in :func:`train`.
+
+Data flow (every arrow a torchrl/tensordict object)::
+
+    env (batched) -> policy: agents -> masked greedy (QValueModule) -> EGreedyModule
+      -> Collector(trajs_per_batch) -> EpisodeReplayBuffer -> loss (agents unrolled over T,
+      mixers, double-Q TD(lambda)) -> optimizer -> HardUpdate every N episodes
+      -> torchrl logger, greedy evaluation, atomic checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from tensordict.nn import TensorDictSequential
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.modules import EGreedyModule, QValueModule
+from torchrl.objectives import ValueEstimators
+from torchrl.record.loggers import get_logger
+from tqdm.auto import tqdm
+
+from resq_torchrl.data import EpisodeReplayBuffer
+from resq_torchrl.modules.rnn import LastActionWriter
+from resq_torchrl.training.builders import (
+    env_dims,
+    make_env,
+    make_loss,
+    make_optimizer,
+    make_target_updater,
+    total_loss,
+)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def make_policies(
+    loss, env: EnvBase, exploration: Mapping
+) -> tuple[TensorDictSequential, EGreedyModule]:
+    """Collection policy (masked greedy over the loss's main agents + annealed epsilon-greedy
+    that never picks an unavailable action) and its ``EGreedyModule``. The greedy evaluation
+    policy is the same object under ``ExplorationType.DETERMINISTIC``."""
+    agents = loss.agent_network  # shares its parameters with the loss (functional params)
+    n_actions = env.full_action_spec["agents", "action"].space.n
+    mask_key = ("agents", "action_mask")
+    greedy = QValueModule(
+        action_space="categorical",
+        action_value_key=("agents", "action_value"),
+        action_mask_key=mask_key,
+        out_keys=[
+            ("agents", "action"),
+            ("agents", "action_value"),
+            ("agents", "chosen_action_value"),
+        ],
+    )
+    egreedy = EGreedyModule(
+        env.full_action_spec,
+        eps_init=float(exploration["eps_init"]),
+        eps_end=float(exploration["eps_end"]),
+        annealing_num_steps=int(exploration["anneal_frames"]),
+        action_key=("agents", "action"),
+        action_mask_key=mask_key,
+    )
+    modules = [agents, greedy, egreedy]
+    if ("agents", "last_action") in agents.in_keys:
+        # the recurrent agents read their previous action: write it where step_mdp finds it
+        modules.append(LastActionWriter(n_actions))
+    return TensorDictSequential(*modules), egreedy
+
+
+@torch.no_grad()
+def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -> dict:
+    """Greedy returns of one episode per env of the batched ``env``."""
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+    done = rollout.get(("next", "done")).squeeze(-1)  # [B, T]
+    first = (done.cumsum(-1) - done.long()) == 0  # steps of each env's first episode
+    reward = rollout.get(("next", "reward")).squeeze(-1)
+    returns = (reward * first).sum(-1)
+    out = {"eval/return": float(returns.mean()), "eval/episodes": int(done.any(-1).sum())}
+    if win_key is not None and ("next", win_key) in rollout.keys(True):
+        won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
+        out["eval/win_rate"] = float(won.any(-1).float().mean())
+    return out
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: Mapping) -> dict:
+    """Train ``cfg["algorithm"]`` on ``cfg["env"]``; returns the final evaluation."""
+    out_dir = Path(cfg["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(cfg["seed"]))
+    device = torch.device(cfg["device"])
+    env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
+    max_len = int(env_cfg["max_steps"])
+
+    env = make_env(env_cfg, int(cfg["n_envs"]), device, seed=int(cfg["seed"]))
+    dims = env_dims(env)
+    loss = make_loss(algo, agent_cfg, dims, device)
+    if float(algo.get("td_lambda", 0.0)) > 0:
+        loss.make_value_estimator(
+            ValueEstimators.TDLambda, gamma=float(algo["gamma"]), lmbda=float(algo["td_lambda"])
+        )
+    primer = getattr(loss.agent_network, "make_tensordict_primer", None)
+    if primer is not None:
+        env.append_transform(primer())
+    eval_env = make_env(env_cfg, int(cfg["eval_episodes"]), device, seed=int(cfg["seed"]) + 1)
+    if primer is not None:
+        eval_env.append_transform(primer())
+
+    policy, egreedy = make_policies(loss, env, cfg["exploration"])
+    optimizer = make_optimizer(loss, cfg["optimizer"], float(cfg["lr"]), float(cfg["optim_eps"]))
+    target_updater = make_target_updater(loss, interval=1)  # copies on each call: we pace it
+    buffer = EpisodeReplayBuffer(
+        capacity=int(cfg["buffer_episodes"]),
+        max_len=max_len,
+        batch_size=int(cfg["batch_episodes"]),
+        device=device,
+    )
+    logger = get_logger(
+        cfg["logger"], logger_name=str(out_dir), experiment_name=str(cfg["experiment_name"])
+    )
+
+    frames, episodes, last_target, updates = 0, 0, 0, 0
+    ckpt_path = out_dir / CHECKPOINT
+    if cfg.get("resume") and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        loss.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        egreedy.load_state_dict(state["egreedy"])
+        frames, episodes = state["frames"], state["episodes"]
+        last_target, updates = state["last_target"], state["updates"]
+        torch.set_rng_state(state["rng"])
+        print(f"resumed from {ckpt_path} at {frames} frames ({episodes} episodes)")
+
+    total_frames = int(cfg["total_frames"])
+    if frames >= total_frames:
+        raise ValueError(f"nothing to do: {frames} frames done >= total_frames={total_frames}")
+    n_envs = int(cfg["n_envs"])
+    collector = Collector(
+        env,
+        policy,
+        frames_per_batch=n_envs * int(cfg["rollout_steps"]),
+        total_frames=total_frames - frames,
+        trajs_per_batch=int(cfg["episodes_per_batch"]),
+        traj_format="padded",
+        device=device,
+        # torchrl 0.14's preallocated output buffer drops the agent dimension of the
+        # root "agents" group when the policy writes under ("next", "agents"); stacking the
+        # steps instead keeps every group's batch size.
+        use_buffers=False,
+    )
+    grad_clip = float(cfg["grad_clip"])
+    target_every = int(cfg["target_update_episodes"])
+    updates_per_episode = float(cfg["updates_per_episode"])
+    eval_every, ckpt_every = int(cfg["eval_interval"]), int(cfg["checkpoint_interval"])
+    next_eval = (frames // eval_every + 1) * eval_every
+    next_ckpt = (frames // ckpt_every + 1) * ckpt_every
+    history_path = out_dir / "eval.jsonl"
+    start, credit = time.time(), 0.0
+    bar = tqdm(total=total_frames, initial=frames, unit="frames", disable=not cfg["progress"])
+    for batch in collector:
+        n_frames = int(batch.get(("collector", "mask")).sum())
+        frames += n_frames
+        egreedy.step(n_frames)
+        episodes += buffer.extend(batch)
+        done = batch.get(("next", "done")).squeeze(-1) & batch.get(("collector", "mask"))
+        returns = batch.get(("next", "episode_reward"))[done]
+        metrics = {"train/return": float(returns.mean()), "train/epsilon": float(egreedy.eps)}
+        credit += batch.shape[0] * updates_per_episode
+        while credit >= 1.0 and len(buffer) >= buffer.batch_size:
+            credit -= 1.0
+            losses = loss(buffer.sample().to(device))
+            optimizer.zero_grad()
+            total_loss(losses).backward()
+            metrics["train/grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
+            )
+            optimizer.step()
+            updates += 1
+            metrics.update({f"train/{k}": v.item() for k, v in losses.items()})
+        if episodes - last_target >= target_every:
+            target_updater.step()
+            last_target = episodes
+        for k, v in metrics.items():
+            logger.log_scalar(k, v, step=frames)
+        if frames >= next_eval or frames >= total_frames:
+            result = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
+            result.update({"frames": frames, "episodes": episodes, "updates": updates})
+            for k, v in result.items():
+                if k.startswith("eval/"):
+                    logger.log_scalar(k, v, step=frames)
+            with history_path.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            next_eval += eval_every
+        if frames >= next_ckpt or frames >= total_frames:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "loss": loss.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "egreedy": egreedy.state_dict(),
+                    "frames": frames,
+                    "episodes": episodes,
+                    "last_target": last_target,
+                    "updates": updates,
+                    "rng": torch.get_rng_state(),
+                    "config": dict(cfg),
+                },
+            )
+            next_ckpt += ckpt_every
+        bar.update(n_frames)
+        bar.set_postfix(
+            ret=f"{metrics['train/return']:.2f}",
+            eps=f"{metrics['train/epsilon']:.3f}",
+            refresh=False,
+        )
+    collector.shutdown()
+    bar.close()
+    final = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
+    final.update(
+        {
+            "frames": frames,
+            "episodes": episodes,
+            "updates": updates,
+            "seconds": time.time() - start,
+        }
+    )
+    (out_dir / "final.json").write_text(json.dumps(final, indent=2))
+    if not math.isfinite(final["eval/return"]):
+        raise FloatingPointError(f"final evaluation return is not finite: {final}")
+    return final
+
+
+def last_eval(out_dir: str | Path) -> dict | None:
+    """The last line of ``eval.jsonl`` in ``out_dir`` (``None`` if there is none)."""
+    path = Path(out_dir) / "eval.jsonl"
+    if not path.exists():
+        return None
+    lines = path.read_text().strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
+
+
+__all__ = ["train", "evaluate", "make_policies", "last_eval"]
