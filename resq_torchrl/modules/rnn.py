@@ -47,7 +47,10 @@ def set_next(tensordict: TensorDictBase, key: NestedKey, value: torch.Tensor) ->
 
 
 class AgentGRU(nn.Module):
-    """pymarl's ``RNNAgent`` shared by every agent: ``Linear -> ReLU -> GRUCell -> Linear``.
+    """pymarl's ``RNNAgent`` shared by every agent: ``Linear -> ReLU -> GRU -> Linear``.
+
+    The recurrent layer is a one-layer ``nn.GRU`` (the same cell as pymarl's ``GRUCell``) so
+    that a whole sequence runs in one call of torch's fused loop.
 
     Input per agent: ``[observation, one-hot last action (optional), one-hot agent id
     (optional)]``.
@@ -72,7 +75,7 @@ class AgentGRU(nn.Module):
         self.use_last_action, self.use_agent_id = last_action, agent_id
         in_dim = obs_dim + (n_actions if last_action else 0) + (n_agents if agent_id else 0)
         self.fc1 = nn.Linear(in_dim, hidden_dim, device=device)
-        self.rnn = nn.GRUCell(hidden_dim, hidden_dim, device=device)
+        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True, device=device)
         self.fc2 = nn.Linear(hidden_dim, n_actions, device=device)
 
     def inputs(self, observation: torch.Tensor, last_action: torch.Tensor | None) -> torch.Tensor:
@@ -94,11 +97,19 @@ class AgentGRU(nn.Module):
 
     def step(self, x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on prepared inputs ``[*B, N, in_dim]`` and states ``[*B, N, H]``."""
-        batch = x.shape[:-1]
-        h = self.rnn(
-            torch.relu(self.fc1(x)).reshape(-1, self.hidden_dim),
-            hidden.reshape(-1, self.hidden_dim).to(x.dtype),
-        ).reshape(*batch, self.hidden_dim)
+        q, h = self.unroll(x.unsqueeze(-3), hidden, time_dim=x.dim() - 2)
+        return q.squeeze(-3), h.squeeze(-3)
+
+    def unroll(
+        self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [*B, T, N, in_dim]`` (time at ``time_dim``) from states ``[*B, N, H]`` ->
+        utilities ``[*B, T, N, A]`` and the state after every step ``[*B, T, N, H]``."""
+        z = torch.relu(self.fc1(x)).movedim(time_dim, -2)  # [*B, N, T, H]
+        batch, steps = z.shape[:-2], z.shape[-2]
+        h0 = hidden.reshape(1, -1, self.hidden_dim).to(z.dtype).contiguous()
+        out, _ = self.rnn(z.reshape(-1, steps, self.hidden_dim), h0)
+        h = out.reshape(*batch, steps, self.hidden_dim).movedim(-2, time_dim)
         return self.fc2(h), h
 
 
@@ -181,14 +192,25 @@ class MultiAgentGRU(TensorDictModuleBase):
                 if hidden is None
                 else hidden.select(t_dim, 0)
             )
+            # one fused unroll per segment between the times where some sequence restarts
+            # (is_init); whole-episode batches restart only at t=0: a single call
+            starts = [0]
+            if is_init is not None:
+                init = is_init.reshape(*is_init.shape[: t_dim + 1])  # [*B, T]
+                h = h.masked_fill(init.select(t_dim, 0).reshape(*h.shape[:-2], 1, 1), 0.0)
+                restart = init.flatten(0, t_dim - 1).any(0) if t_dim > 0 else init
+                starts += [t for t in restart.nonzero().flatten().tolist() if t > 0]
+            bounds = starts + [x.shape[t_dim]]
             qs, hs = [], []
-            for t in range(x.shape[t_dim]):
-                if is_init is not None:
-                    h = h.masked_fill(is_init.select(t_dim, t).reshape(*h.shape[:-2], 1, 1), 0.0)
-                q, h = self.net.step(x.select(t_dim, t), h)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                if a > 0:  # zero the state of the sequences that restart here
+                    reset = is_init.select(t_dim, a).reshape(*h.shape[:-2], 1, 1)
+                    h = h.masked_fill(reset, 0.0)
+                q, hseq = self.net.unroll(x.narrow(t_dim, a, b - a), h, t_dim)
                 qs.append(q)
-                hs.append(h)
-            q, h = torch.stack(qs, t_dim), torch.stack(hs, t_dim)
+                hs.append(hseq)
+                h = hseq.select(t_dim, b - a - 1)
+            q, h = torch.cat(qs, t_dim), torch.cat(hs, t_dim)
         else:
             h = self._zero_state(obs) if hidden is None else hidden
             if is_init is not None:

@@ -170,6 +170,33 @@ def train(cfg: Mapping) -> dict:
     next_eval = (frames // eval_every + 1) * eval_every
     next_ckpt = (frames // ckpt_every + 1) * ckpt_every
     history_path = out_dir / "eval.jsonl"
+
+    def run_eval() -> dict:
+        result = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
+        result.update({"frames": frames, "episodes": episodes, "updates": updates})
+        for k, v in result.items():
+            if k.startswith("eval/"):
+                logger.log_scalar(k, v, step=frames)
+        with history_path.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        return result
+
+    def save() -> None:
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "loss": loss.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "egreedy": egreedy.state_dict(),
+                "frames": frames,
+                "episodes": episodes,
+                "last_target": last_target,
+                "updates": updates,
+                "rng": torch.get_rng_state(),
+                "config": dict(cfg),
+            },
+        )
+
     start, credit = time.time(), 0.0
     bar = tqdm(total=total_frames, initial=frames, unit="frames", disable=not cfg["progress"])
     for batch in collector:
@@ -180,8 +207,13 @@ def train(cfg: Mapping) -> dict:
         done = batch.get(("next", "done")).squeeze(-1) & batch.get(("collector", "mask"))
         returns = batch.get(("next", "episode_reward"))[done]
         metrics = {"train/return": float(returns.mean()), "train/epsilon": float(egreedy.eps)}
-        credit += batch.shape[0] * updates_per_episode
-        while credit >= 1.0 and len(buffer) >= buffer.batch_size:
+        # no credit piles up before the buffer can fill a batch (no burst of updates later)
+        credit = (
+            credit + batch.shape[0] * updates_per_episode
+            if len(buffer) >= buffer.batch_size
+            else 0.0
+        )
+        while credit >= 1.0:
             credit -= 1.0
             losses = loss(buffer.sample().to(device))
             optimizer.zero_grad()
@@ -197,30 +229,11 @@ def train(cfg: Mapping) -> dict:
             last_target = episodes
         for k, v in metrics.items():
             logger.log_scalar(k, v, step=frames)
-        if frames >= next_eval or frames >= total_frames:
-            result = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
-            result.update({"frames": frames, "episodes": episodes, "updates": updates})
-            for k, v in result.items():
-                if k.startswith("eval/"):
-                    logger.log_scalar(k, v, step=frames)
-            with history_path.open("a") as f:
-                f.write(json.dumps(result) + "\n")
+        if frames >= next_eval:
+            run_eval()
             next_eval += eval_every
-        if frames >= next_ckpt or frames >= total_frames:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    "loss": loss.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "egreedy": egreedy.state_dict(),
-                    "frames": frames,
-                    "episodes": episodes,
-                    "last_target": last_target,
-                    "updates": updates,
-                    "rng": torch.get_rng_state(),
-                    "config": dict(cfg),
-                },
-            )
+        if frames >= next_ckpt:
+            save()
             next_ckpt += ckpt_every
         bar.update(n_frames)
         bar.set_postfix(
@@ -230,15 +243,9 @@ def train(cfg: Mapping) -> dict:
         )
     collector.shutdown()
     bar.close()
-    final = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
-    final.update(
-        {
-            "frames": frames,
-            "episodes": episodes,
-            "updates": updates,
-            "seconds": time.time() - start,
-        }
-    )
+    save()
+    final = run_eval()
+    final["seconds"] = time.time() - start
     (out_dir / "final.json").write_text(json.dumps(final, indent=2))
     if not math.isfinite(final["eval/return"]):
         raise FloatingPointError(f"final evaluation return is not finite: {final}")
