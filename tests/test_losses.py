@@ -331,3 +331,11 @@ def test_resq_runs_on_cuda(make_table_qnet, make_transition):
     out = loss(td)
     assert out["loss_td"].device.type == "cuda"
     total_loss(out).backward()
+
+
+def test_mask_at_only_one_of_current_and_next_is_rejected(make_table_qnet, make_transition):
+    loss = _make_all(make_table_qnet)["resq"]
+    td = make_transition([[0, 0]], [1.0], [0])
+    del td["next", "agents", "action_mask"]
+    with pytest.raises(KeyError, match=r"\('next', 'agents', 'action_mask'\) is missing"):
+        loss(td)

@@ -122,3 +122,17 @@ def test_recurrent_next_values_continue_the_hidden_state():
     q, q_next = loss._agent_q("agent_network", td, with_next=True)
     assert q.shape == (b, t, 2, 4)
     torch.testing.assert_close(q_next[:, :-1], q[:, 1:].detach(), atol=1e-5, rtol=0)
+
+
+def test_td_lambda_with_zero_gamma_is_the_reward():
+    net = TensorDictModule(
+        ObsQ([0.0, 1.0, 0.0]),
+        in_keys=[("agents", "observation")],
+        out_keys=[("agents", "action_value")],
+    )
+    loss = QMIXLoss(net, VDNMixer(2, device=None)).make_value_estimator(
+        ValueEstimators.TDLambda, gamma=0.0, lmbda=0.6
+    )
+    td = sequences([[0, 1, 2]], [[1, 2, 3]], [[0, 0, 1]], [[0, 0, 0]])
+    loss(td)
+    torch.testing.assert_close(td["td_error"].squeeze(-1), torch.tensor([[1.0, 2.0, 3.0]]))

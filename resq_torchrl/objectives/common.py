@@ -255,6 +255,16 @@ class ValueFactorizationLoss(LossModule):
                     f"{type(self).__name__}: the input tensordict has no key {key!r} "
                     f"(required: {self.in_keys}); rename keys with loss.set_keys(...)"
                 )
+        # masks are optional, but a mask for the current step and none for the next would
+        # let the targets pick unavailable actions
+        mask = unravel_key(self.tensor_keys.action_mask)
+        next_mask = unravel_key(("next", mask))
+        if (mask in present) != (next_mask in present):
+            missing = next_mask if mask in present else mask
+            raise KeyError(
+                f"{type(self).__name__}: the input has an action mask at only one of "
+                f"{mask!r} and {next_mask!r}; {missing!r} is missing"
+            )
 
     # ----------------------------------------------------------------- networks
     def _params(self, name: str, target: bool) -> TensorDictBase:
@@ -352,8 +362,13 @@ class ValueFactorizationLoss(LossModule):
             shape = next_value.shape
             reward = next_td.get(self.tensor_keys.reward).to(next_value.dtype).reshape(shape)
             terminated = next_td.get(self.tensor_keys.terminated).bool().reshape(shape)
-            # lmbda = 0 is TD(0), and torchrl's vectorised TD(lambda) fails on it (IndexError)
-            if self.value_type == ValueEstimators.TDLambda and tensordict.ndim >= 2 and self.lmbda:
+            # gamma * lmbda = 0 is TD(0), and torchrl's vectorised TD(lambda) fails on it
+            # (IndexError)
+            if (
+                self.value_type == ValueEstimators.TDLambda
+                and tensordict.ndim >= 2
+                and self.gamma * self.lmbda > 0
+            ):
                 done = next_td.get(self.tensor_keys.done).bool().reshape(shape)
                 return vec_td_lambda_return_estimate(
                     self.gamma, self.lmbda, next_value, reward, done, terminated, time_dim=-2

@@ -67,6 +67,7 @@ def make_policies(
         annealing_num_steps=int(exploration["anneal_frames"]),
         action_key=("agents", "action"),
         action_mask_key=mask_key,
+        device=env.device,  # eps must live with the policy or the collector copies it
     )
     modules = [agents, greedy, egreedy]
     if ("agents", "last_action") in agents.in_keys:
@@ -89,6 +90,18 @@ def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -
         won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
         out["eval/win_rate"] = float(won.any(-1).float().mean())
     return out
+
+
+def _env_rng_state(env: EnvBase) -> torch.Tensor | None:
+    """State of the env's own ``torch.Generator`` (``rng`` of the base env), if it has one."""
+    rng = getattr(getattr(env, "base_env", env), "rng", None)
+    return rng.get_state() if isinstance(rng, torch.Generator) else None
+
+
+def _set_env_rng_state(env: EnvBase, state: torch.Tensor | None) -> None:
+    rng = getattr(getattr(env, "base_env", env), "rng", None)
+    if state is not None and isinstance(rng, torch.Generator):
+        rng.set_state(state)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -134,7 +147,7 @@ def train(cfg: Mapping) -> dict:
         cfg["logger"], logger_name=str(out_dir), experiment_name=str(cfg["experiment_name"])
     )
 
-    frames, episodes, last_target, updates = 0, 0, 0, 0
+    frames, episodes, last_target, updates, credit = 0, 0, 0, 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if cfg.get("resume") and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
@@ -144,6 +157,8 @@ def train(cfg: Mapping) -> dict:
         frames, episodes = state["frames"], state["episodes"]
         last_target, updates = state["last_target"], state["updates"]
         torch.set_rng_state(state["rng"])
+        _set_env_rng_state(env, state.get("env_rng"))
+        credit = state.get("credit", 0.0)
         print(f"resumed from {ckpt_path} at {frames} frames ({episodes} episodes)")
 
     total_frames = int(cfg["total_frames"])
@@ -193,11 +208,13 @@ def train(cfg: Mapping) -> dict:
                 "last_target": last_target,
                 "updates": updates,
                 "rng": torch.get_rng_state(),
+                "env_rng": _env_rng_state(env),
+                "credit": credit,
                 "config": dict(cfg),
             },
         )
 
-    start, credit = time.time(), 0.0
+    start = time.time()
     bar = tqdm(total=total_frames, initial=frames, unit="frames", disable=not cfg["progress"])
     for batch in collector:
         n_frames = int(batch.get(("collector", "mask")).sum())
@@ -213,17 +230,19 @@ def train(cfg: Mapping) -> dict:
             if len(buffer) >= buffer.batch_size
             else 0.0
         )
+        last = None
         while credit >= 1.0:
             credit -= 1.0
             losses = loss(buffer.sample().to(device))
             optimizer.zero_grad()
             total_loss(losses).backward()
-            metrics["train/grad_norm"] = float(
-                torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
-            )
+            grad_norm = torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
             optimizer.step()
             updates += 1
-            metrics.update({f"train/{k}": v.item() for k, v in losses.items()})
+            last = (losses.detach(), grad_norm)
+        if last is not None:  # read back once per batch, not once per update
+            metrics["train/grad_norm"] = last[1].item()
+            metrics.update({f"train/{k}": v.item() for k, v in last[0].items()})
         if episodes - last_target >= target_every:
             target_updater.step()
             last_target = episodes
