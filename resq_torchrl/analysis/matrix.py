@@ -115,7 +115,9 @@ def plot_heatmap(result: dict, ax=None, title: str | None = None):
     ax.imshow(q_jt.numpy(), cmap="RdYlGn", vmin=-lim, vmax=lim)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{float(q_jt[i, j]):.2f}", ha="center", va="center", fontsize=9)
+            value = float(q_jt[i, j])
+            color = "white" if abs(value) > 0.6 * lim else "black"  # readable on dark cells
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9, color=color)
     gi, gj = result["greedy_action"]
     ax.add_patch(Rectangle((gj - 0.5, gi - 0.5), 1, 1, fill=False, lw=3, ec="black"))
     ax.set_xticks(range(n), [f"{a}\n{q:.2f}" for a, q in zip(names, q2, strict=True)])
