@@ -102,3 +102,30 @@ def test_unknown_env_is_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="unknown env 'nope'"):
         make_env({"name": "nope"}, 2)
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.0])
+def test_collection_policy_never_picks_an_unavailable_action(eps):
+    """Property: masked greedy + EGreedyModule, fully random (eps 1) or fully greedy (eps 0),
+    only takes actions the env's action_mask allows (catch only next to a prey)."""
+    from resq_torchrl.training.builders import env_dims, make_env, make_loss
+    from resq_torchrl.training.trainer import make_policies
+
+    torch.manual_seed(0)
+    env_cfg = {
+        "name": "predator_prey",
+        "grid_size": 5,
+        "n_predators": 3,
+        "n_prey": 2,
+        "episode_limit": 30,
+    }
+    env = make_env(env_cfg, 6, seed=0)
+    algo = {"name": "resq", "mixing_embed_dim": 8, "hypernet_embed": 8, "central_mixer_embed": 8}
+    loss = make_loss(algo, {"type": "gru", "hidden_dim": 8}, env_dims(env))
+    env.append_transform(loss.agent_network.make_tensordict_primer())
+    policy, _ = make_policies(loss, env, {"eps_init": eps, "eps_end": eps, "anneal_frames": 1})
+    rollout = env.rollout(60, policy, break_when_any_done=False)
+    mask = rollout["agents", "action_mask"]
+    taken = mask.gather(-1, rollout["agents", "action"].unsqueeze(-1))
+    assert taken.all()
+    assert (~mask).any()  # the masks did forbid something
