@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
+
+from resq_torchrl.envs.specs import set_team_specs
 
 #: The paper's game: optimum (A, A) = 8, trap (C, C) = 7.9 (rows: agent 1, columns: agent 2).
 PAPER_PAYOFF: list[list[float]] = [[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 7.9]]
@@ -90,35 +91,7 @@ class MatrixGameEnv(EnvBase):
         self.n_agents = table.dim()
         self.n_actions = table.shape[0]
         self.register_buffer("payoff", table.to(device=self.device, dtype=torch.float32))
-        self._make_specs()
-
-    def _make_specs(self) -> None:
-        b, n, a, dev = self.batch_size, self.n_agents, self.n_actions, self.device
-        self.observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded(shape=(*b, n, 1), device=dev),
-                action_mask=Categorical(2, shape=(*b, n, a), dtype=torch.bool, device=dev),
-                shape=(*b, n),
-                device=dev,
-            ),
-            state=Unbounded(shape=(*b, 1), device=dev),
-            shape=b,
-            device=dev,
-        )
-        self.action_spec = Composite(
-            agents=Composite(
-                action=Categorical(a, shape=(*b, n), device=dev), shape=(*b, n), device=dev
-            ),
-            shape=b,
-            device=dev,
-        )
-        self.reward_spec = Composite(reward=Unbounded(shape=(*b, 1), device=dev), shape=b)
-        self.done_spec = Composite(
-            done=Categorical(2, shape=(*b, 1), dtype=torch.bool, device=dev),
-            terminated=Categorical(2, shape=(*b, 1), dtype=torch.bool, device=dev),
-            truncated=Categorical(2, shape=(*b, 1), dtype=torch.bool, device=dev),
-            shape=b,
-        )
+        set_team_specs(self, self.n_agents, self.n_actions, obs_dim=1, state_dim=1)
 
     def _observation(self) -> TensorDict:
         b, n, a, dev = self.batch_size, self.n_agents, self.n_actions, self.device

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
+
+from resq_torchrl.envs.specs import set_team_specs
 
 #: Action indices of a predator.
 UP, DOWN, LEFT, RIGHT, STAY, CATCH = range(6)
@@ -151,35 +152,7 @@ class PredatorPreyEnv(EnvBase):
         self.register_buffer("t", torch.zeros(b, dtype=torch.long, device=dev))
         self.rng = torch.Generator(device=dev)
         self.rng.seed()
-        self._make_specs()
-
-    def _make_specs(self) -> None:
-        b, n, a, dev = self.batch_size, self.n_predators, self.n_actions, self.device
-        self.observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded(shape=(*b, n, self.obs_dim), device=dev),
-                action_mask=Categorical(2, shape=(*b, n, a), dtype=torch.bool, device=dev),
-                shape=(*b, n),
-                device=dev,
-            ),
-            state=Unbounded(shape=(*b, self.state_dim), device=dev),
-            shape=b,
-            device=dev,
-        )
-        self.action_spec = Composite(
-            agents=Composite(
-                action=Categorical(a, shape=(*b, n), device=dev), shape=(*b, n), device=dev
-            ),
-            shape=b,
-            device=dev,
-        )
-        self.reward_spec = Composite(reward=Unbounded(shape=(*b, 1), device=dev), shape=b)
-        self.done_spec = Composite(
-            done=Categorical(2, shape=(*b, 1), dtype=torch.bool, device=dev),
-            terminated=Categorical(2, shape=(*b, 1), dtype=torch.bool, device=dev),
-            truncated=Categorical(2, shape=(*b, 1), dtype=torch.bool, device=dev),
-            shape=b,
-        )
+        set_team_specs(self, self.n_predators, self.n_actions, self.obs_dim, self.state_dim)
 
     # ------------------------------------------------------------------ grids and observations
 
