@@ -38,7 +38,7 @@ def run_script(*args: str, script: str = "matrix_game.py") -> subprocess.Complet
     )
 
 
-@pytest.mark.parametrize("algorithm", ["resq", "qmix", "vdn"])
+@pytest.mark.parametrize("algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix"])
 def test_script_writes_the_json_contract(algorithm, tmp_path):
     out = tmp_path / "out.json"
     proc = run_script(

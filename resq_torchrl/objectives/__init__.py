@@ -1,5 +1,6 @@
 """Value-factorization losses as TorchRL ``LossModule``s, one per file, sharing ``common``."""
 
+from resq_torchrl.objectives.central import CentralValueLoss
 from resq_torchrl.objectives.common import (
     ValueFactorizationLoss,
     gather_chosen,
@@ -10,9 +11,12 @@ from resq_torchrl.objectives.common import (
 from resq_torchrl.objectives.qmix import QMIXLoss
 from resq_torchrl.objectives.resq import ResQLoss
 from resq_torchrl.objectives.vdn import VDNLoss
+from resq_torchrl.objectives.wqmix import WeightedQMIXLoss
 
 __all__ = [
     "ValueFactorizationLoss",
+    "CentralValueLoss",
+    "WeightedQMIXLoss",
     "QMIXLoss",
     "VDNLoss",
     "ResQLoss",

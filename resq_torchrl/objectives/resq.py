@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule, dispatch
+from tensordict.nn import TensorDictModuleBase, dispatch
 from torch import nn
 
-from resq_torchrl.objectives.common import (
-    ValueFactorizationLoss,
-    gather_chosen,
-    is_greedy_joint_action,
-    masked_mean,
-)
+from resq_torchrl.objectives.central import CentralValueLoss, fresh_copy
+from resq_torchrl.objectives.common import gather_chosen, is_greedy_joint_action, masked_mean
 
 
-def _fresh_copy(network: TensorDictModule) -> TensorDictModule:
-    """A copy of ``network`` with newly initialised parameters (a second, independent set)."""
-    new = copy.deepcopy(network)
-    for m in new.modules():
-        if m is not new and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return new
-
-
-class ResQLoss(ValueFactorizationLoss):
+class ResQLoss(CentralValueLoss):
     """ResQ: ``Q_jt(s, u) = Q_tot(s, u) + w_r(s, u) Q_r(s, u)``.
 
     * ``Q_tot`` - the monotonic ``mixer`` (QMIX or VDN) of the main utilities ``Q_i``; these
@@ -80,58 +65,44 @@ class ResQLoss(ValueFactorizationLoss):
 
     RESIDUAL_SIGNS = ("abs", "penalty")
 
-    agent_network: TensorDictModule
-    agent_network_params: TensorDictParams
-    target_agent_network_params: TensorDictParams
-    residual_agent_network: TensorDictModule
+    residual_agent_network: TensorDictModuleBase
     residual_agent_network_params: TensorDictParams
     target_residual_agent_network_params: TensorDictParams
-    central_agent_network: TensorDictModule
-    central_agent_network_params: TensorDictParams
-    target_central_agent_network_params: TensorDictParams
-    mixer: nn.Module
-    mixer_params: TensorDictParams
-    target_mixer_params: TensorDictParams
     residual_mixer: nn.Module
     residual_mixer_params: TensorDictParams
     target_residual_mixer_params: TensorDictParams
-    central_mixer: nn.Module
-    central_mixer_params: TensorDictParams
-    target_central_mixer_params: TensorDictParams
 
     def __init__(
         self,
-        agent_network: TensorDictModule,
+        agent_network: TensorDictModuleBase,
         mixer: nn.Module,
         residual_mixer: nn.Module,
         central_mixer: nn.Module,
         *,
-        residual_agent_network: TensorDictModule | None = None,
-        central_agent_network: TensorDictModule | None = None,
+        residual_agent_network: TensorDictModuleBase | None = None,
+        central_agent_network: TensorDictModuleBase | None = None,
         residual_sign: str = "abs",
         central_loss_coef: float = 1.0,
         residual_sign_coef: float = 1.0,
         gamma: float = 0.99,
     ) -> None:
-        super().__init__(gamma=gamma)
         if residual_sign not in self.RESIDUAL_SIGNS:
             raise ValueError(
                 f"residual_sign must be one of {self.RESIDUAL_SIGNS}, got {residual_sign!r}"
             )
-        self.residual_sign = residual_sign
-        self.central_loss_coef = central_loss_coef
-        self.residual_sign_coef = residual_sign_coef
         if residual_agent_network is None:
-            residual_agent_network = _fresh_copy(agent_network)
-        if central_agent_network is None:
-            central_agent_network = _fresh_copy(agent_network)
-        # Only the central Q* is bootstrapped from, so only it keeps target parameters.
-        self._register_agent_network("agent_network", agent_network, target=False)
-        self._register_agent_network("residual_agent_network", residual_agent_network, target=False)
-        self._register_agent_network("central_agent_network", central_agent_network, target=True)
-        self._register_mixer("mixer", mixer, target=False)
-        self._register_mixer("residual_mixer", residual_mixer, target=False)
-        self._register_mixer("central_mixer", central_mixer, target=True)
+            residual_agent_network = fresh_copy(agent_network)
+        super().__init__(
+            agent_network,
+            mixer,
+            central_mixer,
+            central_agent_network=central_agent_network,
+            central_loss_coef=central_loss_coef,
+            gamma=gamma,
+            companions=[("residual", residual_agent_network, residual_mixer)],
+        )
+        self.residual_sign = residual_sign
+        self.residual_sign_coef = residual_sign_coef
 
     def _residual(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``Q_r`` ``[*B, 1]`` of the taken joint action."""
@@ -141,14 +112,6 @@ class ResQLoss(ValueFactorizationLoss):
             "residual_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
         )
         return -r.abs() if self.residual_sign == "abs" else r
-
-    def central_q(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """``Q*`` ``[*B, 1]`` of the taken joint action, online parameters."""
-        q, _ = self._agent_q("central_agent_network", tensordict)
-        action = tensordict.get(self.tensor_keys.action)
-        return self._mix(
-            "central_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
-        )
 
     def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         out = self._main_joint(tensordict, with_next)
@@ -162,16 +125,13 @@ class ResQLoss(ValueFactorizationLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         self._check_input(tensordict)
         joint = self.joint_q(tensordict, with_next=True)
-        target = self._target_value(
-            tensordict, joint.get("next_greedy_action"), "central_agent_network", "central_mixer"
-        )
+        target = self.central_target(tensordict, joint.get("next_greedy_action"))
         pad = self._padding(tensordict)
         q_jt, q_r = joint.get("q_jt"), joint.get("q_r")
         td_error = q_jt - target
-        q_central = self.central_q(tensordict)
         losses = {
             "loss_td": masked_mean(td_error.pow(2), pad),
-            "loss_central": self.central_loss_coef * masked_mean((q_central - target).pow(2), pad),
+            "loss_central": self.central_loss(tensordict, target, pad),
         }
         if self.residual_sign == "penalty":
             losses["loss_residual_sign"] = self.residual_sign_coef * masked_mean(

@@ -23,7 +23,7 @@ from resq_torchrl.modules import (
     VDNMixer,
     make_agent_qnet,
 )
-from resq_torchrl.objectives import QMIXLoss, ResQLoss, VDNLoss
+from resq_torchrl.objectives import QMIXLoss, ResQLoss, VDNLoss, WeightedQMIXLoss
 
 
 @dataclass(frozen=True)
@@ -131,17 +131,18 @@ def _build_qmix(algo, agent_cfg, dims, device) -> LossModule:
     )
 
 
-def _build_resq(algo, agent_cfg, dims, device) -> LossModule:
+def _feedforward_mixer(algo, dims: EnvDims, device) -> FeedForwardMixer:
+    """Unconstrained mixer of the central ``Q*`` (and of ResQ's residual ``R``)."""
     embed = int(algo.get("central_mixer_embed", 128))
+    return FeedForwardMixer(dims.n_agents, dims.state_dim, embed_dim=embed, device=device)
 
-    def ff():
-        return FeedForwardMixer(dims.n_agents, dims.state_dim, embed_dim=embed, device=device)
 
+def _build_resq(algo, agent_cfg, dims, device) -> LossModule:
     return ResQLoss(
         _agent_net(agent_cfg, dims, device),
         _monotonic_mixer(algo, dims, device),
-        residual_mixer=ff(),
-        central_mixer=ff(),
+        residual_mixer=_feedforward_mixer(algo, dims, device),
+        central_mixer=_feedforward_mixer(algo, dims, device),
         residual_agent_network=_agent_net(agent_cfg, dims, device),
         central_agent_network=_agent_net(agent_cfg, dims, device),
         residual_sign=algo.get("residual_sign", "abs"),
@@ -151,10 +152,28 @@ def _build_resq(algo, agent_cfg, dims, device) -> LossModule:
     )
 
 
+def _build_wqmix(weighting: str):
+    def build(algo, agent_cfg, dims, device) -> LossModule:
+        return WeightedQMIXLoss(
+            _agent_net(agent_cfg, dims, device),
+            _monotonic_mixer(algo, dims, device),
+            central_mixer=_feedforward_mixer(algo, dims, device),
+            central_agent_network=_agent_net(agent_cfg, dims, device),
+            weighting=weighting,
+            alpha=float(algo.get("alpha", 0.1)),
+            central_loss_coef=float(algo.get("central_loss_coef", 1.0)),
+            gamma=algo.get("gamma", 0.99),
+        )
+
+    return build
+
+
 LOSS_BUILDERS: dict[str, Callable[..., LossModule]] = {
     "vdn": _build_vdn,
     "qmix": _build_qmix,
     "resq": _build_resq,
+    "cw_qmix": _build_wqmix("cw"),
+    "ow_qmix": _build_wqmix("ow"),
 }
 
 
