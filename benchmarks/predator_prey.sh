@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
 # Full-size predator-prey benchmark of the "Recurrent training pipeline" issue:
-# ResQ and QMIX, punishment -2, seeds 0..2, FRAMES env steps each, two runs at a time.
-# Resumable: rerun the same command and unfinished runs continue from their checkpoints.
-#   bash benchmarks/predator_prey.sh [FRAMES] [OUT]        (defaults 300000 runs/predator_prey)
+# punishment -2, seeds 0..2, FRAMES env steps each; one queue per algorithm, the queues in
+# parallel (one core each). Resumable: rerun the same command and unfinished runs continue
+# from their checkpoints; finished runs (final.json reaching FRAMES) are skipped.
+#   bash benchmarks/predator_prey.sh [FRAMES] [OUT] [ALGORITHMS...]
+#   (defaults: 300000 runs/predator_prey resq qmix)
 # Then: python scripts/plot_curves.py OUT/*_seed* --out docs/predator_prey.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRAMES=${1:-300000}
 OUT=${2:-runs/predator_prey}
-run() {  # algorithm seed
-    local dir="$OUT/$1_seed$2"
-    local resume=false
-    [ -f "$dir/checkpoint.pt" ] && resume=true
-    [ -f "$dir/final.json" ] && [ "$(python -c "import json;print(json.load(open('$dir/final.json'))['frames']>=$FRAMES)")" = True ] && return 0
-    OMP_NUM_THREADS=1 python scripts/train.py algorithm="$1" env=predator_prey seed="$2" \
-        total_frames="$FRAMES" output_dir="$dir" resume=$resume progress=false \
-        checkpoint_interval=20000 > "$dir.log" 2>&1
+shift $(( $# > 2 ? 2 : $# ))
+if [ $# -gt 0 ]; then ALGORITHMS=("$@"); else ALGORITHMS=(resq qmix); fi
+
+finished() {  # dir
+    [ -f "$1/final.json" ] && python -c "import json,sys; sys.exit(json.load(open('$1/final.json'))['frames'] < $FRAMES)"
 }
+
+queue() {  # algorithm
+    for seed in 0 1 2; do
+        local dir="$OUT/$1_seed$seed"
+        finished "$dir" && continue
+        local resume=false
+        [ -f "$dir/checkpoint.pt" ] && resume=true
+        OMP_NUM_THREADS=1 python scripts/train.py algorithm="$1" env=predator_prey seed="$seed" \
+            total_frames="$FRAMES" output_dir="$dir" resume=$resume progress=false \
+            checkpoint_interval=20000 > "$dir.log" 2>&1
+    done
+}
+
 mkdir -p "$OUT"
-for seed in 0 1 2; do
-    run resq "$seed" &
-    run qmix "$seed" &
-    wait
+for algorithm in "${ALGORITHMS[@]}"; do
+    queue "$algorithm" &
 done
+wait
