@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resq_torchrl.modules import AgentMLP, FeedForwardMixer, QMixer, VDNMixer
+from resq_torchrl.modules import AgentMLP, FeedForwardMixer, QattenMixer, QMixer, VDNMixer
 
 
 @settings(max_examples=25, deadline=None)
@@ -51,3 +51,29 @@ def test_agent_mlp_shares_parameters_and_uses_agent_id():
     assert not torch.allclose(out_id[:, 0], out_id[:, 1])  # the id tells agents apart
     with pytest.raises(ValueError, match="built for 3 agents"):
         with_id(torch.ones(4, 2, 2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 5), unit=st.booleans())
+def test_qatten_is_monotonic_and_its_attention_is_a_distribution(seed, n, unit):
+    torch.manual_seed(seed)
+    state_dim = 3 * n + 2
+    mixer = QattenMixer(
+        n, state_dim, n_heads=3, embed_dim=8, hypernet_embed=16, unit_dim=3 if unit else None
+    )
+    q = (torch.randn(6, n, 1) * 5).requires_grad_()
+    state = torch.randn(6, state_dim)
+    (grad,) = torch.autograd.grad(mixer(q, state).sum(), q)
+    assert (grad >= 0).all()
+    lam = mixer.attention(state)
+    assert lam.shape == (6, 3, n) and (lam >= 0).all()
+    torch.testing.assert_close(lam.sum(-1), torch.ones(6, 3))
+
+
+def test_qatten_unit_features_come_from_the_state_and_bad_unit_dim_is_rejected():
+    mixer = QattenMixer(2, 7, unit_dim=3)
+    state = torch.arange(7.0).unsqueeze(0)
+    assert mixer.agent_features(state).tolist() == [[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]
+    assert mixer(torch.randn(4, 5, 2, 1), torch.randn(4, 5, 7)).shape == (4, 5, 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        QattenMixer(3, 7, unit_dim=3)

@@ -63,6 +63,11 @@ def test_every_algorithm_trains_on_every_env(algorithm, env, tmp_path):
     assert (tmp_path / CHECKPOINT).exists() and (tmp_path / "final.json").exists()
 
 
+def test_resq_with_the_qatten_main_mixer_trains(tmp_path):
+    final = train(config("resq", "predator_prey", tmp_path, "algorithm.mixer=qatten"))
+    assert final["updates"] > 0 and torch.isfinite(torch.tensor(final["eval/return"]))
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path):
     first = train(config("qmix", "predator_prey", tmp_path))
     state = torch.load(tmp_path / CHECKPOINT, weights_only=False)

@@ -1,7 +1,7 @@
 """Networks: per-agent utility networks and mixers."""
 
 from resq_torchrl.modules.agents import AgentMLP, make_agent_qnet
-from resq_torchrl.modules.mixers import FeedForwardMixer, QMixer, VDNMixer
+from resq_torchrl.modules.mixers import FeedForwardMixer, QattenMixer, QMixer, VDNMixer
 from resq_torchrl.modules.rnn import AgentGRU, MultiAgentGRU
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "make_agent_qnet",
     "FeedForwardMixer",
     "QMixer",
+    "QattenMixer",
     "VDNMixer",
 ]

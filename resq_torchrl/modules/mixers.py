@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchrl.modules.models.multiagent import Mixer, VDNMixer
 
-__all__ = ["VDNMixer", "QMixer", "FeedForwardMixer"]
+__all__ = ["VDNMixer", "QMixer", "QattenMixer", "FeedForwardMixer"]
 
 
 def _mlp_head(in_dim: int, embed_dim: int, device) -> nn.Sequential:
@@ -121,3 +121,86 @@ class FeedForwardMixer(Mixer):
         q = chosen_action_value.reshape(-1, self.n_agents)
         out = self.net(torch.cat([state, q], dim=-1)) + self.V(state)
         return out.view(*batch, 1)
+
+
+class QattenMixer(Mixer):
+    """Qatten mixer (Yang et al. 2020): multi-head attention over agents, monotonic in every
+    ``Q_i``.
+
+    ``Q_tot = sum_h w_h(s) sum_i lambda_{i,h}(s) Q_i + c(s)`` with attention weights
+    ``lambda_{., h} = softmax_i(q_h(s) . k_h(e_i) / sqrt(d))`` (non-negative, summing to one
+    over agents), non-negative head weights ``w_h(s) = |f(s)|`` and a state bias ``c(s)``.
+
+    The agent features ``e_i`` are the ``unit_dim`` features of agent ``i`` read from the
+    first ``N * unit_dim`` entries of the state when ``unit_dim`` is given (the layout of
+    SMAC's state), else the state with a one-hot agent id appended (any env).
+
+    Shapes: ``chosen_action_value [*B, N, 1]``, ``state [*B, S]`` -> ``[*B, 1]``.
+
+    Args:
+        n_agents: number of agents ``N``.
+        state_dim: state size ``S``.
+        n_heads: attention heads (reference: 4).
+        embed_dim: query/key size per head (reference: 32).
+        hypernet_embed: hidden width of the query, head-weight and bias networks.
+        unit_dim: per-agent feature size at the start of the state, or ``None``.
+        device: parameter device.
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        state_dim: int,
+        n_heads: int = 4,
+        embed_dim: int = 32,
+        hypernet_embed: int = 64,
+        unit_dim: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
+        )
+        if unit_dim is not None and not 0 < unit_dim * n_agents <= state_dim:
+            raise ValueError(
+                f"unit_dim={unit_dim} x {n_agents} agents does not fit in a state of "
+                f"{state_dim} features"
+            )
+        self.state_dim, self.n_heads, self.embed_dim, self.unit_dim = (
+            state_dim,
+            n_heads,
+            embed_dim,
+            unit_dim,
+        )
+        key_in = unit_dim if unit_dim is not None else state_dim + n_agents
+        self.query = nn.Sequential(
+            nn.Linear(state_dim, hypernet_embed, device=device),
+            nn.ReLU(),
+            nn.Linear(hypernet_embed, n_heads * embed_dim, device=device),
+        )
+        self.key = nn.Linear(key_in, n_heads * embed_dim, bias=False, device=device)
+        self.head_weight = _mlp_head(state_dim, hypernet_embed, device)
+        self.head_weight[-1] = nn.Linear(hypernet_embed, n_heads, device=device)
+        self.V = _mlp_head(state_dim, hypernet_embed, device)
+
+    def agent_features(self, state: torch.Tensor) -> torch.Tensor:
+        """``[M, S]`` -> ``[M, N, F]``."""
+        n = self.n_agents
+        if self.unit_dim is not None:
+            return state[:, : n * self.unit_dim].reshape(-1, n, self.unit_dim)
+        eye = torch.eye(n, device=state.device, dtype=state.dtype).expand(state.shape[0], n, n)
+        return torch.cat([state.unsqueeze(1).expand(-1, n, -1), eye], dim=-1)
+
+    def attention(self, state: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``lambda`` ``[M, H, N]`` (>= 0, sum 1 over agents)."""
+        h, d = self.n_heads, self.embed_dim
+        q = self.query(state).view(-1, h, 1, d)
+        k = self.key(self.agent_features(state)).view(-1, self.n_agents, h, d).transpose(1, 2)
+        return torch.softmax((q * k).sum(-1) / d**0.5, dim=-1)
+
+    def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        batch = chosen_action_value.shape[:-2]
+        state = state.reshape(-1, self.state_dim).to(chosen_action_value.dtype)
+        q = chosen_action_value.reshape(-1, 1, self.n_agents)  # [M, 1, N]
+        per_head = (self.attention(state) * q).sum(-1)  # [M, H]
+        w = self.head_weight(state).abs()  # [M, H], non-negative head weights
+        return ((w * per_head).sum(-1, keepdim=True) + self.V(state)).view(*batch, 1)

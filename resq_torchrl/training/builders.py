@@ -19,6 +19,7 @@ from resq_torchrl.envs import MatrixGameEnv, PredatorPreyEnv
 from resq_torchrl.modules import (
     FeedForwardMixer,
     MultiAgentGRU,
+    QattenMixer,
     QMixer,
     VDNMixer,
     make_agent_qnet,
@@ -114,7 +115,18 @@ def _monotonic_mixer(algo: Mapping, dims: EnvDims, device):
         )
     if kind == "vdn":
         return VDNMixer(n_agents=dims.n_agents, device=device)
-    raise ValueError(f"unknown mixer {kind!r}; choose 'qmix' or 'vdn'")
+    if kind == "qatten":
+        unit_dim = algo.get("unit_dim")
+        return QattenMixer(
+            n_agents=dims.n_agents,
+            state_dim=dims.state_dim,
+            n_heads=int(algo.get("n_heads", 4)),
+            embed_dim=int(algo.get("mixing_embed_dim", 32)),
+            hypernet_embed=int(algo.get("hypernet_embed", 64)),
+            unit_dim=None if unit_dim is None else int(unit_dim),
+            device=device,
+        )
+    raise ValueError(f"unknown mixer {kind!r}; choose 'qmix', 'qatten' or 'vdn'")
 
 
 def _build_vdn(algo, agent_cfg, dims, device) -> LossModule:
