@@ -2,7 +2,8 @@
 # Full-size predator-prey benchmark of the "Recurrent training pipeline" issue:
 # punishment -2, seeds 0..2, FRAMES env steps each; one queue per algorithm, the queues in
 # parallel (one core each). Resumable: rerun the same command and unfinished runs continue
-# from their checkpoints; finished runs (final.json reaching FRAMES) are skipped.
+# from their checkpoints; finished runs (final.json within 1% of FRAMES: the collector
+# stops at a whole number of episodes) are skipped.
 #   bash benchmarks/predator_prey.sh [FRAMES] [OUT] [ALGORITHMS...]
 #   (defaults: 300000 runs/predator_prey resq qmix)
 # Then: python scripts/plot_curves.py OUT/*_seed* --out docs/predator_prey.png
@@ -14,7 +15,7 @@ shift $(( $# > 2 ? 2 : $# ))
 if [ $# -gt 0 ]; then ALGORITHMS=("$@"); else ALGORITHMS=(resq qmix); fi
 
 finished() {  # dir
-    [ -f "$1/final.json" ] && python -c "import json,sys; sys.exit(json.load(open('$1/final.json'))['frames'] < $FRAMES)"
+    [ -f "$1/final.json" ] && python -c "import json,sys; sys.exit(json.load(open('$1/final.json'))['frames'] < 0.99 * $FRAMES)"
 }
 
 queue() {  # algorithm
