@@ -1,8 +1,10 @@
-"""Plot greedy-evaluation curves (mean and min-max over seeds) of train.py runs.
+"""Plot learning curves (mean and min-max over seeds) of train.py runs.
 
     python scripts/plot_curves.py runs/predator_prey/*_seed* --out docs/predator_prey.png
 
-Runs are grouped by the name before ``_seed``; each run directory holds ``eval.jsonl``.
+Runs are grouped by the name before ``_seed``. Left: greedy evaluation return
+(``eval.jsonl``); right: training-episode return (the CSV logger's ``train/return``),
+binned over env steps.
 """
 
 from __future__ import annotations
@@ -19,17 +21,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def load(run: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def load_eval(run: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line]
-    rows = [r for r in rows if metric in r]
-    return np.array([r["frames"] for r in rows]), np.array([r[metric] for r in rows])
+    return np.array([r["frames"] for r in rows]), np.array([r["eval/return"] for r in rows])
+
+
+def load_train(run: Path, bins: np.ndarray) -> np.ndarray | None:
+    """Mean training return in each bin of env steps (NaN where a bin has no episode)."""
+    files = list(run.glob("*/scalars/train/return.csv"))
+    if not files:
+        return None
+    data = np.loadtxt(files[0], delimiter=",", ndmin=2)
+    idx = np.digitize(data[:, 0], bins) - 1
+    return np.array(
+        [data[idx == i, 1].mean() if (idx == i).any() else np.nan for i in range(len(bins) - 1)]
+    )
+
+
+def band(ax, x, values, label):
+    ax.plot(x, np.nanmean(values, 0), label=label)
+    ax.fill_between(x, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--metric", default="eval/return")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--bin", type=int, default=10000, help="env steps per training bin")
     args = parser.parse_args()
     groups: dict[str, list[Path]] = defaultdict(list)
     for run in args.runs:
@@ -37,25 +55,28 @@ def main() -> None:
             groups[run.name.split("_seed")[0]].append(run)
     if not groups:
         raise SystemExit("no run with an eval.jsonl among the given directories")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     summary = {}
     for name, runs in sorted(groups.items()):
-        curves = [load(r, args.metric) for r in runs]
+        curves = [load_eval(r) for r in runs]
         n = min(len(x) for x, _ in curves)
-        frames = curves[0][0][:n]
-        values = np.stack([y[:n] for _, y in curves])
-        ax.plot(frames, values.mean(0), label=f"{name} ({len(runs)} seeds)")
-        ax.fill_between(frames, values.min(0), values.max(0), alpha=0.2)
+        frames, values = curves[0][0][:n], np.stack([y[:n] for _, y in curves])
+        band(left, frames, values, f"{name} ({len(runs)} seeds)")
+        bins = np.arange(0, frames[-1] + args.bin, args.bin)
+        train = [t for t in (load_train(r, bins) for r in runs) if t is not None]
+        if train:
+            band(right, bins[:-1] + args.bin / 2, np.stack(train), f"{name} ({len(train)} seeds)")
         summary[name] = {
             "seeds": len(runs),
             "frames": int(frames[-1]),
-            "final_mean": float(values[:, -1].mean()),
-            "final_per_seed": values[:, -1].round(3).tolist(),
+            "final_eval_return_mean": float(values[:, -1].mean()),
+            "final_eval_return_per_seed": values[:, -1].round(3).tolist(),
         }
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(args.metric)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    left.set(xlabel="env steps", ylabel="greedy evaluation return", title="evaluation")
+    right.set(xlabel="env steps", ylabel="training episode return", title="training (binned)")
+    for ax in (left, right):
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
