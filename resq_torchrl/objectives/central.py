@@ -94,7 +94,7 @@ class CentralValueLoss(ValueFactorizationLoss):
             action = tensordict.get(self.tensor_keys.action)
         return self._mix(
             "central_mixer",
-            gather_chosen(q, action),
+            gather_chosen(q, action, check=False),
             tensordict.get(self.tensor_keys.state),
             target=target,
         )

@@ -42,12 +42,16 @@ __all__ = [
 ]
 
 
-def gather_chosen(action_value: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+def gather_chosen(
+    action_value: torch.Tensor, action: torch.Tensor, check: bool = True
+) -> torch.Tensor:
     """Utility of the taken action.
 
     Args:
         action_value: ``[*B, N, A]`` per-agent utilities.
         action: ``[*B, N]`` integer actions (a trailing singleton dim is accepted).
+        check: verify that every action lies in ``[0, A)`` (one device sync); the losses
+            check the taken actions once per call and skip it for the other gathers.
 
     Returns:
         ``[*B, N, 1]``.
@@ -60,7 +64,7 @@ def gather_chosen(action_value: torch.Tensor, action: torch.Tensor) -> torch.Ten
             f"{tuple(action_value.shape)} (expected [*B, N] actions for [*B, N, A] values)"
         )
     n_actions = action_value.shape[-1]
-    if action.numel() and (action.min() < 0 or action.max() >= n_actions):
+    if check and ((action < 0) | (action >= n_actions)).any():
         raise ValueError(
             f"actions must lie in [0, {n_actions}), got values in "
             f"[{int(action.min())}, {int(action.max())}]"
@@ -355,7 +359,7 @@ class ValueFactorizationLoss(LossModule):
             )
             next_value = self._mix(
                 mixer,
-                gather_chosen(q_next, next_greedy),
+                gather_chosen(q_next, next_greedy, check=False),
                 next_td.get(self.tensor_keys.state),
                 target=True,
             )

@@ -109,7 +109,9 @@ class ResQLoss(CentralValueLoss):
         q, _ = self._agent_q("residual_agent_network", tensordict)
         action = tensordict.get(self.tensor_keys.action)
         r = self._mix(
-            "residual_mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state)
+            "residual_mixer",
+            gather_chosen(q, action, check=False),
+            tensordict.get(self.tensor_keys.state),
         )
         return -r.abs() if self.residual_sign == "abs" else r
 
