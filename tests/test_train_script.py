@@ -136,3 +136,29 @@ def test_collection_policy_never_picks_an_unavailable_action(eps):
     taken = mask.gather(-1, rollout["agents", "action"].unsqueeze(-1))
     assert taken.all()
     assert (~mask).any()  # the masks did forbid something
+
+
+def test_evaluate_script_reloads_the_checkpoint(tmp_path):
+    from resq_torchrl.training.trainer import evaluate_checkpoint
+
+    final = train(config("resq", "predator_prey", tmp_path))
+    first = evaluate_checkpoint(tmp_path, episodes=4, seed=3)
+    assert first["checkpoint_frames"] == final["frames"] and first["eval/episodes"] == 4
+    assert evaluate_checkpoint(tmp_path, episodes=4, seed=3) == first  # greedy: reproducible
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "evaluate.py"),
+            f"output_dir={tmp_path}",
+            "episodes=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"RL_WARNINGS": "False", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["eval/episodes"] == 3
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        evaluate_checkpoint(tmp_path / "nothing")

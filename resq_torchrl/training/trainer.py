@@ -76,6 +76,15 @@ def make_policies(
     return TensorDictSequential(*modules), egreedy
 
 
+def add_agent_transforms(env: EnvBase, loss) -> EnvBase:
+    """Append what the loss's main agents need from the env: the primer of a recurrent
+    agent's state and last action (nothing for feed-forward agents)."""
+    primer = getattr(loss.agent_network, "make_tensordict_primer", None)
+    if primer is not None:
+        env.append_transform(primer())
+    return env
+
+
 @torch.no_grad()
 def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -> dict:
     """Greedy returns of one episode per env of the batched ``env``."""
@@ -127,12 +136,9 @@ def train(cfg: Mapping) -> dict:
         loss.make_value_estimator(
             ValueEstimators.TDLambda, gamma=float(algo["gamma"]), lmbda=float(algo["td_lambda"])
         )
-    primer = getattr(loss.agent_network, "make_tensordict_primer", None)
-    if primer is not None:
-        env.append_transform(primer())
+    add_agent_transforms(env, loss)
     eval_env = make_env(env_cfg, int(cfg["eval_episodes"]), device, seed=int(cfg["seed"]) + 1)
-    if primer is not None:
-        eval_env.append_transform(primer())
+    add_agent_transforms(eval_env, loss)
 
     policy, egreedy = make_policies(loss, env, cfg["exploration"])
     optimizer = make_optimizer(loss, cfg["optimizer"], float(cfg["lr"]), float(cfg["optim_eps"]))
@@ -271,6 +277,27 @@ def train(cfg: Mapping) -> dict:
     return final
 
 
+def evaluate_checkpoint(
+    out_dir: str | Path, episodes: int = 32, device: str | None = None, seed: int = 0
+) -> dict:
+    """Greedy evaluation of ``episodes`` episodes (one per env of a batched env) with the
+    networks of ``out_dir/checkpoint.pt``, built from the config stored in it."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: train with output_dir={out_dir}")
+    state = torch.load(path, weights_only=False, map_location=device)
+    cfg = state["config"]
+    device = torch.device(device or cfg["device"])
+    env = make_env(cfg["env"], episodes, device, seed=seed)
+    loss = make_loss(cfg["algorithm"], cfg["agent"], env_dims(env), device)
+    loss.load_state_dict(state["loss"])
+    add_agent_transforms(env, loss)
+    policy, _ = make_policies(loss, env, cfg["exploration"])
+    result = evaluate(env, policy, int(cfg["env"]["max_steps"]), cfg["env"].get("win_key"))
+    result.update({"checkpoint_frames": state["frames"], "seed": seed})
+    return result
+
+
 def last_eval(out_dir: str | Path) -> dict | None:
     """The last line of ``eval.jsonl`` in ``out_dir`` (``None`` if there is none)."""
     path = Path(out_dir) / "eval.jsonl"
@@ -280,4 +307,11 @@ def last_eval(out_dir: str | Path) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
-__all__ = ["train", "evaluate", "make_policies", "last_eval"]
+__all__ = [
+    "train",
+    "evaluate",
+    "evaluate_checkpoint",
+    "make_policies",
+    "add_agent_transforms",
+    "last_eval",
+]

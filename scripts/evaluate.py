@@ -1,0 +1,23 @@
+"""Greedy evaluation of a checkpoint written by scripts/train.py.
+
+python scripts/evaluate.py output_dir=runs/resq_predator_prey_seed0 episodes=64
+"""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+from resq_torchrl.training.trainer import evaluate_checkpoint
+
+
+@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = evaluate_checkpoint(cfg.output_dir, int(cfg.episodes), cfg.device, int(cfg.seed))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
