@@ -149,8 +149,15 @@ def train(cfg: Mapping) -> dict:
         batch_size=int(cfg["batch_episodes"]),
         device=device,
     )
+    # wandb runs offline unless asked otherwise (machines without network, reproducibility)
+    logger_kwargs = (
+        {"offline": bool(cfg.get("wandb_offline", True))} if cfg["logger"] == "wandb" else {}
+    )
     logger = get_logger(
-        cfg["logger"], logger_name=str(out_dir), experiment_name=str(cfg["experiment_name"])
+        cfg["logger"],
+        logger_name=str(out_dir),
+        experiment_name=str(cfg["experiment_name"]),
+        **logger_kwargs,
     )
 
     frames, episodes, last_target, updates, credit = 0, 0, 0, 0, 0.0
