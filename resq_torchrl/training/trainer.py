@@ -163,7 +163,7 @@ def train(cfg: Mapping) -> dict:
     frames, episodes, last_target, updates, credit = 0, 0, 0, 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if cfg.get("resume") and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         loss.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         egreedy.load_state_dict(state["egreedy"])
