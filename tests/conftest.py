@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("RL_WARNINGS", "False")
 
@@ -86,3 +89,23 @@ def make_transition():
 @pytest.fixture
 def make_table_qnet():
     return table_qnet
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>`` as a user would, from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"RL_WARNINGS": "False", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture
+def run_script():
+    return _run_script

@@ -1,8 +1,6 @@
 """The matrix-game entry point, run as a user runs it."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,21 +25,11 @@ KEYS = {
 }
 
 
-def run_script(*args: str, script: str = "matrix_game.py") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"RL_WARNINGS": "False", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-    )
-
-
 @pytest.mark.parametrize("algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix"])
-def test_script_writes_the_json_contract(algorithm, tmp_path):
+def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
     out = tmp_path / "out.json"
     proc = run_script(
+        "matrix_game.py",
         f"algorithm={algorithm}",
         "seed=0",
         "payoff=[[8,-12,-12],[-12,0,0],[-12,0,7.9]]",
@@ -74,11 +62,16 @@ def test_script_writes_the_json_contract(algorithm, tmp_path):
     assert (tmp_path / "q.png").stat().st_size > 1000
 
 
-def test_three_agent_payoff(tmp_path):
+def test_three_agent_payoff(tmp_path, run_script):
     out = tmp_path / "out.json"
     payoff = "[[[1,0],[0,0]],[[0,0],[0,5]]]"
     proc = run_script(
-        "algorithm=resq", f"payoff={payoff}", f"json_out={out}", "n_updates=20", "progress=false"
+        "matrix_game.py",
+        "algorithm=resq",
+        f"payoff={payoff}",
+        f"json_out={out}",
+        "n_updates=20",
+        "progress=false",
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -96,14 +89,14 @@ def test_three_agent_payoff(tmp_path):
         ("[[1,inf],[1,1]]", "finite"),
     ],
 )
-def test_script_rejects_bad_payoff(payoff, message, tmp_path):
-    proc = run_script(f"payoff={payoff}", "n_updates=5", "progress=false")
+def test_script_rejects_bad_payoff(payoff, message, tmp_path, run_script):
+    proc = run_script("matrix_game.py", f"payoff={payoff}", "n_updates=5", "progress=false")
     assert proc.returncode != 0
     assert message in proc.stderr
 
 
-def test_script_rejects_unknown_algorithm():
-    proc = run_script("algorithm=nope", "n_updates=5", "progress=false")
+def test_script_rejects_unknown_algorithm(run_script):
+    proc = run_script("matrix_game.py", "algorithm=nope", "n_updates=5", "progress=false")
     assert proc.returncode != 0
     assert "algorithm/nope" in proc.stderr and "resq" in proc.stderr  # lists the options
 

@@ -1,8 +1,6 @@
 """scripts/train.py and the training loop behind it, on tiny budgets."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -79,25 +77,17 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
         train(config("qmix", "predator_prey", tmp_path, "total_frames=400", "resume=true"))
 
 
-def test_train_script_command_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "train.py"),
-            "algorithm=resq",
-            "env=predator_prey",
-            "seed=0",
-            f"output_dir={tmp_path}",
-            "progress=false",
-            "batch_episodes=4",
-            "eval_episodes=2",
-            *TINY["predator_prey"],
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"RL_WARNINGS": "False", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+def test_train_script_command_line(tmp_path, run_script):
+    proc = run_script(
+        "train.py",
+        "algorithm=resq",
+        "env=predator_prey",
+        "seed=0",
+        f"output_dir={tmp_path}",
+        "progress=false",
+        "batch_episodes=4",
+        "eval_episodes=2",
+        *TINY["predator_prey"],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "final evaluation (resq on predator_prey, seed 0)" in proc.stdout
@@ -138,26 +128,14 @@ def test_collection_policy_never_picks_an_unavailable_action(eps):
     assert (~mask).any()  # the masks did forbid something
 
 
-def test_evaluate_script_reloads_the_checkpoint(tmp_path):
+def test_evaluate_script_reloads_the_checkpoint(tmp_path, run_script):
     from resq_torchrl.training.trainer import evaluate_checkpoint
 
     final = train(config("resq", "predator_prey", tmp_path))
     first = evaluate_checkpoint(tmp_path, episodes=4, seed=3)
     assert first["checkpoint_frames"] == final["frames"] and first["eval/episodes"] == 4
     assert evaluate_checkpoint(tmp_path, episodes=4, seed=3) == first  # greedy: reproducible
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "evaluate.py"),
-            f"output_dir={tmp_path}",
-            "episodes=3",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"RL_WARNINGS": "False", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-    )
+    proc = run_script("evaluate.py", f"output_dir={tmp_path}", "episodes=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["eval/episodes"] == 3
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

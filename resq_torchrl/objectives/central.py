@@ -103,6 +103,14 @@ class CentralValueLoss(ValueFactorizationLoss):
         """``y`` ``[*B, 1]`` from the target ``Q*`` at the online greedy next actions."""
         return self._target_value(tensordict, next_greedy, "central_agent_network", "central_mixer")
 
+    def _joint_and_target(self, tensordict: TensorDictBase):
+        """What every central-Q* loss starts with: the input check, the joint values (with
+        the online greedy next action), the central target ``y`` and the padding mask."""
+        self._check_input(tensordict)
+        joint = self.joint_q(tensordict, with_next=True)
+        target = self.central_target(tensordict, joint.get("next_greedy_action"))
+        return joint, target, self._padding(tensordict)
+
     def central_loss(
         self, tensordict: TensorDictBase, target: torch.Tensor, pad: torch.Tensor | None
     ) -> torch.Tensor:

@@ -125,10 +125,7 @@ class ResQLoss(CentralValueLoss):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        self._check_input(tensordict)
-        joint = self.joint_q(tensordict, with_next=True)
-        target = self.central_target(tensordict, joint.get("next_greedy_action"))
-        pad = self._padding(tensordict)
+        joint, target, pad = self._joint_and_target(tensordict)
         q_jt, q_r = joint.get("q_jt"), joint.get("q_r")
         td_error = q_jt - target
         losses = {

@@ -90,10 +90,7 @@ class WeightedQMIXLoss(CentralValueLoss):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        self._check_input(tensordict)
-        joint = self.joint_q(tensordict, with_next=True)
-        target = self.central_target(tensordict, joint.get("next_greedy_action"))
-        pad = self._padding(tensordict)
+        joint, target, pad = self._joint_and_target(tensordict)
         q_tot = joint.get("q_tot")
         td_error = q_tot - target
         w = self.weights(tensordict, joint, target)
