@@ -2,8 +2,7 @@
 # Full-size predator-prey benchmark of the "Recurrent training pipeline" issue:
 # punishment -2, seeds 0..2, FRAMES env steps each; one queue per algorithm, the queues in
 # parallel (one core each). Resumable: rerun the same command and unfinished runs continue
-# from their checkpoints; finished runs (final.json within 1% of FRAMES: the collector
-# stops at a whole number of episodes) are skipped.
+# from their checkpoints; finished runs (final.json reaching FRAMES) are skipped.
 #   bash benchmarks/predator_prey.sh [FRAMES] [OUT] [ALGORITHMS...]
 #   (defaults: 300000 runs/predator_prey resq qmix)
 # Then: python scripts/plot_curves.py OUT/*_seed* --out docs/predator_prey.png
@@ -15,7 +14,7 @@ shift $(( $# > 2 ? 2 : $# ))
 if [ $# -gt 0 ]; then ALGORITHMS=("$@"); else ALGORITHMS=(resq qmix); fi
 
 finished() {  # dir
-    [ -f "$1/final.json" ] && python -c "import json,sys; sys.exit(json.load(open('$1/final.json'))['frames'] < 0.99 * $FRAMES)"
+    [ -f "$1/final.json" ] && python -c "import json,sys; sys.exit(json.load(open('$1/final.json'))['frames'] < $FRAMES)"
 }
 
 queue() {  # algorithm
@@ -24,8 +23,10 @@ queue() {  # algorithm
         finished "$dir" && continue
         local resume=false
         [ -f "$dir/checkpoint.pt" ] && resume=true
+        # the collector stops at a whole number of 8-episode batches (1600 frames) below its
+        # budget: ask for one batch more so that a run reaches FRAMES
         OMP_NUM_THREADS=1 python scripts/train.py algorithm="$1" env=predator_prey seed="$seed" \
-            total_frames="$FRAMES" output_dir="$dir" resume=$resume progress=false \
+            total_frames=$((FRAMES + 1600)) output_dir="$dir" resume=$resume progress=false \
             checkpoint_interval=20000 > "$dir.log" 2>&1
     done
 }
