@@ -4,7 +4,8 @@
 # parallel (one core each). Resumable: rerun the same command and unfinished runs continue
 # from their checkpoints; finished runs (final.json reaching FRAMES) are skipped.
 #   bash benchmarks/predator_prey.sh [FRAMES] [OUT] [ALGORITHMS...]
-#   (defaults: 300000 runs/predator_prey resq qmix)
+#   (defaults: 300000 runs/predator_prey resq qmix; SEEDS="0 1 2" selects the seeds, e.g. to
+#   split one algorithm's seeds over two invocations running side by side)
 # Then: python scripts/plot_curves.py OUT/*_seed* --out docs/predator_prey.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ finished() {  # dir
 }
 
 queue() {  # algorithm
-    for seed in 0 1 2; do
+    for seed in ${SEEDS:-0 1 2}; do
         local dir="$OUT/$1_seed$seed"
         finished "$dir" && continue
         local resume=false
