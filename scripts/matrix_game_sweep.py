@@ -3,6 +3,10 @@
     python scripts/matrix_game_sweep.py                       # vdn, qmix, resq x seeds 0..19
     python scripts/matrix_game_sweep.py 'algorithms=[resq]' n_seeds=5 out_dir=/tmp/mg
 
+Finished runs are kept in ``cache_dir`` (one JSON per run, keyed by a hash of its whole
+config): rerunning after an interruption, or with one more method, trains only what is
+missing. ``cache_dir=null`` turns that off.
+
 Every method gets the same training settings (those of ``configs/matrix_game.yaml`` plus
 the command-line overrides); only ``algorithm`` changes.
 """
@@ -34,6 +38,9 @@ def load_algorithm(name: str) -> dict:
 @hydra.main(config_path="../configs", config_name="matrix_game_sweep", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     base = OmegaConf.to_container(cfg, resolve=True)
+    # what a single run sees (and what its cache key hashes): not the sweep's own options
+    for key in ("algorithms", "n_seeds", "workers", "out_dir", "cache_dir"):
+        base.pop(key)
     algorithms = {name: load_algorithm(name) for name in cfg.algorithms}
 
     def report(i, n, r):
@@ -44,7 +51,12 @@ def main(cfg: DictConfig) -> None:
         )
 
     results = train_matrix_game_seeds(
-        base, algorithms, range(int(cfg.n_seeds)), int(cfg.workers), on_result=report
+        base,
+        algorithms,
+        range(int(cfg.n_seeds)),
+        int(cfg.workers),
+        on_result=report,
+        cache_dir=cfg.cache_dir,
     )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

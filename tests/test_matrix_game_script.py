@@ -25,7 +25,9 @@ KEYS = {
 }
 
 
-@pytest.mark.parametrize("algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix"])
+@pytest.mark.parametrize(
+    "algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex"]
+)
 def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
     out = tmp_path / "out.json"
     proc = run_script(
@@ -55,6 +57,11 @@ def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
         q_r = torch.tensor(result["q_r"])
         assert (q_r <= 0).all()
         assert q_jt[greedy] == q_tot[greedy]
+    elif algorithm == "qtran":  # q_jt is the joint network, q_tot the sum of utilities
+        assert result["q_r"] is None
+        q_agents = torch.tensor(result["q_agents"])
+        sums = q_agents[0].unsqueeze(1) + q_agents[1].unsqueeze(0)
+        torch.testing.assert_close(q_tot, sums, atol=1e-4, rtol=0)
     else:
         assert result["q_r"] is None and torch.equal(q_jt, q_tot)
     # the printed table shows the utilities and marks the greedy cell

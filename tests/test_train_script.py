@@ -44,7 +44,9 @@ def config(algorithm: str, env: str, out: Path, *extra: str) -> dict:
 
 
 @pytest.mark.parametrize("env", ["matrix_game", "predator_prey"])
-@pytest.mark.parametrize("algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix"])
+@pytest.mark.parametrize(
+    "algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex"]
+)
 def test_every_algorithm_trains_on_every_env(algorithm, env, tmp_path):
     final = train(config(algorithm, env, tmp_path))
     assert final["frames"] >= 96 and final["updates"] > 0
@@ -56,6 +58,8 @@ def test_every_algorithm_trains_on_every_env(algorithm, env, tmp_path):
         assert (csv / "w_r_mean.csv").exists() and (csv / "loss_central.csv").exists()
     if algorithm.endswith("_qmix"):
         assert (csv / "w_mean.csv").exists() and (csv / "loss_central.csv").exists()
+    if algorithm == "qtran":
+        assert (csv / "loss_opt.csv").exists() and (csv / "loss_nopt.csv").exists()
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert len(evals) >= 2 and evals[-1]["frames"] == final["frames"]
     assert (tmp_path / CHECKPOINT).exists() and (tmp_path / "final.json").exists()

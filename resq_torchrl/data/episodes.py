@@ -23,6 +23,7 @@ DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
     ("next", "agents", "rnn_hidden"),
     ("agents", "action_value"),
     ("agents", "chosen_action_value"),
+    ("agents", "features"),  # QTRAN's agent features, recomputed by its loss
     ("collector", "traj_ids"),
 )
 

@@ -2,6 +2,8 @@
 
 from resq_torchrl.modules.agents import AgentMLP, make_agent_qnet
 from resq_torchrl.modules.mixers import FeedForwardMixer, QattenMixer, QMixer, VDNMixer
+from resq_torchrl.modules.qplex import QPLEXMixer
+from resq_torchrl.modules.qtran import QTranJointNetwork
 from resq_torchrl.modules.rnn import AgentGRU, MultiAgentGRU
 
 __all__ = [
@@ -12,5 +14,7 @@ __all__ = [
     "FeedForwardMixer",
     "QMixer",
     "QattenMixer",
+    "QPLEXMixer",
+    "QTranJointNetwork",
     "VDNMixer",
 ]

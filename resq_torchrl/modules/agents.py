@@ -28,6 +28,8 @@ class AgentMLP(nn.Module):
         hidden: hidden layer sizes.
         agent_id: append a one-hot agent id to the input.
         device: parameter device.
+        return_features: also return the last hidden layer ``[*B, N, hidden[-1]]`` (the
+            per-agent features QTRAN's joint network reads).
     """
 
     def __init__(
@@ -38,8 +40,11 @@ class AgentMLP(nn.Module):
         hidden: Sequence[int] = (64,),
         agent_id: bool = True,
         device: torch.device | str | None = None,
+        return_features: bool = False,
     ) -> None:
         super().__init__()
+        if return_features and not hidden:
+            raise ValueError("AgentMLP needs at least one hidden layer to return features")
         if n_agents < 1 or n_actions < 1 or obs_dim < 1:
             raise ValueError(
                 f"AgentMLP needs positive sizes, got obs_dim={obs_dim}, "
@@ -49,6 +54,8 @@ class AgentMLP(nn.Module):
         self.n_actions = n_actions
         self.n_agents = n_agents
         self.agent_id = agent_id
+        self.return_features = return_features
+        self.feature_dim = hidden[-1] if hidden else 0
         in_features = obs_dim + (n_agents if agent_id else 0)
         self.net = MLP(
             in_features=in_features,
@@ -58,7 +65,9 @@ class AgentMLP(nn.Module):
             device=device,
         )
 
-    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, observation: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if observation.shape[-2:] != (self.n_agents, self.obs_dim):
             raise ValueError(
                 f"AgentMLP was built for {self.n_agents} agents with {self.obs_dim} observation "
@@ -69,7 +78,13 @@ class AgentMLP(nn.Module):
         if self.agent_id:
             eye = torch.eye(self.n_agents, device=x.device, dtype=x.dtype)
             x = torch.cat([x, eye.expand(*x.shape[:-1], self.n_agents)], dim=-1)
-        return self.net(x)
+        if not self.return_features:
+            return self.net(x)
+        # torchrl's MLP cannot be sliced (a slice rebuilds an MLP without out_features)
+        *trunk, head = list(self.net)
+        for layer in trunk:
+            x = layer(x)
+        return head(x), x
 
 
 def make_agent_qnet(
@@ -81,8 +96,10 @@ def make_agent_qnet(
     device: torch.device | str | None = None,
     in_key: NestedKey = ("agents", "observation"),
     out_key: NestedKey = ("agents", "action_value"),
+    features_key: NestedKey | None = None,
 ) -> TensorDictModule:
-    """An :class:`AgentMLP` as a ``TensorDictModule`` reading ``in_key`` and writing ``out_key``.
+    """An :class:`AgentMLP` as a ``TensorDictModule`` reading ``in_key`` and writing ``out_key``
+    (and, with ``features_key``, the last hidden layer ``[*B, N, hidden[-1]]`` there).
 
     Example:
         >>> import torch
@@ -93,7 +110,7 @@ def make_agent_qnet(
         torch.Size([5, 2, 3])
     """
     return TensorDictModule(
-        AgentMLP(obs_dim, n_actions, n_agents, hidden, agent_id, device),
+        AgentMLP(obs_dim, n_actions, n_agents, hidden, agent_id, device, features_key is not None),
         in_keys=[in_key],
-        out_keys=[out_key],
+        out_keys=[out_key] if features_key is None else [out_key, features_key],
     )

@@ -119,7 +119,9 @@ class MultiAgentGRU(TensorDictModuleBase):
     Keys (defaults): reads ``("agents", "observation")``, ``("agents", "last_action")``
     (one-hot ``[*B, N, A]``, zeros at an episode start), ``("agents", "rnn_hidden")``
     ``[*B, N, H]`` and ``"is_init"`` ``[*B, 1]``; writes ``("agents", "action_value")``
-    ``[*B, N, A]`` and ``("next", "agents", "rnn_hidden")``.
+    ``[*B, N, A]`` and ``("next", "agents", "rnn_hidden")``; with ``features_key`` also the
+    state after the step ``[*B, N, H]`` there (the per-agent features QTRAN reads: the GRU
+    output the utilities are computed from).
 
     Example:
         >>> import torch
@@ -149,6 +151,7 @@ class MultiAgentGRU(TensorDictModuleBase):
         hidden_key: NestedKey = ("agents", "rnn_hidden"),
         is_init_key: NestedKey = "is_init",
         out_key: NestedKey = ("agents", "action_value"),
+        features_key: NestedKey | None = None,
     ) -> None:
         super().__init__()
         self.net = AgentGRU(obs_dim, n_actions, n_agents, hidden_dim, last_action, agent_id, device)
@@ -162,7 +165,11 @@ class MultiAgentGRU(TensorDictModuleBase):
             for k in (self.observation_key, self.last_action_key, self.hidden_key, self.is_init_key)
             if k is not None
         ]
+        self.features_key = None if features_key is None else unravel_key(features_key)
+        self.feature_dim = hidden_dim
         self.out_keys = [self.out_key, unravel_key(("next", self.hidden_key))]
+        if self.features_key is not None:
+            self.out_keys.append(self.features_key)
         #: absent state starts at zero; absent is_init means "not an episode start"
         self.optional_in_keys = [self.hidden_key, self.is_init_key]
 
@@ -217,6 +224,8 @@ class MultiAgentGRU(TensorDictModuleBase):
                 h = h.masked_fill(is_init.reshape(*h.shape[:-2], 1, 1), 0.0)
             q, h = self.net.step(x, h)
         tensordict.set(self.out_key, q)
+        if self.features_key is not None:
+            tensordict.set(self.features_key, h)
         set_next(tensordict, self.hidden_key, h)
         return tensordict
 

@@ -9,6 +9,8 @@ from resq_torchrl.objectives.common import (
     masked_mean,
 )
 from resq_torchrl.objectives.qmix import QMIXLoss
+from resq_torchrl.objectives.qplex import QPLEXLoss
+from resq_torchrl.objectives.qtran import QTRANLoss
 from resq_torchrl.objectives.resq import ResQLoss
 from resq_torchrl.objectives.vdn import VDNLoss
 from resq_torchrl.objectives.wqmix import WeightedQMIXLoss
@@ -18,6 +20,8 @@ __all__ = [
     "CentralValueLoss",
     "WeightedQMIXLoss",
     "QMIXLoss",
+    "QPLEXLoss",
+    "QTRANLoss",
     "VDNLoss",
     "ResQLoss",
     "gather_chosen",

@@ -223,13 +223,21 @@ class ValueFactorizationLoss(LossModule):
         self.convert_to_functional(network, name, create_target_params=target)
         self._agent_network_names.append(name)
 
-    def _register_mixer(self, name: str, mixer: nn.Module, *, target: bool) -> None:
-        """Store a torchrl :class:`Mixer` (or a ``TensorDictModule`` wrapping one)."""
+    def _register_mixer(
+        self, name: str, mixer: nn.Module, *, target: bool, expected: type | None = None
+    ) -> None:
+        """Store a torchrl :class:`Mixer` (or a ``TensorDictModule`` wrapping one).
+
+        ``expected`` replaces ``Mixer`` for losses whose joint network takes other inputs
+        than ``[*B, N, 1]`` utilities and a state (QTRAN, QPLEX); those losses call it
+        themselves rather than through :meth:`_mix`.
+        """
         if isinstance(mixer, TensorDictModule):
             mixer = mixer.module
-        if not isinstance(mixer, Mixer):
+        expected = Mixer if expected is None else expected
+        if not isinstance(mixer, expected):
             raise TypeError(
-                f"{name} must be a torchrl Mixer (or a TensorDictModule wrapping one), "
+                f"{name} must be a {expected.__name__} (or a TensorDictModule wrapping one), "
                 f"got {type(mixer).__name__}"
             )
         self.convert_to_functional(mixer, name, create_target_params=target)
@@ -274,7 +282,7 @@ class ValueFactorizationLoss(LossModule):
     def _params(self, name: str, target: bool) -> TensorDictBase:
         return getattr(self, f"target_{name}_params" if target else f"{name}_params")
 
-    def _agent_q(
+    def _agent_run(
         self,
         name: str,
         tensordict: TensorDictBase,
@@ -282,7 +290,7 @@ class ValueFactorizationLoss(LossModule):
         target: bool = False,
         with_next: bool = False,
         next_only: bool = False,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[TensorDictBase | None, TensorDictBase | None]:
         """Run agent network ``name`` (online or target parameters).
 
         The network runs on ``tensordict`` in torchrl's recurrent mode (a recurrent network
@@ -292,29 +300,48 @@ class ValueFactorizationLoss(LossModule):
         ``next_only`` skips the first pass when the network is not recurrent.
 
         Returns:
-            utilities ``[*B, N, A]`` at ``tensordict`` (``None`` if skipped) and, with
-            ``with_next``, at its ``"next"`` (else ``None``), read from
-            ``tensor_keys.action_value``.
+            shallow copies of ``tensordict`` (``None`` if skipped) and, with ``with_next``, of
+            its ``"next"`` (else ``None``), holding the network's outputs; the input is not
+            modified.
         """
         network = getattr(self, name)
-        key = self.tensor_keys.action_value
         params = self._params(name, target)
         # a recurrent module carries its state to the next step under "next"
         recurrent = any(unravel_key(k)[0] == "next" for k in network.out_keys)
         td = tensordict.copy()  # shallow: the network's outputs do not leak into the input
-        q = None
+        out = None
         if recurrent or not next_only:
             with params.to_module(network, preserve_module_state=False), set_recurrent_mode(True):
-                q = network(td).get(key)
+                out = network(td)
         if not with_next:
-            return q, None
+            return out, None
         with (
             torch.no_grad(),
             params.to_module(network, preserve_module_state=False),
             set_recurrent_mode(False),
         ):
-            q_next = network(td.get("next").copy()).get(key)
-        return q, q_next
+            out_next = network(td.get("next").copy())
+        return out, out_next
+
+    def _agent_q(
+        self,
+        name: str,
+        tensordict: TensorDictBase,
+        *,
+        target: bool = False,
+        with_next: bool = False,
+        next_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`_agent_run`, returning the utilities ``[*B, N, A]`` read from
+        ``tensor_keys.action_value`` (``None`` where a pass was skipped)."""
+        out, out_next = self._agent_run(
+            name, tensordict, target=target, with_next=with_next, next_only=next_only
+        )
+        key = self.tensor_keys.action_value
+        return (
+            None if out is None else out.get(key),
+            None if out_next is None else out_next.get(key),
+        )
 
     def _mix(
         self,
@@ -354,15 +381,7 @@ class ValueFactorizationLoss(LossModule):
         """
         next_td = tensordict.get("next")
         with torch.no_grad():
-            _, q_next = self._agent_q(
-                agent, tensordict, target=True, with_next=True, next_only=True
-            )
-            next_value = self._mix(
-                mixer,
-                gather_chosen(q_next, next_greedy, check=False),
-                next_td.get(self.tensor_keys.state),
-                target=True,
-            )
+            next_value = self._bootstrap_value(tensordict, next_greedy, agent, mixer)
             shape = next_value.shape
             reward = next_td.get(self.tensor_keys.reward).to(next_value.dtype).reshape(shape)
             terminated = next_td.get(self.tensor_keys.terminated).bool().reshape(shape)
@@ -379,34 +398,57 @@ class ValueFactorizationLoss(LossModule):
                 )
             return td0_return_estimate(self.gamma, next_value, reward, terminated)
 
+    def _bootstrap_value(
+        self, tensordict: TensorDictBase, next_greedy: torch.Tensor, agent: str, mixer: str
+    ) -> torch.Tensor:
+        """``V'`` ``[*B, 1]``: the target parameters of ``agent``/``mixer`` at
+        ``tensordict["next"]`` and the joint action ``next_greedy`` ``[*B, N]`` (called
+        without gradient). Losses whose joint network is not a :class:`Mixer` of chosen
+        utilities override it."""
+        _, q_next = self._agent_q(agent, tensordict, target=True, with_next=True, next_only=True)
+        return self._mix(
+            mixer,
+            gather_chosen(q_next, next_greedy, check=False),
+            tensordict.get(("next", self.tensor_keys.state)),
+            target=True,
+        )
+
     # ----------------------------------------------------------------- joint values
     def _main_joint(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         """Main utilities, their greedy tuple and the mixed ``Q_tot`` of the taken action;
         with ``with_next`` also the online greedy next action ``next_greedy_action``."""
         q, q_next = self._agent_q("agent_network", tensordict, with_next=with_next)
         action = tensordict.get(self.tensor_keys.action)
+        q_tot = self._mix("mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state))
+        out = TensorDict(
+            {"action_value": q, "greedy_action": self._greedy(tensordict, q), "q_tot": q_tot},
+            batch_size=tensordict.batch_size,
+        )
+        if with_next:
+            out.set("next_greedy_action", self._next_greedy(tensordict, q_next))
+        return out
+
+    def _greedy(self, tensordict: TensorDictBase, q: torch.Tensor) -> torch.Tensor:
+        """Masked greedy action ``[*B, N]`` of utilities ``q`` ``[*B, N, A]`` at
+        ``tensordict`` (padding is not checked for available actions)."""
         pad = self._padding(tensordict)
-        greedy = masked_greedy(
+        return masked_greedy(
             q.detach(),
             self._mask(tensordict, self.tensor_keys.action_mask),
             None if pad is None else ~pad.bool(),
         )
-        q_tot = self._mix("mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state))
-        out = TensorDict(
-            {"action_value": q, "greedy_action": greedy, "q_tot": q_tot},
-            batch_size=tensordict.batch_size,
+
+    def _next_greedy(self, tensordict: TensorDictBase, q_next: torch.Tensor) -> torch.Tensor:
+        """Masked greedy action ``[*B, N]`` of the next-step utilities ``q_next``; samples after
+        a termination (or padding) are never bootstrapped from, so their masks go unchecked."""
+        next_td = tensordict.get("next")
+        skip = next_td.get(self.tensor_keys.terminated).bool()
+        pad = self._padding(tensordict)
+        if pad is not None:
+            skip = skip | ~pad.bool().reshape(skip.shape)
+        return masked_greedy(
+            q_next.detach(), self._mask(next_td, self.tensor_keys.action_mask), skip
         )
-        if with_next:
-            next_td = tensordict.get("next")
-            # samples after a termination (or padding) are never bootstrapped from
-            skip = next_td.get(self.tensor_keys.terminated).bool()
-            if pad is not None:
-                skip = skip | ~pad.bool().reshape(skip.shape)
-            out.set(
-                "next_greedy_action",
-                masked_greedy(q_next, self._mask(next_td, self.tensor_keys.action_mask), skip),
-            )
-        return out
 
     def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         """Joint values of the taken actions with the online parameters (with gradient).
@@ -418,6 +460,24 @@ class ValueFactorizationLoss(LossModule):
         ``[*B, N]`` (the online agents' masked greedy action at ``tensordict["next"]``).
         """
         raise NotImplementedError
+
+    def _td_forward(
+        self, tensordict: TensorDictBase, agent: str = "agent_network", mixer: str = "mixer"
+    ) -> TensorDict:
+        """``forward`` of the losses whose only term is ``loss_td = mean (Q_tot - y)^2`` with
+        ``y`` from their own target ``agent``/``mixer`` (QMIX, VDN, QPLEX)."""
+        self._check_input(tensordict)
+        joint = self.joint_q(tensordict, with_next=True)
+        target = self._target_value(tensordict, joint.get("next_greedy_action"), agent, mixer)
+        q_tot = joint.get("q_tot")
+        pad = self._padding(tensordict)
+        td_error = q_tot - target
+        return self._finish(
+            tensordict,
+            td_error,
+            {"loss_td": masked_mean(td_error.pow(2), pad)},
+            {"q_tot_mean": masked_mean(q_tot, pad), "target_mean": masked_mean(target, pad)},
+        )
 
     def _finish(
         self,

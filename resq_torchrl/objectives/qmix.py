@@ -6,7 +6,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
 from torch import nn
 
-from resq_torchrl.objectives.common import ValueFactorizationLoss, masked_mean
+from resq_torchrl.objectives.common import ValueFactorizationLoss
 
 
 class QMIXLoss(ValueFactorizationLoss):
@@ -58,17 +58,4 @@ class QMIXLoss(ValueFactorizationLoss):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        self._check_input(tensordict)
-        joint = self.joint_q(tensordict, with_next=True)
-        target = self._target_value(
-            tensordict, joint.get("next_greedy_action"), "agent_network", "mixer"
-        )
-        q_tot = joint.get("q_tot")
-        pad = self._padding(tensordict)
-        td_error = q_tot - target
-        return self._finish(
-            tensordict,
-            td_error,
-            {"loss_td": masked_mean(td_error.pow(2), pad)},
-            {"q_tot_mean": masked_mean(q_tot, pad), "target_mean": masked_mean(target, pad)},
-        )
+        return self._td_forward(tensordict)

@@ -21,10 +21,22 @@ from resq_torchrl.modules import (
     MultiAgentGRU,
     QattenMixer,
     QMixer,
+    QPLEXMixer,
+    QTranJointNetwork,
     VDNMixer,
     make_agent_qnet,
 )
-from resq_torchrl.objectives import QMIXLoss, ResQLoss, VDNLoss, WeightedQMIXLoss
+from resq_torchrl.objectives import (
+    QMIXLoss,
+    QPLEXLoss,
+    QTRANLoss,
+    ResQLoss,
+    VDNLoss,
+    WeightedQMIXLoss,
+)
+
+#: where agent networks write their per-agent features when a loss reads them (QTRAN)
+FEATURES_KEY = ("agents", "features")
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,11 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     return env
 
 
-def _agent_net(agent_cfg: Mapping, dims: EnvDims, device):
+def _agent_net(agent_cfg: Mapping, dims: EnvDims, device, features: bool = False):
+    """The agent network of ``agent_cfg``; ``features`` also writes the per-agent features
+    (GRU output or last hidden layer) at :data:`FEATURES_KEY`."""
     kind = agent_cfg.get("type", "mlp")
+    features_key = FEATURES_KEY if features else None
     if kind == "gru":
         return MultiAgentGRU(
             obs_dim=dims.obs_dim,
@@ -89,6 +104,7 @@ def _agent_net(agent_cfg: Mapping, dims: EnvDims, device):
             last_action=bool(agent_cfg.get("last_action", True)),
             agent_id=bool(agent_cfg.get("agent_id", True)),
             device=device,
+            features_key=features_key,
         )
     if kind != "mlp":
         raise ValueError(f"unknown agent type {kind!r}; choose 'mlp' or 'gru'")
@@ -99,6 +115,7 @@ def _agent_net(agent_cfg: Mapping, dims: EnvDims, device):
         hidden=tuple(agent_cfg.get("hidden", (64,))),
         agent_id=bool(agent_cfg.get("agent_id", True)),
         device=device,
+        features_key=features_key,
     )
 
 
@@ -180,12 +197,50 @@ def _build_wqmix(weighting: str):
     return build
 
 
+def _build_qtran(algo, agent_cfg, dims, device) -> LossModule:
+    agents = _agent_net(agent_cfg, dims, device, features=True)
+    feature_dim = (
+        agents.feature_dim if isinstance(agents, MultiAgentGRU) else agents.module.feature_dim
+    )
+    joint = QTranJointNetwork(
+        dims.n_agents,
+        dims.n_actions,
+        feature_dim,
+        dims.state_dim,
+        embed_dim=int(algo.get("mixing_embed_dim", 64)),
+        device=device,
+    )
+    return QTRANLoss(
+        agents,
+        joint,
+        opt_coef=float(algo.get("opt_coef", 1.0)),
+        nopt_coef=float(algo.get("nopt_coef", 0.1)),
+        gamma=algo.get("gamma", 0.99),
+    )
+
+
+def _build_qplex(algo, agent_cfg, dims, device) -> LossModule:
+    mixer = QPLEXMixer(
+        dims.n_agents,
+        dims.n_actions,
+        dims.state_dim,
+        hypernet_embed=int(algo.get("hypernet_embed", 64)),
+        n_kernels=int(algo.get("n_kernels", 10)),
+        adv_hypernet_layers=int(algo.get("adv_hypernet_layers", 3)),
+        adv_hypernet_embed=int(algo.get("adv_hypernet_embed", 64)),
+        device=device,
+    )
+    return QPLEXLoss(_agent_net(agent_cfg, dims, device), mixer, gamma=algo.get("gamma", 0.99))
+
+
 LOSS_BUILDERS: dict[str, Callable[..., LossModule]] = {
     "vdn": _build_vdn,
     "qmix": _build_qmix,
     "resq": _build_resq,
     "cw_qmix": _build_wqmix("cw"),
     "ow_qmix": _build_wqmix("ow"),
+    "qtran": _build_qtran,
+    "qplex": _build_qplex,
 }
 
 

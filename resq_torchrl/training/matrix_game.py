@@ -7,6 +7,7 @@ the result shows what each factorization can represent, not what it happened to 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 from collections.abc import Mapping
@@ -80,24 +81,60 @@ def _train_single_thread(cfg: Mapping) -> dict:
     return train_matrix_game(cfg)
 
 
+def job_key(job: Mapping) -> str:
+    """A name for one run that changes whenever anything that can change its result does:
+    ``<algorithm>_seed<k>_<hash of the whole config>`` (display options excluded)."""
+    relevant = {k: v for k, v in job.items() if k not in ("json_out", "plot", "progress")}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{job['algorithm']['name']}_seed{job['seed']}_{digest}"
+
+
 def train_matrix_game_seeds(
-    cfg: Mapping, algorithms: Mapping[str, Mapping], seeds, workers: int = 1, on_result=None
+    cfg: Mapping,
+    algorithms: Mapping[str, Mapping],
+    seeds,
+    workers: int = 1,
+    on_result=None,
+    cache_dir: str | Path | None = None,
 ) -> list[dict]:
     """:func:`train_matrix_game` for every algorithm config and seed, in ``workers`` spawned
     processes of one torch thread each; results in (algorithm, seed) order.
-    ``on_result(i, n, result)`` is called as runs finish."""
+    ``on_result(i, n, result)`` is called as runs finish.
+
+    With ``cache_dir`` every finished run is written there (atomically) under
+    :func:`job_key`, and a run whose file exists is read instead of trained again: an
+    interrupted sweep resumes, and a sweep adding a method reruns only that method. The key
+    hashes the full run config, so changed settings never reuse a stale result (a change of
+    the code itself is not seen: clear the cache after changing a method).
+    """
     jobs = [
         dict(cfg, algorithm=dict(algo), seed=int(seed), json_out=None, plot=None, progress=False)
         for algo in algorithms.values()
         for seed in seeds
     ]
-    results = []
-    with mp.get_context("spawn").Pool(int(workers)) as pool:
-        for i, result in enumerate(pool.imap(_train_single_thread, jobs), 1):
-            results.append(result)
-            if on_result is not None:
-                on_result(i, len(jobs), result)
-    return results
+    cache = None if cache_dir is None else Path(cache_dir)
+    results: dict[int, dict] = {}
+    todo = []
+    for i, job in enumerate(jobs):
+        path = None if cache is None else cache / f"{job_key(job)}.json"
+        if path is not None and path.exists():
+            results[i] = json.loads(path.read_text())
+        else:
+            todo.append(i)
+    done = len(results)
+    for n, i in enumerate(sorted(results), 1):
+        if on_result is not None:
+            on_result(n, len(jobs), results[i])
+    if todo:
+        with mp.get_context("spawn").Pool(int(workers)) as pool:
+            runs = pool.imap(_train_single_thread, [jobs[i] for i in todo])
+            for n, (i, result) in enumerate(zip(todo, runs, strict=True), done + 1):
+                results[i] = result
+                if cache is not None:
+                    _write_json(cache / f"{job_key(jobs[i])}.json", result)
+                if on_result is not None:
+                    on_result(n, len(jobs), result)
+    return [results[i] for i in range(len(jobs))]
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -108,4 +145,4 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-__all__ = ["train_matrix_game", "train_matrix_game_seeds"]
+__all__ = ["train_matrix_game", "train_matrix_game_seeds", "job_key"]

@@ -1,0 +1,61 @@
+"""scripts/matrix_game_sweep.py and its run cache, on tiny budgets."""
+
+import json
+
+from resq_torchrl.training.matrix_game import job_key, train_matrix_game_seeds
+
+BASE = {
+    "payoff": [[8, -12, -12], [-12, 0, 0], [-12, 0, 7.9]],
+    "device": "cpu",
+    "batch_size": 8,
+    "n_updates": 3,
+    "optimizer": "adam",
+    "lr": 0.001,
+    "optim_eps": 1e-5,
+    "lr_schedule": "cosine",
+    "grad_clip": 10,
+    "target_update_interval": 100,
+    "agent": {"hidden": [8], "agent_id": True},
+}
+VDN = {"name": "vdn", "gamma": 0.99}
+
+
+def test_cache_resumes_and_never_reuses_a_run_with_other_settings(tmp_path):
+    cache = tmp_path / "cache"
+    first = train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1], cache_dir=cache)
+    files = sorted(cache.glob("*.json"))
+    assert [f.name.split("_")[:2] for f in files] == [["vdn", "seed0"], ["vdn", "seed1"]]
+    # a cached file is read back instead of training: plant a marker in one
+    marked = json.loads(files[0].read_text()) | {"greedy_payoff": -99}
+    files[0].write_text(json.dumps(marked))
+    again = train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1], cache_dir=cache)
+    assert again[0]["greedy_payoff"] == -99 and again[1] == first[1]
+    # other settings hash to another key: trained anew
+    other = dict(BASE, n_updates=4)
+    assert job_key(dict(other, algorithm=VDN, seed=0)) != job_key(dict(BASE, algorithm=VDN, seed=0))
+    fresh = train_matrix_game_seeds(other, {"vdn": VDN}, [0], cache_dir=cache)
+    assert fresh[0]["greedy_payoff"] != -99 and len(list(cache.glob("*.json"))) == 3
+
+
+def test_sweep_script_writes_table_figure_and_runs(tmp_path, run_script):
+    proc = run_script(
+        "matrix_game_sweep.py",
+        "algorithms=[vdn,qtran]",
+        "n_seeds=2",
+        "n_updates=3",
+        "workers=1",
+        f"out_dir={tmp_path}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "matrix_game.md").read_text()
+    assert "| vdn |" in table and "| qtran |" in table
+    runs = json.loads((tmp_path / "matrix_game.json").read_text())["runs"]
+    assert [(r["algorithm"], r["seed"]) for r in runs] == [
+        ("vdn", 0),
+        ("vdn", 1),
+        ("qtran", 0),
+        ("qtran", 1),
+    ]
+    assert (tmp_path / "matrix_game.png").stat().st_size > 1000
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 4
