@@ -25,8 +25,13 @@ KEYS = {
 }
 
 
+DISTRIBUTIONAL = {"resz": {"z_jt_quantiles", "z_r_max"}, "ddn": {"z_jt_quantiles"}}
+DISTRIBUTIONAL["dmix"] = DISTRIBUTIONAL["ddn"]
+
+
 @pytest.mark.parametrize(
-    "algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex"]
+    "algorithm",
+    ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex", "resz", "ddn", "dmix"],
 )
 def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
     out = tmp_path / "out.json"
@@ -42,7 +47,7 @@ def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    assert set(result) == KEYS
+    assert set(result) == KEYS | DISTRIBUTIONAL.get(algorithm, set())
     assert result["algorithm"] == algorithm and result["seed"] == 0
     assert result["payoff"] == [[8, -12, -12], [-12, 0, 0], [-12, 0, 7.9]]
     assert len(result["q_agents"]) == 2 and all(len(q) == 3 for q in result["q_agents"])
@@ -57,6 +62,14 @@ def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
         q_r = torch.tensor(result["q_r"])
         assert (q_r <= 0).all()
         assert q_jt[greedy] == q_tot[greedy]
+    elif algorithm == "resz":  # expectations of Z_jt = Z_tot + w_r Z_r, Z_r <= 0
+        q_r = torch.tensor(result["q_r"])
+        assert (q_r <= 0).all() and result["z_r_max"] <= 0
+        assert q_jt[greedy] == q_tot[greedy]
+        z = result["z_jt_quantiles"]
+        assert len(z["fractions"]) == len(z["greedy_cell"]) == 32
+        mean = torch.tensor(z["greedy_cell"]).mean()
+        torch.testing.assert_close(mean, q_jt[greedy].float(), atol=1e-4, rtol=0)
     elif algorithm == "qtran":  # q_jt is the joint network, q_tot the sum of utilities
         assert result["q_r"] is None
         q_agents = torch.tensor(result["q_agents"])

@@ -45,7 +45,8 @@ def config(algorithm: str, env: str, out: Path, *extra: str) -> dict:
 
 @pytest.mark.parametrize("env", ["matrix_game", "predator_prey"])
 @pytest.mark.parametrize(
-    "algorithm", ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex"]
+    "algorithm",
+    ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex", "resz", "ddn", "dmix"],
 )
 def test_every_algorithm_trains_on_every_env(algorithm, env, tmp_path):
     final = train(config(algorithm, env, tmp_path))
@@ -54,7 +55,7 @@ def test_every_algorithm_trains_on_every_env(algorithm, env, tmp_path):
     csv = tmp_path / f"{algorithm}_{env}_seed0" / "scalars" / "train"
     assert (csv / "loss_td.csv").stat().st_size > 0
     assert (csv / "return.csv").stat().st_size > 0
-    if algorithm == "resq":
+    if algorithm in ("resq", "resz"):
         assert (csv / "w_r_mean.csv").exists() and (csv / "loss_central.csv").exists()
     if algorithm.endswith("_qmix"):
         assert (csv / "w_mean.csv").exists() and (csv / "loss_central.csv").exists()

@@ -11,6 +11,8 @@ from resq_torchrl.envs import MatrixGameEnv
 from resq_torchrl.objectives import ValueFactorizationLoss
 
 ACTION_NAMES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: fractions at which distributional methods are evaluated (evenly spaced midpoints)
+EVAL_FRACTIONS = 32
 
 
 def igm_consistent(q_jt: torch.Tensor, greedy_action: list[int] | tuple[int, ...]) -> bool:
@@ -26,6 +28,9 @@ def evaluate_matrix_game(loss: ValueFactorizationLoss, payoff: torch.Tensor) -> 
     Returns a JSON-ready dict: ``payoff``, ``q_agents`` (per agent, ``A`` utilities),
     ``greedy_action``, ``greedy_payoff``, ``optimal_payoff``, ``q_jt``, ``q_tot``, ``q_r``
     (``None`` without a residual) and ``igm_consistent``; tables are nested lists ``[A] * n``.
+    Distributional losses are read at :data:`EVAL_FRACTIONS` fixed fractions (``q_*`` are
+    then expectations) and add ``z_jt_quantiles`` (the fractions and ``Z_jt`` of the greedy
+    cell) and, with a residual, ``z_r_max`` (the largest residual quantile of any cell).
     """
     payoff = torch.as_tensor(payoff, dtype=torch.float64)
     device = next(loss.parameters()).device
@@ -35,13 +40,20 @@ def evaluate_matrix_game(loss: ValueFactorizationLoss, payoff: torch.Tensor) -> 
     td = env.reset()
     td.set(("agents", "action"), env.joint_actions())
     td = env.step(td)
+    fractions_key = getattr(loss.tensor_keys, "fractions", None)
+    if fractions_key is not None:
+        # distributions are read at fixed, evenly spaced fractions: means are then the
+        # midpoint rule over [0, 1] rather than a random 8-fraction estimate
+        k = EVAL_FRACTIONS
+        mid = (torch.arange(k, dtype=torch.float32, device=device) + 0.5) / k
+        td.set(fractions_key, mid.expand(n_joint, k))
     joint = loss.joint_q(td)
 
     q_agents = joint.get("action_value")[0]  # one state: the same utilities in every sample
     greedy = joint.get("greedy_action")[0].tolist()
     q_jt = joint.get("q_jt").reshape(shape).cpu()
     q_r = joint.get("q_r", None)
-    return {
+    result = {
         "payoff": payoff.tolist(),
         "q_agents": q_agents.cpu().tolist(),
         "greedy_action": greedy,
@@ -52,6 +64,16 @@ def evaluate_matrix_game(loss: ValueFactorizationLoss, payoff: torch.Tensor) -> 
         "q_r": None if q_r is None else q_r.reshape(shape).cpu().tolist(),
         "igm_consistent": igm_consistent(q_jt, greedy),
     }
+    if fractions_key is not None:
+        z_jt = joint.get("z_jt").reshape(*shape, -1).cpu()
+        result["z_jt_quantiles"] = {
+            "fractions": td.get(fractions_key)[0].cpu().tolist(),
+            "greedy_cell": z_jt[tuple(greedy)].tolist(),
+        }
+        z_r = joint.get("z_r", None)
+        if z_r is not None:
+            result["z_r_max"] = float(z_r.max())
+    return result
 
 
 def format_table(result: dict, digits: int = 2) -> str:

@@ -24,6 +24,7 @@ DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
     ("agents", "action_value"),
     ("agents", "chosen_action_value"),
     ("agents", "features"),  # QTRAN's agent features, recomputed by its loss
+    ("agents", "action_value_mean"),  # IQN agents' mean over acting fractions
     ("collector", "traj_ids"),
 )
 

@@ -11,6 +11,12 @@ from torch import nn
 from torchrl.modules import MLP
 
 
+def with_agent_id(x: torch.Tensor, n_agents: int) -> torch.Tensor:
+    """Append a one-hot agent index to per-agent inputs: ``[*B, N, F]`` -> ``[*B, N, F + N]``."""
+    eye = torch.eye(n_agents, device=x.device, dtype=x.dtype)
+    return torch.cat([x, eye.expand(*x.shape[:-1], n_agents)], dim=-1)
+
+
 class AgentMLP(nn.Module):
     """An MLP applied to every agent with one set of parameters.
 
@@ -76,8 +82,7 @@ class AgentMLP(nn.Module):
             )
         x = observation.to(self.net[0].weight.dtype)
         if self.agent_id:
-            eye = torch.eye(self.n_agents, device=x.device, dtype=x.dtype)
-            x = torch.cat([x, eye.expand(*x.shape[:-1], self.n_agents)], dim=-1)
+            x = with_agent_id(x, self.n_agents)
         if not self.return_features:
             return self.net(x)
         # torchrl's MLP cannot be sliced (a slice rebuilds an MLP without out_features)

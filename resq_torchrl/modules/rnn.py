@@ -78,6 +78,10 @@ class AgentGRU(nn.Module):
         self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True, device=device)
         self.fc2 = nn.Linear(hidden_dim, n_actions, device=device)
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Utilities ``[..., A]`` from GRU outputs ``[..., H]``."""
+        return self.fc2(h)
+
     def inputs(self, observation: torch.Tensor, last_action: torch.Tensor | None) -> torch.Tensor:
         """``[*B, N, obs_dim]`` (+ ``[*B, N, A]``) -> network input ``[*B, N, in_dim]``."""
         if observation.shape[-2:] != (self.n_agents, self.obs_dim):
@@ -100,17 +104,22 @@ class AgentGRU(nn.Module):
         q, h = self.unroll(x.unsqueeze(-3), hidden, time_dim=x.dim() - 2)
         return q.squeeze(-3), h.squeeze(-3)
 
-    def unroll(
-        self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [*B, T, N, in_dim]`` (time at ``time_dim``) from states ``[*B, N, H]`` ->
-        utilities ``[*B, T, N, A]`` and the state after every step ``[*B, T, N, H]``."""
+    def trunk(self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int) -> torch.Tensor:
+        """``x [*B, T, N, in_dim]`` (time at ``time_dim``) from states ``[*B, N, H]`` -> the
+        state after every step ``[*B, T, N, H]``."""
         z = torch.relu(self.fc1(x)).movedim(time_dim, -2)  # [*B, N, T, H]
         batch, steps = z.shape[:-2], z.shape[-2]
         h0 = hidden.reshape(1, -1, self.hidden_dim).to(z.dtype).contiguous()
         out, _ = self.rnn(z.reshape(-1, steps, self.hidden_dim), h0)
-        h = out.reshape(*batch, steps, self.hidden_dim).movedim(-2, time_dim)
-        return self.fc2(h), h
+        return out.reshape(*batch, steps, self.hidden_dim).movedim(-2, time_dim)
+
+    def unroll(
+        self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`trunk` and :meth:`head`: utilities ``[*B, T, N, A]`` and states
+        ``[*B, T, N, H]``."""
+        h = self.trunk(x, hidden, time_dim)
+        return self.head(h), h
 
 
 class MultiAgentGRU(TensorDictModuleBase):
@@ -173,6 +182,10 @@ class MultiAgentGRU(TensorDictModuleBase):
         #: absent state starts at zero; absent is_init means "not an episode start"
         self.optional_in_keys = [self.hidden_key, self.is_init_key]
 
+    def _head(self, h: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
+        """What the network writes at ``out_key`` from the GRU outputs ``h``."""
+        return self.net.head(h)
+
     def make_tensordict_primer(self) -> TensorDictPrimer:
         """Env transform creating zero ``rnn_hidden`` (and ``last_action``) at reset."""
         n, h, a = self.net.n_agents, self.net.hidden_dim, self.net.n_actions
@@ -208,22 +221,22 @@ class MultiAgentGRU(TensorDictModuleBase):
                 restart = init.flatten(0, t_dim - 1).any(0) if t_dim > 0 else init
                 starts += [t for t in restart.nonzero().flatten().tolist() if t > 0]
             bounds = starts + [x.shape[t_dim]]
-            qs, hs = [], []
+            hs = []
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 if a > 0:  # zero the state of the sequences that restart here
                     reset = is_init.select(t_dim, a).reshape(*h.shape[:-2], 1, 1)
                     h = h.masked_fill(reset, 0.0)
-                q, hseq = self.net.unroll(x.narrow(t_dim, a, b - a), h, t_dim)
-                qs.append(q)
+                hseq = self.net.trunk(x.narrow(t_dim, a, b - a), h, t_dim)
                 hs.append(hseq)
                 h = hseq.select(t_dim, b - a - 1)
-            q, h = torch.cat(qs, t_dim), torch.cat(hs, t_dim)
+            h = torch.cat(hs, t_dim)
         else:
             h = self._zero_state(obs) if hidden is None else hidden
             if is_init is not None:
                 h = h.masked_fill(is_init.reshape(*h.shape[:-2], 1, 1), 0.0)
-            q, h = self.net.step(x, h)
-        tensordict.set(self.out_key, q)
+            t_dim = x.dim() - 2
+            h = self.net.trunk(x.unsqueeze(t_dim), h, t_dim).squeeze(t_dim)
+        tensordict.set(self.out_key, self._head(h, tensordict))
         if self.features_key is not None:
             tensordict.set(self.features_key, h)
         set_next(tensordict, self.hidden_key, h)

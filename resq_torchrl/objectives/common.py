@@ -351,7 +351,8 @@ class ValueFactorizationLoss(LossModule):
         *,
         target: bool = False,
     ) -> torch.Tensor:
-        """Mix ``chosen`` ``[*B, N, 1]`` with ``state`` ``[*B, S]`` into ``[*B, 1]``."""
+        """Mix ``chosen`` ``[*B, N, 1]`` with ``state`` ``[*B, S]`` into ``[*B, 1]`` (for a
+        distributional mixer: quantiles ``[*B, N, K]`` into ``[*B, K]``)."""
         mixer = getattr(self, name)
         if chosen.shape[-2] != mixer.n_agents:
             raise ValueError(
@@ -359,7 +360,9 @@ class ValueFactorizationLoss(LossModule):
                 f"was built for {mixer.n_agents}"
             )
         with self._params(name, target).to_module(mixer, preserve_module_state=False):
-            return mixer(chosen, state) if mixer.needs_state else mixer(chosen)
+            if isinstance(mixer, Mixer) and not mixer.needs_state:
+                return mixer(chosen)
+            return mixer(chosen, state)
 
     def _mask(self, tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor | None:
         return tensordict.get(key, None)
@@ -379,24 +382,36 @@ class ValueFactorizationLoss(LossModule):
         ``y_t = r_t + gamma (1 - terminated_t) [(1 - lmbda) V'_t + lmbda y_{t+1}]``, the
         recursion stopping at ``done``. Truncation never stops the bootstrap itself.
         """
-        next_td = tensordict.get("next")
         with torch.no_grad():
             next_value = self._bootstrap_value(tensordict, next_greedy, agent, mixer)
-            shape = next_value.shape
-            reward = next_td.get(self.tensor_keys.reward).to(next_value.dtype).reshape(shape)
-            terminated = next_td.get(self.tensor_keys.terminated).bool().reshape(shape)
-            # gamma * lmbda = 0 is TD(0), and torchrl's vectorised TD(lambda) fails on it
-            # (IndexError)
-            if (
-                self.value_type == ValueEstimators.TDLambda
-                and tensordict.ndim >= 2
-                and self.gamma * self.lmbda > 0
-            ):
-                done = next_td.get(self.tensor_keys.done).bool().reshape(shape)
-                return vec_td_lambda_return_estimate(
-                    self.gamma, self.lmbda, next_value, reward, done, terminated, time_dim=-2
-                )
-            return td0_return_estimate(self.gamma, next_value, reward, terminated)
+            return self._lambda_return(tensordict, next_value)
+
+    def _lambda_return(self, tensordict: TensorDictBase, next_value: torch.Tensor) -> torch.Tensor:
+        """The TD(0) or TD(lambda) return ``[*B, F]`` of next-state values ``[*B, F]``,
+        applied to every column alike: ``F = 1`` for values, ``F = K`` quantile fractions for
+        distributions (each fraction index gets the scalar recursion)."""
+        next_td = tensordict.get("next")
+        shape = next_value.shape
+
+        def flag(key, dtype=None):
+            x = next_td.get(key)
+            x = x.to(dtype) if dtype is not None else x.bool()
+            return x.reshape(*shape[:-1], 1).expand(shape)
+
+        reward = flag(self.tensor_keys.reward, next_value.dtype)
+        terminated = flag(self.tensor_keys.terminated)
+        # gamma * lmbda = 0 is TD(0), and torchrl's vectorised TD(lambda) fails on it
+        # (IndexError)
+        if (
+            self.value_type == ValueEstimators.TDLambda
+            and tensordict.ndim >= 2
+            and self.gamma * self.lmbda > 0
+        ):
+            done = flag(self.tensor_keys.done)
+            return vec_td_lambda_return_estimate(
+                self.gamma, self.lmbda, next_value, reward, done, terminated, time_dim=-2
+            )
+        return td0_return_estimate(self.gamma, next_value, reward, terminated)
 
     def _bootstrap_value(
         self, tensordict: TensorDictBase, next_greedy: torch.Tensor, agent: str, mixer: str

@@ -17,20 +17,27 @@ from torchrl.objectives.utils import TargetNetUpdater
 
 from resq_torchrl.envs import MatrixGameEnv, PredatorPreyEnv
 from resq_torchrl.modules import (
+    DMIXMixer,
     FeedForwardMixer,
+    IQNAgentMLP,
     MultiAgentGRU,
+    MultiAgentIQN,
     QattenMixer,
     QMixer,
     QPLEXMixer,
     QTranJointNetwork,
+    QuantileMixer,
     VDNMixer,
     make_agent_qnet,
 )
 from resq_torchrl.objectives import (
+    DDNLoss,
+    DMIXLoss,
     QMIXLoss,
     QPLEXLoss,
     QTRANLoss,
     ResQLoss,
+    ResZLoss,
     VDNLoss,
     WeightedQMIXLoss,
 )
@@ -90,33 +97,32 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     return env
 
 
-def _agent_net(agent_cfg: Mapping, dims: EnvDims, device, features: bool = False):
-    """The agent network of ``agent_cfg``; ``features`` also writes the per-agent features
-    (GRU output or last hidden layer) at :data:`FEATURES_KEY`."""
+def _agent_net(
+    agent_cfg: Mapping, dims: EnvDims, device, features: bool = False, iqn: Mapping | None = None
+):
+    """The agent network of ``agent_cfg`` (``type``: ``mlp`` or ``gru``); ``features`` also
+    writes the per-agent features (GRU output or last hidden layer) at :data:`FEATURES_KEY`;
+    ``iqn`` (``n_cos``, ``n_acting``) makes them IQN agents with the same trunk."""
     kind = agent_cfg.get("type", "mlp")
-    features_key = FEATURES_KEY if features else None
-    if kind == "gru":
-        return MultiAgentGRU(
-            obs_dim=dims.obs_dim,
-            n_actions=dims.n_actions,
-            n_agents=dims.n_agents,
-            hidden_dim=int(agent_cfg.get("hidden_dim", 64)),
-            last_action=bool(agent_cfg.get("last_action", True)),
-            agent_id=bool(agent_cfg.get("agent_id", True)),
-            device=device,
-            features_key=features_key,
-        )
-    if kind != "mlp":
+    if kind not in ("mlp", "gru"):
         raise ValueError(f"unknown agent type {kind!r}; choose 'mlp' or 'gru'")
-    return make_agent_qnet(
-        obs_dim=dims.obs_dim,
-        n_actions=dims.n_actions,
-        n_agents=dims.n_agents,
-        hidden=tuple(agent_cfg.get("hidden", (64,))),
-        agent_id=bool(agent_cfg.get("agent_id", True)),
-        device=device,
-        features_key=features_key,
-    )
+    common = {
+        "obs_dim": dims.obs_dim,
+        "n_actions": dims.n_actions,
+        "n_agents": dims.n_agents,
+        "agent_id": bool(agent_cfg.get("agent_id", True)),
+        "device": device,
+    }
+    if kind == "gru":
+        common["hidden_dim"] = int(agent_cfg.get("hidden_dim", 64))
+        common["last_action"] = bool(agent_cfg.get("last_action", True))
+        if iqn is not None:
+            return MultiAgentIQN(**common, **iqn)
+        return MultiAgentGRU(**common, features_key=FEATURES_KEY if features else None)
+    common["hidden"] = tuple(agent_cfg.get("hidden", (64,)))
+    if iqn is not None:
+        return IQNAgentMLP(**common, **iqn)
+    return make_agent_qnet(**common, features_key=FEATURES_KEY if features else None)
 
 
 def _monotonic_mixer(algo: Mapping, dims: EnvDims, device):
@@ -233,6 +239,57 @@ def _build_qplex(algo, agent_cfg, dims, device) -> LossModule:
     return QPLEXLoss(_agent_net(agent_cfg, dims, device), mixer, gamma=algo.get("gamma", 0.99))
 
 
+def _iqn_agent_net(algo: Mapping, agent_cfg: Mapping, dims: EnvDims, device):
+    """IQN agents with ``algo``'s cosine features and acting fractions."""
+    iqn = {"n_cos": int(algo.get("n_cos", 64)), "n_acting": int(algo.get("n_acting_quantiles", 32))}
+    return _agent_net(agent_cfg, dims, device, iqn=iqn)
+
+
+def _quantile_kwargs(algo: Mapping) -> dict:
+    return {
+        "n_quantiles": int(algo.get("n_quantiles", 8)),
+        "n_target_quantiles": int(algo.get("n_target_quantiles", 8)),
+        "kappa": float(algo.get("kappa", 1.0)),
+        "gamma": algo.get("gamma", 0.99),
+    }
+
+
+def _distributional_mixer(algo: Mapping, dims: EnvDims, device):
+    """Main distributional mixer: ``dmix`` (QMIX over means + shapes), ``ddn`` (sum) or
+    ``qatten`` (Qatten per fraction)."""
+    kind = algo.get("mixer", "dmix")
+    if kind == "dmix":
+        return DMIXMixer(_monotonic_mixer(dict(algo, mixer="qmix"), dims, device))
+    if kind in ("ddn", "vdn"):
+        return QuantileMixer(VDNMixer(n_agents=dims.n_agents, device=device))
+    if kind == "qatten":
+        return QuantileMixer(_monotonic_mixer(algo, dims, device))
+    raise ValueError(f"unknown distributional mixer {kind!r}; choose 'dmix', 'ddn' or 'qatten'")
+
+
+def _build_ddn(algo, agent_cfg, dims, device) -> LossModule:
+    agents = _iqn_agent_net(algo, agent_cfg, dims, device)
+    return DDNLoss(agents, n_agents=dims.n_agents, **_quantile_kwargs(algo))
+
+
+def _build_dmix(algo, agent_cfg, dims, device) -> LossModule:
+    mixer = DMIXMixer(_monotonic_mixer(dict(algo, mixer="qmix"), dims, device))
+    return DMIXLoss(_iqn_agent_net(algo, agent_cfg, dims, device), mixer, **_quantile_kwargs(algo))
+
+
+def _build_resz(algo, agent_cfg, dims, device) -> LossModule:
+    return ResZLoss(
+        _iqn_agent_net(algo, agent_cfg, dims, device),
+        _distributional_mixer(algo, dims, device),
+        residual_mixer=QuantileMixer(_feedforward_mixer(algo, dims, device)),
+        central_mixer=QuantileMixer(_feedforward_mixer(algo, dims, device)),
+        residual_agent_network=_iqn_agent_net(algo, agent_cfg, dims, device),
+        central_agent_network=_iqn_agent_net(algo, agent_cfg, dims, device),
+        central_loss_coef=float(algo.get("central_loss_coef", 1.0)),
+        **_quantile_kwargs(algo),
+    )
+
+
 LOSS_BUILDERS: dict[str, Callable[..., LossModule]] = {
     "vdn": _build_vdn,
     "qmix": _build_qmix,
@@ -241,6 +298,9 @@ LOSS_BUILDERS: dict[str, Callable[..., LossModule]] = {
     "ow_qmix": _build_wqmix("ow"),
     "qtran": _build_qtran,
     "qplex": _build_qplex,
+    "resz": _build_resz,
+    "ddn": _build_ddn,
+    "dmix": _build_dmix,
 }
 
 

@@ -50,15 +50,13 @@ def make_policies(
     agents = loss.agent_network  # shares its parameters with the loss (functional params)
     n_actions = env.full_action_spec["agents", "action"].space.n
     mask_key = ("agents", "action_mask")
+    # distributional (IQN) agents act on the mean of their quantiles, written at mean_key
+    value_key = getattr(agents, "mean_key", ("agents", "action_value"))
     greedy = QValueModule(
         action_space="categorical",
-        action_value_key=("agents", "action_value"),
+        action_value_key=value_key,
         action_mask_key=mask_key,
-        out_keys=[
-            ("agents", "action"),
-            ("agents", "action_value"),
-            ("agents", "chosen_action_value"),
-        ],
+        out_keys=[("agents", "action"), value_key, ("agents", "chosen_action_value")],
     )
     egreedy = EGreedyModule(
         env.full_action_spec,
