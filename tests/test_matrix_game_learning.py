@@ -48,3 +48,18 @@ def test_resq_recovers_the_optimum_on_19_of_20_seeds():
     assert len(optimal) >= 19, [(r["seed"], r["greedy_action"]) for r in results]
     for r in optimal:
         check_resq_solution(r)
+
+
+@pytest.mark.slow
+def test_resz_recovers_the_optimum_on_19_of_20_seeds():
+    """Property (issue "ResZ"): ResZ, default settings, seeds 0..19: greedy (A, A) by the
+    mean in at least 19 runs; in those, the expected Q_jt is within 0.5 of the payoff in
+    every cell, every residual quantile is <= 0 (at the 32 evaluation fractions, in every
+    cell), Q_jt == Q_tot at the greedy cell and the table is IGM consistent."""
+    cfg = default_config("resz", "progress=false")
+    results = train_matrix_game_seeds(cfg, {"resz": cfg["algorithm"]}, range(20), workers=2)
+    optimal = [r for r in results if r["greedy_action"] == [0, 0]]
+    assert len(optimal) >= 19, [(r["seed"], r["greedy_action"]) for r in results]
+    for r in optimal:
+        check_resq_solution(r)
+        assert r["z_r_max"] <= 0, r

@@ -162,7 +162,11 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
             self.n_target_quantiles,
             device=next_td.get(self.tensor_keys.state).device,
         )
-        _, z_next = self._agent_z(agent, tensordict, None, tau_next, target=True, next_only=True)
+        # a recurrent agent first unrolls over the sequence for its state: only the state is
+        # used, so that pass reads the same (few) fractions rather than drawing 32
+        _, z_next = self._agent_z(
+            agent, tensordict, tau_next, tau_next, target=True, next_only=True
+        )
         return self._mix(
             mixer,
             gather_quantiles(z_next, next_greedy),
