@@ -343,6 +343,16 @@ class ValueFactorizationLoss(LossModule):
             None if out_next is None else out_next.get(key),
         )
 
+    def _checked_mixer(self, name: str, n_agents: int) -> nn.Module:
+        """Mixer (or joint network) ``name``, after checking it was built for ``n_agents``."""
+        mixer = getattr(self, name)
+        if n_agents != mixer.n_agents:
+            raise ValueError(
+                f"{type(self).__name__}: the data has {n_agents} agents but {name} "
+                f"was built for {mixer.n_agents}"
+            )
+        return mixer
+
     def _mix(
         self,
         name: str,
@@ -353,12 +363,7 @@ class ValueFactorizationLoss(LossModule):
     ) -> torch.Tensor:
         """Mix ``chosen`` ``[*B, N, 1]`` with ``state`` ``[*B, S]`` into ``[*B, 1]`` (for a
         distributional mixer: quantiles ``[*B, N, K]`` into ``[*B, K]``)."""
-        mixer = getattr(self, name)
-        if chosen.shape[-2] != mixer.n_agents:
-            raise ValueError(
-                f"{type(self).__name__}: the data has {chosen.shape[-2]} agents but {name} "
-                f"was built for {mixer.n_agents}"
-            )
+        mixer = self._checked_mixer(name, chosen.shape[-2])
         with self._params(name, target).to_module(mixer, preserve_module_state=False):
             if isinstance(mixer, Mixer) and not mixer.needs_state:
                 return mixer(chosen)

@@ -56,16 +56,13 @@ class QPLEXLoss(ValueFactorizationLoss):
         state: torch.Tensor,
         *,
         target: bool = False,
+        check: bool = False,
     ) -> torch.Tensor:
         """``Q_tot`` ``[*B, 1]`` of ``action`` ``[*B, N]`` from utilities ``q`` ``[*B, N, A]``
-        whose masked greedy action is ``greedy`` ``[*B, N]``."""
-        mixer = self.mixer
-        if q.shape[-2] != mixer.n_agents:
-            raise ValueError(
-                f"QPLEXLoss: the data has {q.shape[-2]} agents but the mixer was built for "
-                f"{mixer.n_agents}"
-            )
-        chosen = gather_chosen(q, action, check=False)
+        whose masked greedy action is ``greedy`` ``[*B, N]``; ``check`` validates ``action``
+        (see :func:`gather_chosen`)."""
+        mixer = self._checked_mixer("mixer", q.shape[-2])
+        chosen = gather_chosen(q, action, check=check)
         max_q = gather_chosen(q.detach(), greedy, check=False)
         action_one_hot = one_hot(action.long(), mixer.n_actions)
         with self._params("mixer", target).to_module(mixer, preserve_module_state=False):
@@ -88,9 +85,8 @@ class QPLEXLoss(ValueFactorizationLoss):
     def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         q, q_next = self._agent_q("agent_network", tensordict, with_next=with_next)
         action = tensordict.get(self.tensor_keys.action)
-        gather_chosen(q, action)  # validates the taken actions once
         greedy = self._greedy(tensordict, q)
-        q_tot = self._duplex(q, action, greedy, tensordict.get(self.tensor_keys.state))
+        q_tot = self._duplex(q, action, greedy, tensordict.get(self.tensor_keys.state), check=True)
         out = TensorDict(
             {"action_value": q, "greedy_action": greedy, "q_tot": q_tot, "q_jt": q_tot},
             batch_size=tensordict.batch_size,

@@ -114,12 +114,7 @@ class QTRANLoss(ValueFactorizationLoss):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Q_jt(s, u), V_jt(s))`` ``[*B, 1]`` for features ``[*B, N, H]`` and actions
         ``[*B, N]``."""
-        net = self.joint_network
-        if features.shape[-2] != net.n_agents:
-            raise ValueError(
-                f"QTRANLoss: the data has {features.shape[-2]} agents but joint_network was "
-                f"built for {net.n_agents}"
-            )
+        net = self._checked_mixer("joint_network", features.shape[-2])
         action_one_hot = one_hot(action.long(), net.n_actions)
         with self._params("joint_network", target).to_module(net, preserve_module_state=False):
             return net(features, action_one_hot, state)
