@@ -6,6 +6,7 @@ Adding a method means adding a config under ``configs/algorithm/``, its loss und
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -76,20 +77,37 @@ def _make_predator_prey(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
     return PredatorPreyEnv(batch_size=[n_envs], device=device, **kwargs)
 
 
+def _lazy(module: str, fn: str) -> Callable[[Mapping, int, object], EnvBase]:
+    """Builder from an adapter module imported on first use: a third-party simulator
+    (vmas, mpe2, smac, jaxmarl) is only needed by the runs that use it."""
+
+    def build(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
+        return getattr(importlib.import_module(module), fn)(env_cfg, n_envs, device)
+
+    return build
+
+
+#: env families; a config selects one with ``family`` (else ``name``), e.g. ``env=vmas/balance``
 ENV_BUILDERS: dict[str, Callable[[Mapping, int, object], EnvBase]] = {
     "matrix_game": _make_matrix_game,
     "predator_prey": _make_predator_prey,
+    "vmas": _lazy("resq_torchrl.envs.vmas", "make_vmas_env"),
+    "pettingzoo": _lazy("resq_torchrl.envs.pettingzoo", "make_pettingzoo_env"),
+    "smac": _lazy("resq_torchrl.envs.smac", "make_smac_env"),
+    "smacv2": _lazy("resq_torchrl.envs.smacv2", "make_smacv2_env"),
+    "smax": _lazy("resq_torchrl.envs.smax", "make_smax_env"),
 }
 
 
 def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = None) -> EnvBase:
-    """Batched env ``env_cfg["name"]`` with ``n_envs`` copies, plus the transforms training
-    needs: ``InitTracker`` (``"is_init"``) and ``RewardSum`` (``"episode_reward"``)."""
-    name = env_cfg.get("name")
-    if name not in ENV_BUILDERS:
-        raise ValueError(f"unknown env {name!r}; available: {sorted(ENV_BUILDERS)}")
+    """Batched env of family ``env_cfg["family"]`` (or ``env_cfg["name"]``) with ``n_envs``
+    copies, plus the transforms training needs: ``InitTracker`` (``"is_init"``) and
+    ``RewardSum`` (``"episode_reward"``)."""
+    family = env_cfg.get("family", env_cfg.get("name"))
+    if family not in ENV_BUILDERS:
+        raise ValueError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
     env = TransformedEnv(
-        ENV_BUILDERS[name](env_cfg, n_envs, device),
+        ENV_BUILDERS[family](env_cfg, n_envs, device),
         Compose(InitTracker(), RewardSum(in_keys=["reward"], out_keys=["episode_reward"])),
     )
     if seed is not None:

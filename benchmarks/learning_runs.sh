@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Learning runs of several algorithms on one env: one queue per algorithm, the queues in
+# parallel (one core each), the seeds of a queue one after another. Resumable: rerun the same
+# command and unfinished runs continue from their checkpoints; finished runs (final.json
+# reaching FRAMES) are skipped.
+#   bash benchmarks/learning_runs.sh ENV FRAMES OUT [ALGORITHMS...]   (default: resq qmix)
+#   SEEDS="0 1 2"     the seeds of each queue
+#   PAD=1600          frames asked beyond FRAMES: the collector stops at a whole number of
+#                     batches below its budget, one batch more makes a run reach FRAMES
+#   EXTRA="..."       further Hydra overrides for every run (quoted as one string)
+# Then: python scripts/plot_curves.py OUT/*_seed* --out docs/<name>.png
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENV=$1
+FRAMES=$2
+OUT=$3
+shift 3
+if [ $# -gt 0 ]; then ALGORITHMS=("$@"); else ALGORITHMS=(resq qmix); fi
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
+
+finished() {  # dir
+    [ -f "$1/final.json" ] && python -c "import json,sys; sys.exit(json.load(open('$1/final.json'))['frames'] < $FRAMES)"
+}
+
+queue() {  # algorithm
+    for seed in ${SEEDS:-0 1 2}; do
+        local dir="$OUT/$1_seed$seed"
+        finished "$dir" && continue
+        local resume=false
+        [ -f "$dir/checkpoint.pt" ] && resume=true
+        OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" \
+            python scripts/train.py algorithm="$1" env="$ENV" seed="$seed" \
+            total_frames=$((FRAMES + ${PAD:-1600})) output_dir="$dir" resume=$resume \
+            progress=false "${EXTRA_ARGS[@]}" > "$dir.log" 2>&1
+    done
+}
+
+mkdir -p "$OUT"
+for algorithm in "${ALGORITHMS[@]}"; do
+    queue "$algorithm" &
+done
+wait

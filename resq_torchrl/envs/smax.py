@@ -1,0 +1,276 @@
+"""SMAX (JaxMARL's JAX re-implementation of SMAC) as a batched torchrl ``EnvBase``.
+
+``B`` copies of ``jaxmarl.environments.smax.HeuristicEnemySMAX`` step together in one jitted,
+``vmap``-ed call. Finished envs are reset *inside* that call: the step returns the terminal
+transition (for ``("next", ...)``) and keeps the fresh first observation of each finished
+env, which the following partial ``reset`` hands out without calling JAX again. Arrays go
+from JAX to torch by DLPack (no copy on CPU); actions go back the same way.
+
+Vocabulary (DESIGN.md), with ``N`` allies, ``E`` enemies and ``A = 5 + E`` actions (four
+moves, stop, attack enemy ``j``):
+
+- ``("agents", "observation")`` ``[B, N, obs]``: SMAX's ``unit_list`` observation;
+- ``("agents", "action_mask")`` ``[B, N, A]``: SMAX's ``get_avail_actions`` (a dead ally can
+  only take the stop action, index 4);
+- ``"state"`` ``[B, S]``: SMAX's ``world_state``;
+- ``"reward"`` ``[B, 1]``: the team reward (enemy health removed, normalised, plus
+  ``won_battle_bonus``); every ally gets this same number in SMAX;
+- ``"terminated"``: one side is dead; ``"truncated"``: the ``max_steps`` limit was hit
+  without the battle ending (targets bootstrap through it); ``"battle_won"`` ``[B, 1]``:
+  every enemy dead and an ally alive (``win_key: battle_won`` makes it ``eval/win_rate``).
+
+Needs the ``smax`` extra (``pip install -e ".[smax]"``: ``jaxmarl`` with CPU ``jax``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from resq_torchrl.envs.specs import set_team_specs
+
+#: SMAX's index of the stop action (the only one a dead ally may take)
+STOP_ACTION = 4
+
+
+def _import_jax():
+    try:
+        import jax
+        import jax.numpy as jnp
+        from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+    except ImportError as err:  # pragma: no cover - depends on the installed extras
+        raise ImportError(
+            "SMAX needs the 'smax' extra: pip install -e '.[smax]' (jaxmarl with CPU jax)"
+        ) from err
+    return jax, jnp, HeuristicEnemySMAX, map_name_to_scenario
+
+
+def _to_torch(array, device: torch.device) -> torch.Tensor:
+    """JAX array -> torch tensor through DLPack (shares memory on CPU), then to ``device``."""
+    return torch.from_dlpack(array).to(device, non_blocking=True)
+
+
+class SMAXEnv(EnvBase):
+    """``batch_size=[B]`` copies of a SMAX scenario against JaxMARL's heuristic enemy.
+
+    Args:
+        map_name: a JaxMARL scenario name (``3m``, ``2s3z``, ``5m_vs_6m``, ``8m``, ``3s5z``,
+            ``10m_vs_11m``, ``27m_vs_30m``, ``3s5z_vs_3s6z``, ``6h_vs_8z``,
+            ``smacv2_5_units``, ...).
+        batch_size: ``[B]``, the number of copies.
+        device: where the tensors handed to torch live (JAX runs on its own default device).
+        max_steps: the episode limit (a truncation), JaxMARL's default 100.
+        seed: first JAX PRNG seed (``set_seed`` changes it).
+        validate_actions: raise on an action the mask forbids (one host check per step).
+        **smax_kwargs: passed to ``HeuristicEnemySMAX`` (``enemy_shoots``, ``attack_mode``,
+            ``won_battle_bonus``, ``walls_cause_death``, ...).
+
+    Example:
+        >>> env = SMAXEnv("3m", batch_size=[8])
+        >>> td = env.rollout(5)
+        >>> td["agents", "action_mask"].shape
+        torch.Size([8, 5, 3, 8])
+    """
+
+    def __init__(
+        self,
+        map_name: str = "3m",
+        batch_size=(1,),
+        device="cpu",
+        max_steps: int = 100,
+        seed: int = 0,
+        validate_actions: bool = True,
+        **smax_kwargs,
+    ):
+        batch_size = torch.Size(batch_size)
+        if len(batch_size) != 1 or batch_size[0] < 1:
+            raise ValueError(f"SMAXEnv needs batch_size=[B] with B >= 1, got {list(batch_size)}")
+        if int(max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        super().__init__(batch_size=batch_size, device=device)
+        jax, jnp, enemy_smax, map_name_to_scenario = _import_jax()
+        try:
+            scenario = map_name_to_scenario(map_name)
+        except KeyError as err:
+            raise ValueError(f"unknown SMAX map {map_name!r}") from err
+        self.map_name = map_name
+        self.validate_actions = validate_actions
+        self._jax, self._jnp = jax, jnp
+        self.smax = enemy_smax(scenario=scenario, max_steps=int(max_steps), **smax_kwargs)
+        self.max_steps = int(max_steps)
+        self.n_agents = self.smax.num_agents
+        self.n_actions = self.smax.num_movement_actions + self.smax.num_enemies
+        obs_dim = int(self.smax.observation_spaces[self.smax.agents[0]].shape[0])
+        state_dim = int(self.smax.state_size)
+        set_team_specs(self, self.n_agents, self.n_actions, obs_dim, state_dim)
+        self.observation_spec["battle_won"] = Categorical(
+            2, shape=(*self.batch_size, 1), dtype=torch.bool, device=self.device
+        )
+        self.observation_spec["step_count"] = Unbounded(
+            shape=(*self.batch_size, 1), dtype=torch.int64, device=self.device
+        )
+        self._build_jitted()
+        self._key = jax.random.PRNGKey(int(seed))
+        self._state = None  # batched JAX state, set by the first reset
+        self._out = None  # the observation, state, mask and step count of every env now
+        self._fresh = torch.zeros(batch_size[0], dtype=torch.bool)  # reset inside last step
+
+    # --- the jitted, vmapped JAX side -------------------------------------------------------
+    def _build_jitted(self) -> None:
+        jax, jnp, smax = self._jax, self._jnp, self.smax
+        agents = smax.agents
+        n_allies = smax.num_allies
+
+        def view(state):
+            """Per-env tensors of a single-env state."""
+            obs = smax.get_obs(state)
+            avail = smax.get_avail_actions(state)
+            return {
+                "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
+                "state": smax.get_world_state(state).astype(jnp.float32),
+                "action_mask": jnp.stack([avail[a] for a in agents]).astype(bool),
+                "step_count": state.state.step.astype(jnp.int32).reshape(1),
+            }
+
+        def reset_one(key):
+            _, state = smax.reset(key)
+            return state, view(state)
+
+        def step_one(key, state, actions):
+            step_key, reset_key = jax.random.split(key)
+            _, stepped, rewards, _, _ = smax.step_env(
+                step_key, state, {a: actions[i] for i, a in enumerate(agents)}
+            )
+            alive = stepped.state.unit_alive
+            allies_dead = ~jnp.any(alive[:n_allies])
+            enemies_dead = ~jnp.any(alive[n_allies:])
+            terminated = allies_dead | enemies_dead
+            # JaxMARL tests its limit before counting the step (episodes of max_steps + 1
+            # steps): the limit is applied here, after the step is counted
+            done = terminated | (stepped.state.step >= self.max_steps)
+            next_view = view(stepped)
+            reset_state, reset_view = reset_one(reset_key)
+            keep = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, stepped)
+            now = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_view, next_view)
+            step_out = {
+                **next_view,
+                "reward": rewards[agents[0]].astype(jnp.float32).reshape(1),
+                "terminated": terminated.reshape(1),
+                "truncated": (done & ~terminated).reshape(1),
+                "battle_won": (enemies_dead & ~allies_dead).reshape(1),
+            }
+            return keep, now, step_out, done
+
+        self._reset_all = jax.jit(jax.vmap(reset_one))
+        self._step_all = jax.jit(jax.vmap(step_one))
+
+        def reset_where(keys, state, view_now, mask):
+            new_state, new_view = jax.vmap(reset_one)(keys)
+
+            def pick(new, old):
+                m = mask.reshape(mask.shape + (1,) * (new.ndim - 1))
+                return jnp.where(m, new, old)
+
+            return jax.tree.map(pick, new_state, state), jax.tree.map(pick, new_view, view_now)
+
+        self._reset_where = jax.jit(reset_where)
+
+    def _split_keys(self):
+        self._key, sub = self._jax.random.split(self._key)
+        return self._jax.random.split(sub, self.batch_size[0])
+
+    def _torch(self, arrays: Mapping) -> dict[str, torch.Tensor]:
+        return {k: _to_torch(v, self.device) for k, v in arrays.items()}
+
+    # --- torchrl EnvBase ---------------------------------------------------------------------
+    def _set_seed(self, seed: int | None):
+        self._key = self._jax.random.PRNGKey(0 if seed is None else int(seed))
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        b = self.batch_size[0]
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        mask = torch.ones(b, dtype=torch.bool) if mask is None else mask.reshape(b).cpu()
+        if self._state is None:
+            self._state, self._out = self._reset_all(self._split_keys())
+        else:
+            # envs finished by the last step were reset inside it; reset the others asked for
+            fresh = mask & ~self._fresh
+            if bool(fresh.any()):
+                jmask = self._jnp.asarray(fresh.numpy())
+                self._state, self._out = self._reset_where(
+                    self._split_keys(), self._state, self._out, jmask
+                )
+        self._fresh &= ~mask
+        view = self._torch(self._out)
+        self._update_spec_mask(view["action_mask"])
+        return self._output(view, None)
+
+    def _update_spec_mask(self, mask: torch.Tensor) -> None:
+        """Keep the action spec's mask on the current availability, as torchrl's SMACv2Env
+        does, so that ``rand_action`` (``check_env_specs``, random rollouts) is valid."""
+        self.full_action_spec["agents", "action"].update_mask(mask)
+
+    def _output(self, view: dict, step: dict | None) -> TensorDictBase:
+        b = self.batch_size
+        src = view if step is None else step
+        out = {
+            ("agents", "observation"): src["observation"],
+            ("agents", "action_mask"): src["action_mask"],
+            "state": src["state"],
+            "step_count": src["step_count"].long(),
+        }
+        if step is None:
+            out["battle_won"] = torch.zeros(*b, 1, dtype=torch.bool, device=self.device)
+        else:
+            out["battle_won"] = step["battle_won"]
+            out["reward"] = step["reward"]
+            out["terminated"] = step["terminated"]
+            out["truncated"] = step["truncated"]
+            out["done"] = step["terminated"] | step["truncated"]
+        td = TensorDict(batch_size=b, device=self.device)
+        for k, v in out.items():
+            td.set(k, v)
+        td.get("agents").batch_size = torch.Size([*b, self.n_agents])
+        return td
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        actions = tensordict.get(("agents", "action"))
+        if actions.shape != (*self.batch_size, self.n_agents):
+            raise ValueError(
+                f"('agents', 'action') must be [{self.batch_size[0]}, {self.n_agents}], "
+                f"got {list(actions.shape)}"
+            )
+        if self.validate_actions:
+            self._check_actions(tensordict.get(("agents", "action_mask")), actions)
+        jactions = self._jax.dlpack.from_dlpack(actions.detach().to("cpu", torch.int32))
+        self._state, self._out, step_out, done = self._step_all(
+            self._split_keys(), self._state, jactions
+        )
+        self._fresh = torch.from_dlpack(done).cpu().clone()
+        self._update_spec_mask(_to_torch(self._out["action_mask"], self.device))
+        return self._output({}, self._torch(step_out))
+
+    def _check_actions(self, mask: torch.Tensor, actions: torch.Tensor) -> None:
+        if ((actions < 0) | (actions >= self.n_actions)).any():
+            raise ValueError(f"SMAX actions must lie in [0, {self.n_actions}), got {actions}")
+        ok = mask.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        if not bool(ok.all()):
+            env, agent = (~ok).nonzero()[0].tolist()
+            raise ValueError(
+                f"env {env}, agent {agent}: action {int(actions[env, agent])} is not available "
+                f"(available: {mask[env, agent].nonzero().flatten().tolist()})"
+            )
+
+
+def make_smax_env(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
+    """``env=smax/<map>``: :class:`SMAXEnv` with ``n_envs`` copies; every config key other
+    than ``family``/``name``/``win_key`` goes to the constructor."""
+    kwargs = {k: v for k, v in env_cfg.items() if k not in ("family", "name", "win_key")}
+    return SMAXEnv(batch_size=[n_envs], device=device, **kwargs)
+
+
+__all__ = ["SMAXEnv", "make_smax_env", "STOP_ACTION"]
