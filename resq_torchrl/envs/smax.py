@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.data import Categorical, Unbounded
 from torchrl.envs import EnvBase
 
 from resq_torchrl.envs.specs import set_team_specs

@@ -3,7 +3,8 @@
 ``("agents", "action_mask")`` ``[*B, N, A]``.
 
 torchrl has no transform that reduces per-agent rewards to a team reward or that writes a
-constant action mask, so these two are written here; the state is torchrl's
+constant action mask (its ``ActionMask`` reads a mask the env already writes), so these two
+are written here; the state is torchrl's
 ``FlattenObservation`` over the agent and feature dims (:func:`stacked_state`).
 """
 
@@ -72,23 +73,50 @@ class TeamReward(Transform):
         return tensordict_reset
 
 
-class AllActionsAvailable(Transform):
-    """Writes ``("agents", "action_mask")`` ``[*B, N, A]`` all ``True`` for envs without
-    action masks, so that every policy and loss reads one vocabulary. ``A`` and ``N`` come
-    from the action spec at ``action_key``."""
+class FixedActionMask(Transform):
+    """Writes a constant ``mask_key`` ``[*B, N, A]`` from a per-agent ``mask`` ``[N, A]``
+    (``None``: every action available, for envs without masks) and sets it as the mask of
+    the categorical action spec at ``action_key``, so that ``env.rand_action`` (and
+    ``check_env_specs``) never sample an unavailable action; masked greedy and
+    ``EGreedyModule`` read the mask from the data.
 
-    def __init__(self, action_key: NestedKey = ACTION_KEY, mask_key: NestedKey = MASK_KEY):
+    A fixed mask serves envs whose agents have fixed, differing action sets (heterogeneous
+    agents padded to one action count, see ``envs/pettingzoo.py``).
+    """
+
+    def __init__(
+        self,
+        mask: torch.Tensor | None = None,
+        action_key: NestedKey = ACTION_KEY,
+        mask_key: NestedKey = MASK_KEY,
+    ):
+        if mask is not None and (
+            mask.dim() != 2 or mask.dtype != torch.bool or not mask.any(-1).all()
+        ):
+            raise ValueError(
+                f"mask must be [N, A] bool with an available action per agent, got {mask}"
+            )
         super().__init__(in_keys=[], out_keys=[mask_key])
         self.action_key = action_key
+        self.register_buffer("mask", mask)
 
-    def _mask_spec(self) -> TensorSpec:
-        action = self.parent.full_action_spec[self.action_key]
-        n = action.space.n
-        return Categorical(2, shape=(*action.shape, n), dtype=torch.bool, device=action.device)
+    def _agent_mask(self, action: TensorSpec) -> torch.Tensor:
+        """``[N, A]`` on the action spec's device."""
+        if not isinstance(action, Categorical):
+            raise ValueError(f"{self.action_key} must be a Categorical action spec, got {action}")
+        n_agents, n = action.shape[-1], action.space.n
+        if self.mask is None:
+            return torch.ones(n_agents, n, dtype=torch.bool, device=action.device)
+        if self.mask.shape != (n_agents, n):
+            raise ValueError(
+                f"mask is {list(self.mask.shape)} but {self.action_key} has {n_agents} agents "
+                f"and {n} actions"
+            )
+        return self.mask.to(action.device)
 
     def _write(self, td: TensorDictBase) -> TensorDictBase:
-        spec = self._mask_spec()
-        td.set(self.out_keys[0], torch.ones(spec.shape, dtype=torch.bool, device=spec.device))
+        mask = self._agent_mask(self.parent.full_action_spec[self.action_key])
+        td.set(self.out_keys[0], mask.expand(*td.batch_size, *mask.shape).clone())
         return td
 
     def _call(self, next_td: TensorDictBase) -> TensorDictBase:
@@ -97,8 +125,16 @@ class AllActionsAvailable(Transform):
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
         return self._write(tensordict_reset)
 
+    def transform_action_spec(self, action_spec: Composite) -> Composite:
+        action = action_spec[self.action_key]
+        action.update_mask(self._agent_mask(action).expand(action.shape + (action.space.n,)))
+        return action_spec
+
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
-        observation_spec[self.out_keys[0]] = self._mask_spec()
+        action = self.parent.full_action_spec[self.action_key]
+        observation_spec[self.out_keys[0]] = Categorical(
+            2, shape=(*action.shape, action.space.n), dtype=torch.bool, device=action.device
+        )
         return observation_spec
 
 
@@ -108,4 +144,4 @@ def stacked_state(obs_key: NestedKey = OBS_KEY, state_key: NestedKey = "state") 
     return FlattenObservation(-2, -1, in_keys=[obs_key], out_keys=[state_key])
 
 
-__all__ = ["AllActionsAvailable", "TeamReward", "stacked_state"]
+__all__ = ["FixedActionMask", "TeamReward", "stacked_state"]

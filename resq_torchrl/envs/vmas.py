@@ -28,7 +28,7 @@ import torch
 from torchrl.envs import Compose, EnvBase, ExcludeTransform, StepCounter, TransformedEnv
 from torchrl.envs.utils import MarlGroupMapType
 
-from resq_torchrl.envs.transforms import AllActionsAvailable, TeamReward, stacked_state
+from resq_torchrl.envs.transforms import FixedActionMask, TeamReward, stacked_state
 
 
 def make_vmas(
@@ -79,7 +79,7 @@ def make_vmas(
         TeamReward(reward_reduction),
         StepCounter(int(max_steps), truncated_key="truncated"),
         stacked_state(),
-        AllActionsAvailable(),
+        FixedActionMask(),
     ]
     return TransformedEnv(base, Compose(*transforms))
 

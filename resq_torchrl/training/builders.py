@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, TransformedEnv
+from torchrl.envs import EnvBase, InitTracker, RewardSum, TransformedEnv
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
@@ -106,10 +106,11 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     family = env_cfg.get("family", env_cfg.get("name"))
     if family not in ENV_BUILDERS:
         raise ValueError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
-    env = TransformedEnv(
-        ENV_BUILDERS[family](env_cfg, n_envs, device),
-        Compose(InitTracker(), RewardSum(in_keys=["reward"], out_keys=["episode_reward"])),
-    )
+    env = ENV_BUILDERS[family](env_cfg, n_envs, device)
+    if not isinstance(env, TransformedEnv):  # adapters bring their own transforms: extend them
+        env = TransformedEnv(env)
+    env.append_transform(InitTracker())
+    env.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
     if seed is not None:
         env.set_seed(seed)
     return env

@@ -101,12 +101,18 @@ def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -
 
 def _env_rng_state(env: EnvBase) -> torch.Tensor | None:
     """State of the env's own ``torch.Generator`` (``rng`` of the base env), if it has one."""
-    rng = getattr(getattr(env, "base_env", env), "rng", None)
+    rng = _env_rng(env)
     return rng.get_state() if isinstance(rng, torch.Generator) else None
 
 
+def _env_rng(env: EnvBase):
+    """The base env's own ``rng`` attribute, read from its ``__dict__``: a closed
+    ``SerialEnv``/``ParallelEnv`` recurses forever on a missing attribute lookup."""
+    return vars(getattr(env, "base_env", env)).get("rng")
+
+
 def _set_env_rng_state(env: EnvBase, state: torch.Tensor | None) -> None:
-    rng = getattr(getattr(env, "base_env", env), "rng", None)
+    rng = _env_rng(env)
     if state is not None and isinstance(rng, torch.Generator):
         rng.set_state(state)
 
