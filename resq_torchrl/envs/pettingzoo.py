@@ -26,8 +26,8 @@ inside the pettingzoo env by :class:`PadHeterogeneousAgents`:
 - every agent gets the largest action count; the actions an agent does not have are
   ``False`` in ``("agents", "action_mask")`` and in the mask of the env's action spec
   (:class:`~resq_torchrl.envs.transforms.FixedActionMask`), so masked greedy,
-  epsilon-greedy and ``env.rand_action`` never pick them. An agent given one of them raises a ``ValueError`` naming the agent: a padded
-  action is never mapped to a real one.
+  epsilon-greedy and ``env.rand_action`` never pick them. An agent given one of them raises
+  a ``ValueError`` naming the agent: a padded action is never mapped to a real one.
 
 Homogeneous tasks (``simple_spread``, ``simple_reference``) are not padded and their mask is
 all ``True`` (``FixedActionMask()``).
