@@ -24,14 +24,16 @@ Needs the ``smax`` extra (``pip install -e ".[smax]"``: ``jaxmarl`` with CPU ``j
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Unbounded
-from torchrl.envs import EnvBase
+from torchrl.envs import ActionMask, EnvBase, TransformedEnv
 
 from resq_torchrl.envs.specs import set_team_specs
+from resq_torchrl.envs.transforms import ACTION_KEY, MASK_KEY
 
 #: SMAX's index of the stop action (the only one a dead ally may take)
 STOP_ACTION = 4
@@ -52,6 +54,80 @@ def _import_jax():
 def _to_torch(array, device: torch.device) -> torch.Tensor:
     """JAX array -> torch tensor through DLPack (shares memory on CPU), then to ``device``."""
     return torch.from_dlpack(array).to(device, non_blocking=True)
+
+
+def _build(map_name: str, max_steps: int, smax_kwargs: Mapping):
+    """The SMAX env and its jitted, vmapped ``reset_all(keys)``,
+    ``step_all(keys, state, actions)`` and ``reset_where(keys, state, view, mask)``."""
+    jax, jnp, enemy_smax, map_name_to_scenario = _import_jax()
+    try:
+        scenario = map_name_to_scenario(map_name)
+    except KeyError as err:
+        raise ValueError(f"unknown SMAX map {map_name!r}") from err
+    smax = enemy_smax(scenario=scenario, max_steps=max_steps, **smax_kwargs)
+    agents = smax.agents
+    n_allies = smax.num_allies
+
+    def view(state):
+        """Per-env tensors of a single-env state."""
+        obs = smax.get_obs(state)
+        avail = smax.get_avail_actions(state)
+        return {
+            "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
+            "state": smax.get_world_state(state).astype(jnp.float32),
+            "action_mask": jnp.stack([avail[a] for a in agents]).astype(bool),
+            "step_count": state.state.step.astype(jnp.int32).reshape(1),
+        }
+
+    def reset_one(key):
+        _, state = smax.reset(key)
+        return state, view(state)
+
+    def step_one(key, state, actions):
+        step_key, reset_key = jax.random.split(key)
+        _, stepped, rewards, _, _ = smax.step_env(
+            step_key, state, {a: actions[i] for i, a in enumerate(agents)}
+        )
+        alive = stepped.state.unit_alive
+        allies_dead = ~jnp.any(alive[:n_allies])
+        enemies_dead = ~jnp.any(alive[n_allies:])
+        terminated = allies_dead | enemies_dead
+        # JaxMARL tests its limit before counting the step (episodes of max_steps + 1
+        # steps): the limit is applied here, after the step is counted
+        done = terminated | (stepped.state.step >= max_steps)
+        next_view = view(stepped)
+        reset_state, reset_view = reset_one(reset_key)
+        keep = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, stepped)
+        now = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_view, next_view)
+        step_out = {
+            **next_view,
+            "reward": rewards[agents[0]].astype(jnp.float32).reshape(1),
+            "terminated": terminated.reshape(1),
+            "truncated": (done & ~terminated).reshape(1),
+            "battle_won": (enemies_dead & ~allies_dead).reshape(1),
+        }
+        return keep, now, step_out, done
+
+    reset_all = jax.jit(jax.vmap(reset_one))
+    step_all = jax.jit(jax.vmap(step_one))
+
+    def reset_where(keys, state, view_now, mask):
+        new_state, new_view = jax.vmap(reset_one)(keys)
+
+        def pick(new, old):
+            m = mask.reshape(mask.shape + (1,) * (new.ndim - 1))
+            return jnp.where(m, new, old)
+
+        return jax.tree.map(pick, new_state, state), jax.tree.map(pick, new_view, view_now)
+
+    return smax, reset_all, step_all, jax.jit(reset_where)
+
+
+@functools.lru_cache(maxsize=16)
+def _smax_functions(map_name: str, max_steps: int, smax_kwargs: tuple):
+    """:func:`_build` shared by every env of the same configuration (the training and the
+    evaluation env compile once)."""
+    return _build(map_name, max_steps, dict(smax_kwargs))
 
 
 class SMAXEnv(EnvBase):
@@ -92,16 +168,18 @@ class SMAXEnv(EnvBase):
         if int(max_steps) < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         super().__init__(batch_size=batch_size, device=device)
-        jax, jnp, enemy_smax, map_name_to_scenario = _import_jax()
-        try:
-            scenario = map_name_to_scenario(map_name)
-        except KeyError as err:
-            raise ValueError(f"unknown SMAX map {map_name!r}") from err
+        jax, jnp, _, _ = _import_jax()
         self.map_name = map_name
         self.validate_actions = validate_actions
         self._jax, self._jnp = jax, jnp
-        self.smax = enemy_smax(scenario=scenario, max_steps=int(max_steps), **smax_kwargs)
         self.max_steps = int(max_steps)
+        try:
+            key = (map_name, self.max_steps, tuple(sorted(smax_kwargs.items())))
+            hash(key)
+        except TypeError:  # unhashable options (arrays): build for this env alone
+            key = None
+        built = _smax_functions(*key) if key else _build(map_name, self.max_steps, smax_kwargs)
+        self.smax, self._reset_all, self._step_all, self._reset_where = built
         self.n_agents = self.smax.num_agents
         self.n_actions = self.smax.num_movement_actions + self.smax.num_enemies
         obs_dim = int(self.smax.observation_spaces[self.smax.agents[0]].shape[0])
@@ -113,71 +191,10 @@ class SMAXEnv(EnvBase):
         self.observation_spec["step_count"] = Unbounded(
             shape=(*self.batch_size, 1), dtype=torch.int64, device=self.device
         )
-        self._build_jitted()
         self._key = jax.random.PRNGKey(int(seed))
         self._state = None  # batched JAX state, set by the first reset
         self._out = None  # the observation, state, mask and step count of every env now
         self._fresh = torch.zeros(batch_size[0], dtype=torch.bool)  # reset inside last step
-
-    # --- the jitted, vmapped JAX side -------------------------------------------------------
-    def _build_jitted(self) -> None:
-        jax, jnp, smax = self._jax, self._jnp, self.smax
-        agents = smax.agents
-        n_allies = smax.num_allies
-
-        def view(state):
-            """Per-env tensors of a single-env state."""
-            obs = smax.get_obs(state)
-            avail = smax.get_avail_actions(state)
-            return {
-                "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
-                "state": smax.get_world_state(state).astype(jnp.float32),
-                "action_mask": jnp.stack([avail[a] for a in agents]).astype(bool),
-                "step_count": state.state.step.astype(jnp.int32).reshape(1),
-            }
-
-        def reset_one(key):
-            _, state = smax.reset(key)
-            return state, view(state)
-
-        def step_one(key, state, actions):
-            step_key, reset_key = jax.random.split(key)
-            _, stepped, rewards, _, _ = smax.step_env(
-                step_key, state, {a: actions[i] for i, a in enumerate(agents)}
-            )
-            alive = stepped.state.unit_alive
-            allies_dead = ~jnp.any(alive[:n_allies])
-            enemies_dead = ~jnp.any(alive[n_allies:])
-            terminated = allies_dead | enemies_dead
-            # JaxMARL tests its limit before counting the step (episodes of max_steps + 1
-            # steps): the limit is applied here, after the step is counted
-            done = terminated | (stepped.state.step >= self.max_steps)
-            next_view = view(stepped)
-            reset_state, reset_view = reset_one(reset_key)
-            keep = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, stepped)
-            now = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_view, next_view)
-            step_out = {
-                **next_view,
-                "reward": rewards[agents[0]].astype(jnp.float32).reshape(1),
-                "terminated": terminated.reshape(1),
-                "truncated": (done & ~terminated).reshape(1),
-                "battle_won": (enemies_dead & ~allies_dead).reshape(1),
-            }
-            return keep, now, step_out, done
-
-        self._reset_all = jax.jit(jax.vmap(reset_one))
-        self._step_all = jax.jit(jax.vmap(step_one))
-
-        def reset_where(keys, state, view_now, mask):
-            new_state, new_view = jax.vmap(reset_one)(keys)
-
-            def pick(new, old):
-                m = mask.reshape(mask.shape + (1,) * (new.ndim - 1))
-                return jnp.where(m, new, old)
-
-            return jax.tree.map(pick, new_state, state), jax.tree.map(pick, new_view, view_now)
-
-        self._reset_where = jax.jit(reset_where)
 
     def _split_keys(self):
         self._key, sub = self._jax.random.split(self._key)
@@ -270,7 +287,10 @@ def make_smax_env(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
     """``env=smax/<map>``: :class:`SMAXEnv` with ``n_envs`` copies; every config key other
     than ``family``/``name``/``win_key`` goes to the constructor."""
     kwargs = {k: v for k, v in env_cfg.items() if k not in ("family", "name", "win_key")}
-    return SMAXEnv(batch_size=[n_envs], device=device, **kwargs)
+    env = SMAXEnv(batch_size=[n_envs], device=device, **kwargs)
+    # a TransformedEnv keeps its own copy of the action spec: torchrl's ActionMask keeps that
+    # copy's mask on the current availability (random actions stay valid)
+    return TransformedEnv(env, ActionMask(action_key=ACTION_KEY, mask_key=MASK_KEY))
 
 
 __all__ = ["SMAXEnv", "make_smax_env", "STOP_ACTION"]
