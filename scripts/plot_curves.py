@@ -1,10 +1,11 @@
 """Plot learning curves (mean and min-max over seeds) of train.py runs.
 
     python scripts/plot_curves.py runs/predator_prey/*_seed* --out docs/predator_prey.png
+    python scripts/plot_curves.py runs/smax/3m/*_seed* --metric eval/win_rate --out docs/smax_3m.png
 
-Runs are grouped by the name before ``_seed``. Left: greedy evaluation return
-(``eval.jsonl``); right: training-episode return (the CSV logger's ``train/return``),
-binned over env steps.
+Runs are grouped by the name before ``_seed``. Left: a greedy evaluation metric
+(``eval.jsonl``, ``--metric``, default ``eval/return``); right: training-episode return (the
+CSV logger's ``train/return``), binned over env steps.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def load_eval(run: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_eval(run: Path, metric: str = "eval/return") -> tuple[np.ndarray, np.ndarray]:
     rows = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line]
-    return np.array([r["frames"] for r in rows]), np.array([r["eval/return"] for r in rows])
+    if rows and metric not in rows[0]:
+        raise SystemExit(f"{run}/eval.jsonl has no {metric!r}; it has {sorted(rows[0])}")
+    return np.array([r["frames"] for r in rows]), np.array([r[metric] for r in rows])
 
 
 def load_train(run: Path, bins: np.ndarray) -> np.ndarray | None:
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--bin", type=int, default=10000, help="env steps per training bin")
+    parser.add_argument("--metric", default="eval/return", help="eval.jsonl key to plot")
+    parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args()
     groups: dict[str, list[Path]] = defaultdict(list)
     for run in args.runs:
@@ -58,7 +63,7 @@ def main() -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     summary = {}
     for name, runs in sorted(groups.items()):
-        curves = [load_eval(r) for r in runs]
+        curves = [load_eval(r, args.metric) for r in runs]
         n = min(len(x) for x, _ in curves)
         frames, values = curves[0][0][:n], np.stack([y[:n] for _, y in curves])
         band(left, frames, values, f"{name} ({len(runs)} seeds)")
@@ -69,14 +74,19 @@ def main() -> None:
         summary[name] = {
             "seeds": len(runs),
             "frames": int(frames[-1]),
-            "final_eval_return_mean": float(values[:, -1].mean()),
-            "final_eval_return_per_seed": values[:, -1].round(3).tolist(),
+            "metric": args.metric,
+            "final_mean": float(values[:, -1].mean()),
+            "final_per_seed": values[:, -1].round(3).tolist(),
+            "best_mean": float(values.mean(0).max()),
         }
-    left.set(xlabel="env steps", ylabel="greedy evaluation return", title="evaluation")
+    ylabel = "greedy evaluation " + args.metric.removeprefix("eval/").replace("_", " ")
+    left.set(xlabel="env steps", ylabel=ylabel, title="evaluation")
     right.set(xlabel="env steps", ylabel="training episode return", title="training (binned)")
     for ax in (left, right):
         ax.legend()
         ax.grid(alpha=0.3)
+    if args.title:
+        fig.suptitle(args.title)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)

@@ -175,3 +175,19 @@ def test_resq_trains_on_smax_and_reports_a_win_rate(tmp_path):
     final = train(cfg)
     assert final["updates"] > 0 and 0.0 <= final["eval/win_rate"] <= 1.0
     assert torch.isfinite(torch.tensor(final["eval/return"]))
+
+
+def test_state_is_smax_world_state_scaled_to_the_unit_interval():
+    """Positions divided by the map size, cooldowns by the largest one (negative: 0)."""
+    raw = SMAXEnv("2s3z", batch_size=[2], normalize_state=False, seed=3)
+    scaled = SMAXEnv("2s3z", batch_size=[2], seed=3)
+    a, b = raw.reset()["state"], scaled.reset()["state"]
+    assert b.min() >= 0 and b.max() <= 1
+    units = raw.smax.num_allies + raw.smax.num_enemies
+    n_own = len(raw.smax.own_features)
+    a_units = a[:, : units * n_own].reshape(2, units, n_own)
+    b_units = b[:, : units * n_own].reshape(2, units, n_own)
+    assert torch.allclose(b_units[..., 1], a_units[..., 1] / 32)  # x / map width
+    assert torch.allclose(b_units[..., 2], a_units[..., 2] / 32)  # y / map height
+    assert torch.equal(b_units[..., 0], a_units[..., 0])  # health fraction unchanged
+    assert a_units[..., 1].max() > 1  # the raw state is not in [0, 1]

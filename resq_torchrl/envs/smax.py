@@ -12,7 +12,8 @@ moves, stop, attack enemy ``j``):
 - ``("agents", "observation")`` ``[B, N, obs]``: SMAX's ``unit_list`` observation;
 - ``("agents", "action_mask")`` ``[B, N, A]``: SMAX's ``get_avail_actions`` (a dead ally can
   only take the stop action, index 4);
-- ``"state"`` ``[B, S]``: SMAX's ``world_state``;
+- ``"state"`` ``[B, S]``: SMAX's ``world_state``, scaled to ``[0, 1]`` like SMAC's
+  state (``normalize_state``);
 - ``"reward"`` ``[B, 1]``: the team reward (enemy health removed, normalised, plus
   ``won_battle_bonus``); every ally gets this same number in SMAX;
 - ``"terminated"``: one side is dead; ``"truncated"``: the ``max_steps`` limit was hit
@@ -56,7 +57,21 @@ def _to_torch(array, device: torch.device) -> torch.Tensor:
     return torch.from_dlpack(array).to(device, non_blocking=True)
 
 
-def _build(map_name: str, max_steps: int, smax_kwargs: Mapping):
+def _world_state_scale(smax, jnp):
+    """Per-entry scale of SMAX's ``world_state`` that brings it to ``[0, 1]`` as SMAC's
+    state is: per unit ``[health fraction, x, y, weapon cooldown, one-hot type]`` with ``x``,
+    ``y`` in map units (up to 32) and the cooldown in seconds, then every unit's team and
+    type index. Positions are divided by the map size, cooldowns by the largest one, type
+    indices by the number of types (the caller clips negative cooldowns to 0)."""
+    n_units, n_own = smax.num_allies + smax.num_enemies, len(smax.own_features)
+    unit = jnp.ones(n_own).at[1].set(1.0 / smax.map_width).at[2].set(1.0 / smax.map_height)
+    unit = unit.at[3].set(1.0 / float(jnp.max(smax.unit_type_weapon_cooldowns)))
+    teams = jnp.ones(n_units)
+    types = jnp.full(n_units, 1.0 / smax.unit_type_bits)
+    return jnp.concatenate([jnp.tile(unit, n_units), teams, types]).astype(jnp.float32)
+
+
+def _build(map_name: str, max_steps: int, smax_kwargs: Mapping, normalize_state: bool = True):
     """The SMAX env and its jitted, vmapped ``reset_all(keys)``,
     ``step_all(keys, state, actions)`` and ``reset_where(keys, state, view, mask)``."""
     jax, jnp, enemy_smax, map_name_to_scenario = _import_jax()
@@ -67,14 +82,17 @@ def _build(map_name: str, max_steps: int, smax_kwargs: Mapping):
     smax = enemy_smax(scenario=scenario, max_steps=max_steps, **smax_kwargs)
     agents = smax.agents
     n_allies = smax.num_allies
+    state_scale = _world_state_scale(smax, jnp) if normalize_state else None
 
     def view(state):
         """Per-env tensors of a single-env state."""
         obs = smax.get_obs(state)
         avail = smax.get_avail_actions(state)
+        world = smax.get_world_state(state).astype(jnp.float32)
         return {
             "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
-            "state": smax.get_world_state(state).astype(jnp.float32),
+            # SMAX lets cooldowns run below zero (weapon ready): every scaled entry is in [0, 1]
+            "state": world if state_scale is None else jnp.clip(world * state_scale, 0.0, 1.0),
             "action_mask": jnp.stack([avail[a] for a in agents]).astype(bool),
             "step_count": state.state.step.astype(jnp.int32).reshape(1),
         }
@@ -124,10 +142,10 @@ def _build(map_name: str, max_steps: int, smax_kwargs: Mapping):
 
 
 @functools.lru_cache(maxsize=16)
-def _smax_functions(map_name: str, max_steps: int, smax_kwargs: tuple):
+def _smax_functions(map_name: str, max_steps: int, smax_kwargs: tuple, normalize_state: bool):
     """:func:`_build` shared by every env of the same configuration (the training and the
     evaluation env compile once)."""
-    return _build(map_name, max_steps, dict(smax_kwargs))
+    return _build(map_name, max_steps, dict(smax_kwargs), normalize_state)
 
 
 class SMAXEnv(EnvBase):
@@ -142,6 +160,10 @@ class SMAXEnv(EnvBase):
         max_steps: the episode limit (a truncation), JaxMARL's default 100.
         seed: first JAX PRNG seed (``set_seed`` changes it).
         validate_actions: raise on an action the mask forbids (one host check per step).
+        normalize_state: scale ``world_state`` to ``[0, 1]`` as SMAC's state is
+            (positions by the map size, cooldowns by the largest); SMAX's raw state has
+            positions up to 32, which drove QMIX's hypernetworks to TD losses in the
+            hundreds in our first SMAX runs (docs/results.md).
         **smax_kwargs: passed to ``HeuristicEnemySMAX`` (``enemy_shoots``, ``attack_mode``,
             ``won_battle_bonus``, ``walls_cause_death``, ...).
 
@@ -160,6 +182,7 @@ class SMAXEnv(EnvBase):
         max_steps: int = 100,
         seed: int = 0,
         validate_actions: bool = True,
+        normalize_state: bool = True,
         **smax_kwargs,
     ):
         batch_size = torch.Size(batch_size)
@@ -174,11 +197,15 @@ class SMAXEnv(EnvBase):
         self._jax, self._jnp = jax, jnp
         self.max_steps = int(max_steps)
         try:
-            key = (map_name, self.max_steps, tuple(sorted(smax_kwargs.items())))
+            key = (map_name, self.max_steps, tuple(sorted(smax_kwargs.items())), normalize_state)
             hash(key)
         except TypeError:  # unhashable options (arrays): build for this env alone
             key = None
-        built = _smax_functions(*key) if key else _build(map_name, self.max_steps, smax_kwargs)
+        built = (
+            _smax_functions(*key)
+            if key
+            else _build(map_name, self.max_steps, smax_kwargs, normalize_state)
+        )
         self.smax, self._reset_all, self._step_all, self._reset_where = built
         self.n_agents = self.smax.num_agents
         self.n_actions = self.smax.num_movement_actions + self.smax.num_enemies
