@@ -148,3 +148,25 @@ def test_everything_stays_on_cuda():
     td = env.rollout(5, policy)
     for key, value in td.items(True, True):
         assert value.device.type == "cuda", key
+
+
+def test_train_script_selects_the_env_by_family_and_task(tmp_path, run_script):
+    """``scripts/train.py env=vmas/balance`` from the command line, as a user runs it."""
+    proc = run_script(
+        "train.py",
+        "algorithm=qmix",
+        "env=vmas/balance",
+        "env.max_steps=10",
+        "n_envs=4",
+        "rollout_steps=5",
+        "episodes_per_batch=4",
+        "batch_episodes=4",
+        "total_frames=120",
+        "eval_episodes=2",
+        "eval_interval=1000",
+        "progress=false",
+        f"output_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "final evaluation (qmix on vmas_balance, seed 0)" in proc.stdout
+    assert (tmp_path / "final.json").exists()
