@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # SMAX learning runs of the env-adapters issue: ResQ vs QMIX on 3m then 2s3z, seeds 0..2,
-# FRAMES env steps each (default 200000), 32 envs, one update per 4 episodes.
+# FRAMES env steps each (default 300000), 32 envs, one update per 4 episodes.
 #   bash benchmarks/smax.sh [FRAMES] [OUT]          (resumable: rerun to continue)
 # Then: python scripts/plot_curves.py OUT/3m/*_seed* --key eval/win_rate --out docs/smax_3m.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FRAMES=${1:-200000}
+FRAMES=${1:-300000}
 OUT=${2:-runs/smax}
 export EXTRA="n_envs=32 episodes_per_batch=32 updates_per_episode=0.25 eval_interval=10000 eval_episodes=32 checkpoint_interval=20000"
 export PAD=3200

@@ -4,7 +4,8 @@
 ``vmap``-ed call. Finished envs are reset *inside* that call: the step returns the terminal
 transition (for ``("next", ...)``) and keeps the fresh first observation of each finished
 env, which the following partial ``reset`` hands out without calling JAX again. Arrays go
-from JAX to torch by DLPack (no copy on CPU); actions go back the same way.
+from JAX to torch by DLPack (no copy on CPU: the tensors share JAX's buffers, read them
+without writing in place, as torchrl does); actions go back the same way as ``int32``.
 
 Vocabulary (DESIGN.md), with ``N`` allies, ``E`` enemies and ``A = 5 + E`` actions (four
 moves, stop, attack enemy ``j``):
