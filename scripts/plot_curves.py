@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
 def load_eval(run: Path, metric: str = "eval/return") -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +40,10 @@ def load_train(run: Path, bins: np.ndarray) -> np.ndarray | None:
     return np.array(
         [data[idx == i, 1].mean() if (idx == i).any() else np.nan for i in range(len(bins) - 1)]
     )
+
+
+def label(name: str, seeds: int) -> str:
+    return f"{name} ({seeds} seed{'s' if seeds > 1 else ''})"
 
 
 def band(ax, x, values, label):
@@ -66,11 +71,11 @@ def main() -> None:
         curves = [load_eval(r, args.metric) for r in runs]
         n = min(len(x) for x, _ in curves)
         frames, values = curves[0][0][:n], np.stack([y[:n] for _, y in curves])
-        band(left, frames, values, f"{name} ({len(runs)} seeds)")
+        band(left, frames, values, label(name, len(runs)))
         bins = np.arange(0, frames[-1] + args.bin, args.bin)
         train = [t for t in (load_train(r, bins) for r in runs) if t is not None]
         if train:
-            band(right, bins[:-1] + args.bin / 2, np.stack(train), f"{name} ({len(train)} seeds)")
+            band(right, bins[:-1] + args.bin / 2, np.stack(train), label(name, len(train)))
         summary[name] = {
             "seeds": len(runs),
             "frames": int(frames[-1]),
@@ -83,6 +88,7 @@ def main() -> None:
     left.set(xlabel="env steps", ylabel=ylabel, title="evaluation")
     right.set(xlabel="env steps", ylabel="training episode return", title="training (binned)")
     for ax in (left, right):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:g}k"))
         ax.legend()
         ax.grid(alpha=0.3)
     if args.title:
