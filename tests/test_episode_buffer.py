@@ -68,3 +68,29 @@ def test_collector_episodes_flow_into_the_buffer():
     collector.shutdown()
     assert len(buf) >= 20 and buf.sample().shape == (5, 1)
     assert buf.sample()["is_init"].all()
+
+
+def test_dumps_and_loads_round_trip(tmp_path):
+    def episodes(seed):
+        g = torch.Generator().manual_seed(seed)
+        return TensorDict(
+            {
+                "obs": torch.randn(3, 4, 2, generator=g),
+                ("collector", "mask"): torch.ones(3, 4).bool(),
+            },
+            [3, 4],
+        )
+
+    a = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
+    a.extend(episodes(0))
+    a.dumps(tmp_path / "replay")
+    a.extend(episodes(1))
+    a.dumps(tmp_path / "replay")  # overwrites the first copy atomically
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replay"]
+    b = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
+    b.loads(tmp_path / "replay")
+    assert len(b) == 6 and b.episodes_added == 6
+    stored = b.buffer.storage.get(list(range(6)))
+    assert torch.equal(stored["obs"], torch.cat([episodes(0)["obs"], episodes(1)["obs"]]))
+    with pytest.raises(FileNotFoundError, match="no replay buffer"):
+        b.loads(tmp_path / "missing")

@@ -8,6 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.training.trainer import CHECKPOINT, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,3 +146,27 @@ def test_evaluate_script_reloads_the_checkpoint(tmp_path, run_script):
     assert json.loads(proc.stdout)["eval/episodes"] == 3
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         evaluate_checkpoint(tmp_path / "nothing")
+
+
+def test_resume_with_checkpoint_buffer_keeps_the_stored_episodes(tmp_path, capsys):
+    """With ``checkpoint_buffer=true`` a resumed run starts from the saved episodes: the
+    buffer holds the first run's episodes plus the new ones (the capacity is not reached)."""
+    first = train(config("qmix", "predator_prey", tmp_path, "checkpoint_buffer=true"))
+    assert (tmp_path / "replay" / "episodes.json").exists()
+    capsys.readouterr()
+    second = train(
+        config(
+            "qmix",
+            "predator_prey",
+            tmp_path,
+            "total_frames=400",
+            "resume=true",
+            "checkpoint_buffer=true",
+        )
+    )
+    assert f"({first['episodes']} episodes, {first['episodes']} in the replay buffer)" in (
+        capsys.readouterr().out
+    )
+    replay = EpisodeReplayBuffer(capacity=5000, max_len=10)
+    replay.loads(tmp_path / "replay")
+    assert len(replay) == second["episodes"] == replay.episodes_added

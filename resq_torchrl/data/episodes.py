@@ -10,7 +10,11 @@ samples to their longest episode.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase, pad
@@ -106,3 +110,25 @@ class EpisodeReplayBuffer:
         sample = self.buffer.sample(batch_size or self.batch_size)
         length = int(sample.get(self.mask_key).sum(-1).max())
         return sample[:, :length]
+
+    def dumps(self, path: str | Path) -> None:
+        """Write the stored episodes (torchrl's ``ReplayBuffer.dumps``: storage, sampler and
+        writer state) to the directory ``path``, atomically: the new copy is written beside
+        it and swapped in, so a crash mid-write keeps the previous one."""
+        path = Path(path)
+        tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.buffer.dumps(tmp)
+        (tmp / "episodes.json").write_text(json.dumps({"episodes_added": self.episodes_added}))
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def loads(self, path: str | Path) -> None:
+        """Restore the episodes written by :meth:`dumps` (same capacity and ``max_len``)."""
+        path = Path(path)
+        if not (path / "episodes.json").exists():
+            raise FileNotFoundError(f"no replay buffer written by dumps() at {path}")
+        self.buffer.loads(path)
+        self.episodes_added = json.loads((path / "episodes.json").read_text())["episodes_added"]

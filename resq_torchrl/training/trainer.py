@@ -39,6 +39,8 @@ from resq_torchrl.training.builders import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+#: with ``checkpoint_buffer=true``, the replay buffer's directory next to the checkpoint
+REPLAY = "replay"
 
 
 def make_policies(
@@ -176,7 +178,12 @@ def train(cfg: Mapping) -> dict:
         torch.set_rng_state(state["rng"])
         _set_env_rng_state(env, state.get("env_rng"))
         credit = state.get("credit", 0.0)
-        print(f"resumed from {ckpt_path} at {frames} frames ({episodes} episodes)")
+        if (out_dir / REPLAY).exists() and cfg.get("checkpoint_buffer", False):
+            buffer.loads(out_dir / REPLAY)
+        print(
+            f"resumed from {ckpt_path} at {frames} frames ({episodes} episodes, "
+            f"{len(buffer)} in the replay buffer)"
+        )
 
     total_frames = int(cfg["total_frames"])
     if frames >= total_frames:
@@ -214,6 +221,8 @@ def train(cfg: Mapping) -> dict:
         return result
 
     def save() -> None:
+        if cfg.get("checkpoint_buffer", False):  # before the checkpoint that refers to it
+            buffer.dumps(out_dir / REPLAY)
         _save_checkpoint(
             ckpt_path,
             {
