@@ -103,7 +103,7 @@ def test_train_script_command_line(tmp_path, run_script):
 def test_unknown_env_is_rejected(tmp_path):
     from resq_torchrl.training.builders import make_env
 
-    with pytest.raises(ValueError, match="unknown env 'nope'"):
+    with pytest.raises(ValueError, match="unknown env family 'nope'"):
         make_env({"name": "nope"}, 2)
 
 
