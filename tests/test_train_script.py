@@ -153,6 +153,9 @@ def test_resume_with_checkpoint_buffer_keeps_the_stored_episodes(tmp_path, capsy
     buffer holds the first run's episodes plus the new ones (the capacity is not reached)."""
     first = train(config("qmix", "predator_prey", tmp_path, "checkpoint_buffer=true"))
     assert (tmp_path / "replay" / "episodes.json").exists()
+    # an evaluation made after the checkpoint by a run that then died is redone, not kept
+    with (tmp_path / "eval.jsonl").open("a") as f:
+        f.write(json.dumps({"frames": first["frames"] + 1, "eval/return": -99.0}) + "\n")
     capsys.readouterr()
     second = train(
         config(
@@ -167,6 +170,8 @@ def test_resume_with_checkpoint_buffer_keeps_the_stored_episodes(tmp_path, capsy
     assert f"({first['episodes']} episodes, {first['episodes']} in the replay buffer)" in (
         capsys.readouterr().out
     )
+    frames = [json.loads(line)["frames"] for line in (tmp_path / "eval.jsonl").open()]
+    assert frames == sorted(frames) and first["frames"] + 1 not in frames
     replay = EpisodeReplayBuffer(capacity=5000, max_len=10)
     replay.loads(tmp_path / "replay")
     assert len(replay) == second["episodes"] == replay.episodes_added

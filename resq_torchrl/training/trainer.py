@@ -126,6 +126,19 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _drop_evaluations_after(path: Path, frames: int) -> None:
+    """Keep the evaluations made up to the checkpoint a run resumes from: those after it
+    are redone by the resumed run (atomic rewrite)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line]
+    kept = [line for line in lines if json.loads(line)["frames"] <= frames]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
 def train(cfg: Mapping) -> dict:
     """Train ``cfg["algorithm"]`` on ``cfg["env"]``; returns the final evaluation."""
     out_dir = Path(cfg["output_dir"])
@@ -178,6 +191,7 @@ def train(cfg: Mapping) -> dict:
         torch.set_rng_state(state["rng"])
         _set_env_rng_state(env, state.get("env_rng"))
         credit = state.get("credit", 0.0)
+        _drop_evaluations_after(out_dir / "eval.jsonl", frames)
         if (out_dir / REPLAY).exists() and cfg.get("checkpoint_buffer", False):
             buffer.loads(out_dir / REPLAY)
         print(
