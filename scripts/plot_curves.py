@@ -23,8 +23,21 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
+def latest_segment(frames: np.ndarray) -> np.ndarray:
+    """Indices of the rows to keep when a run was resumed from a checkpoint after logging
+    further: a row is dropped when a later row has the same or fewer frames (the resumed run
+    redid that stretch)."""
+    keep, lowest = [], np.inf
+    for i in range(len(frames) - 1, -1, -1):
+        if frames[i] < lowest:
+            keep.append(i)
+            lowest = frames[i]
+    return np.array(keep[::-1], dtype=int)
+
+
 def load_eval(run: Path, metric: str = "eval/return") -> tuple[np.ndarray, np.ndarray]:
     rows = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line]
+    rows = [rows[i] for i in latest_segment(np.array([r["frames"] for r in rows]))]
     if rows and metric not in rows[0]:
         raise SystemExit(f"{run}/eval.jsonl has no {metric!r}; it has {sorted(rows[0])}")
     return np.array([r["frames"] for r in rows]), np.array([r[metric] for r in rows])
@@ -36,6 +49,7 @@ def load_train(run: Path, bins: np.ndarray) -> np.ndarray | None:
     if not files:
         return None
     data = np.loadtxt(files[0], delimiter=",", ndmin=2)
+    data = data[latest_segment(data[:, 0])]
     idx = np.digitize(data[:, 0], bins) - 1
     return np.array(
         [data[idx == i, 1].mean() if (idx == i).any() else np.nan for i in range(len(bins) - 1)]

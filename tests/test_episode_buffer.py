@@ -94,3 +94,22 @@ def test_dumps_and_loads_round_trip(tmp_path):
     assert torch.equal(stored["obs"], torch.cat([episodes(0)["obs"], episodes(1)["obs"]]))
     with pytest.raises(FileNotFoundError, match="no replay buffer"):
         b.loads(tmp_path / "missing")
+
+
+def test_dumps_survives_a_crash_mid_swap(tmp_path):
+    """A crash can leave ``replay.old`` (not yet deleted) or only ``replay.old`` (between the
+    two renames): the next dumps still works and loads finds the complete copy."""
+    a = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
+    a.extend(
+        TensorDict({"x": torch.ones(2, 4), ("collector", "mask"): torch.ones(2, 4).bool()}, [2, 4])
+    )
+    a.dumps(tmp_path / "replay", tag=7)
+    (tmp_path / "replay").rename(tmp_path / "replay.old")  # died between the renames
+    assert EpisodeReplayBuffer.tag_at(tmp_path / "replay") == 7
+    b = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
+    b.loads(tmp_path / "replay")
+    assert len(b) == 2
+    a.dumps(tmp_path / "replay", tag=8)  # a leftover replay.old does not block the next save
+    a.dumps(tmp_path / "replay", tag=9)
+    assert EpisodeReplayBuffer.tag_at(tmp_path / "replay") == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replay"]

@@ -175,3 +175,18 @@ def test_resume_with_checkpoint_buffer_keeps_the_stored_episodes(tmp_path, capsy
     replay = EpisodeReplayBuffer(capacity=5000, max_len=10)
     replay.loads(tmp_path / "replay")
     assert len(replay) == second["episodes"] == replay.episodes_added
+    # a buffer saved after the checkpoint (a run that died in between) is not used
+    meta = tmp_path / "replay" / "episodes.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "tag": 10**9}))
+    capsys.readouterr()
+    train(
+        config(
+            "qmix",
+            "predator_prey",
+            tmp_path,
+            "total_frames=600",
+            "resume=true",
+            "checkpoint_buffer=true",
+        )
+    )
+    assert "starting with an empty buffer" in capsys.readouterr().out

@@ -170,3 +170,17 @@ def test_train_script_selects_the_env_by_family_and_task(tmp_path, run_script):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "final evaluation (qmix on vmas_balance, seed 0)" in proc.stdout
     assert (tmp_path / "final.json").exists()
+
+
+def test_partial_reset_resets_only_the_masked_envs():
+    env = make_vmas("balance", n_envs=4, max_steps=100, seed=0)
+    td = env.reset()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        td["agents", "action"] = torch.randint(0, 9, (4, 3), generator=gen)
+        _, td = env.step_and_maybe_reset(td)
+    before = td["agents", "observation"].clone()
+    out = env.reset(td.clone().set("_reset", torch.tensor([[True], [False], [True], [False]])))
+    assert out["step_count"].flatten().tolist() == [0, 3, 0, 3]
+    assert torch.equal(out["agents", "observation"][[1, 3]], before[[1, 3]])
+    assert not torch.equal(out["agents", "observation"][0], before[0])

@@ -111,24 +111,43 @@ class EpisodeReplayBuffer:
         length = int(sample.get(self.mask_key).sum(-1).max())
         return sample[:, :length]
 
-    def dumps(self, path: str | Path) -> None:
+    def dumps(self, path: str | Path, tag: int | None = None) -> None:
         """Write the stored episodes (torchrl's ``ReplayBuffer.dumps``: storage, sampler and
-        writer state) to the directory ``path``, atomically: the new copy is written beside
-        it and swapped in, so a crash mid-write keeps the previous one."""
+        writer state) to the directory ``path``, with ``tag`` (the trainer's frame count, to
+        match it with its checkpoint). Crash-safe: the new copy is written beside ``path``
+        and swapped in; until the swap ends, :meth:`loads` finds the previous copy."""
         path = Path(path)
         tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
         shutil.rmtree(tmp, ignore_errors=True)
         self.buffer.dumps(tmp)
-        (tmp / "episodes.json").write_text(json.dumps({"episodes_added": self.episodes_added}))
+        meta = {"episodes_added": self.episodes_added, "tag": tag}
+        (tmp / "episodes.json").write_text(json.dumps(meta))
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # a leftover of a crash mid-swap
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
 
+    @staticmethod
+    def stored_at(path: str | Path) -> Path | None:
+        """The complete copy :meth:`dumps` left at ``path`` (or, after a crash mid-swap, the
+        previous one beside it); ``None`` if there is none."""
+        path = Path(path)
+        for candidate in (path, path.with_name(path.name + ".old")):
+            if (candidate / "episodes.json").exists():
+                return candidate
+        return None
+
+    @staticmethod
+    def tag_at(path: str | Path) -> int | None:
+        """The ``tag`` :meth:`dumps` wrote with the copy at ``path`` (see :meth:`stored_at`)."""
+        found = EpisodeReplayBuffer.stored_at(path)
+        return None if found is None else json.loads((found / "episodes.json").read_text())["tag"]
+
     def loads(self, path: str | Path) -> None:
         """Restore the episodes written by :meth:`dumps` (same capacity and ``max_len``)."""
-        path = Path(path)
-        if not (path / "episodes.json").exists():
+        found = self.stored_at(path)
+        if found is None:
             raise FileNotFoundError(f"no replay buffer written by dumps() at {path}")
-        self.buffer.loads(path)
-        self.episodes_added = json.loads((path / "episodes.json").read_text())["episodes_added"]
+        self.buffer.loads(found)
+        self.episodes_added = json.loads((found / "episodes.json").read_text())["episodes_added"]

@@ -234,6 +234,7 @@ class SMAXEnv(EnvBase):
     # --- torchrl EnvBase ---------------------------------------------------------------------
     def _set_seed(self, seed: int | None):
         self._key = self._jax.random.PRNGKey(0 if seed is None else int(seed))
+        self._state = None  # the next reset draws every env from the new key
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         b = self.batch_size[0]
@@ -289,8 +290,10 @@ class SMAXEnv(EnvBase):
                 f"('agents', 'action') must be [{self.batch_size[0]}, {self.n_agents}], "
                 f"got {list(actions.shape)}"
             )
-        if self.validate_actions:
-            self._check_actions(tensordict.get(("agents", "action_mask")), actions)
+        if self._state is None:
+            raise RuntimeError("SMAXEnv: reset the env before stepping it (after set_seed too)")
+        if self.validate_actions:  # against the env's own mask, not the caller's copy
+            self._check_actions(torch.from_dlpack(self._out["action_mask"]), actions.cpu())
         jactions = self._jax.dlpack.from_dlpack(actions.detach().to("cpu", torch.int32))
         self._state, self._out, step_out, done = self._step_all(
             self._split_keys(), self._state, jactions

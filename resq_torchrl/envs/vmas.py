@@ -25,10 +25,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from tensordict import TensorDict
 from torchrl.envs import Compose, EnvBase, ExcludeTransform, StepCounter, TransformedEnv
 from torchrl.envs.utils import MarlGroupMapType
 
 from resq_torchrl.envs.transforms import FixedActionMask, TeamReward, stacked_state
+
+
+def _vmas_env_class():
+    """torchrl's ``VmasEnv`` with partial resets that read the reset mask once.
+
+    ``VmasEnv._reset`` loops ``for i, to_reset in enumerate(mask): if to_reset: reset_at(i)``
+    over the (device) mask: on CUDA that is one device-to-host sync per env on every step
+    where an episode ended. Here the indices to reset are read with one ``nonzero`` and the
+    parent's loop gets an all-``False`` CPU mask, so it only reads the envs' new state."""
+    from torchrl.envs.libs.vmas import VmasEnv
+
+    class BatchedResetVmasEnv(VmasEnv):
+        def _reset(self, tensordict=None, **kwargs):
+            if tensordict is not None and "_reset" in tensordict.keys():
+                envs = tensordict.get("_reset").squeeze(-1)
+                if not bool(envs.all()):  # all: the parent's single full reset
+                    for i in envs.nonzero().flatten().tolist():
+                        self._env.reset_at(i, return_observations=False)
+                    # no device on this TensorDict: the mask stays on the CPU
+                    none = torch.zeros(envs.shape[0], 1, dtype=torch.bool)
+                    tensordict = TensorDict({"_reset": none}, batch_size=envs.shape)
+            return super()._reset(tensordict, **kwargs)
+
+    return BatchedResetVmasEnv
 
 
 def make_vmas(
@@ -55,12 +80,12 @@ def make_vmas(
         **scenario_kwargs: the scenario's own options (``n_agents``, ...).
     """
     try:
-        from torchrl.envs.libs.vmas import VmasEnv
-    except ImportError as err:  # pragma: no cover - torchrl always ships the wrapper
+        import vmas  # noqa: F401
+    except ImportError as err:
         raise ImportError("VMAS needs the 'vmas' extra: pip install -e '.[vmas]'") from err
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    base = VmasEnv(
+    base = _vmas_env_class()(
         scenario,
         num_envs=int(n_envs),
         continuous_actions=False,

@@ -126,6 +126,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose generators ``fork_rng`` must restore (none on CPU)."""
+    return list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+
+
 def _drop_evaluations_after(path: Path, frames: int) -> None:
     """Keep the evaluations made up to the checkpoint a run resumes from: those after it
     are redone by the resumed run (atomic rewrite)."""
@@ -148,7 +153,10 @@ def train(cfg: Mapping) -> dict:
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     max_len = int(env_cfg["max_steps"])
 
-    env = make_env(env_cfg, int(cfg["n_envs"]), device, seed=int(cfg["seed"]))
+    # some simulators seed torch's global generator in set_seed (VMAS): keep the run's own
+    # stream (networks, exploration, replay sampling) seeded by cfg.seed alone
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        env = make_env(env_cfg, int(cfg["n_envs"]), device, seed=int(cfg["seed"]))
     dims = env_dims(env)
     loss = make_loss(algo, agent_cfg, dims, device)
     if float(algo.get("td_lambda", 0.0)) > 0:
@@ -156,7 +164,8 @@ def train(cfg: Mapping) -> dict:
             ValueEstimators.TDLambda, gamma=float(algo["gamma"]), lmbda=float(algo["td_lambda"])
         )
     add_agent_transforms(env, loss)
-    eval_env = make_env(env_cfg, int(cfg["eval_episodes"]), device, seed=int(cfg["seed"]) + 1)
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        eval_env = make_env(env_cfg, int(cfg["eval_episodes"]), device, seed=int(cfg["seed"]) + 1)
     add_agent_transforms(eval_env, loss)
 
     policy, egreedy = make_policies(loss, env, cfg["exploration"])
@@ -192,8 +201,15 @@ def train(cfg: Mapping) -> dict:
         _set_env_rng_state(env, state.get("env_rng"))
         credit = state.get("credit", 0.0)
         _drop_evaluations_after(out_dir / "eval.jsonl", frames)
-        if (out_dir / REPLAY).exists() and cfg.get("checkpoint_buffer", False):
-            buffer.loads(out_dir / REPLAY)
+        if cfg.get("checkpoint_buffer", False):
+            tag = EpisodeReplayBuffer.tag_at(out_dir / REPLAY)
+            if tag == frames:
+                buffer.loads(out_dir / REPLAY)
+            else:  # none saved, or saved by a run that died before its checkpoint
+                print(
+                    f"checkpoint_buffer: no replay buffer saved with the checkpoint at {frames} "
+                    f"frames (found: {tag}); starting with an empty buffer"
+                )
         print(
             f"resumed from {ckpt_path} at {frames} frames ({episodes} episodes, "
             f"{len(buffer)} in the replay buffer)"
@@ -236,7 +252,7 @@ def train(cfg: Mapping) -> dict:
 
     def save() -> None:
         if cfg.get("checkpoint_buffer", False):  # before the checkpoint that refers to it
-            buffer.dumps(out_dir / REPLAY)
+            buffer.dumps(out_dir / REPLAY, tag=frames)
         _save_checkpoint(
             ckpt_path,
             {
