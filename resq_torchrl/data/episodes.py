@@ -142,7 +142,9 @@ class EpisodeReplayBuffer:
     def tag_at(path: str | Path) -> int | None:
         """The ``tag`` :meth:`dumps` wrote with the copy at ``path`` (see :meth:`stored_at`)."""
         found = EpisodeReplayBuffer.stored_at(path)
-        return None if found is None else json.loads((found / "episodes.json").read_text())["tag"]
+        return (
+            None if found is None else json.loads((found / "episodes.json").read_text()).get("tag")
+        )
 
     def loads(self, path: str | Path) -> None:
         """Restore the episodes written by :meth:`dumps` (same capacity and ``max_len``)."""
