@@ -109,3 +109,13 @@ def _run_script(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def run_script():
     return _run_script
+
+
+def compose_config(name: str, *overrides: str) -> dict:
+    """``configs/<name>.yaml`` with Hydra ``overrides``, resolved to plain containers (what
+    ``scripts/<name>.py`` hands its run function)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(compose(name, overrides=list(overrides)), resolve=True)

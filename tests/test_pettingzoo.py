@@ -9,8 +9,7 @@ import torch
 
 pytest.importorskip("mpe2", reason="PettingZoo MPE needs the 'pettingzoo' extra (mpe2)")
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from conftest import compose_config  # noqa: E402
 from torchrl.envs import ParallelEnv, check_env_specs  # noqa: E402
 
 from resq_torchrl.envs.pettingzoo import (  # noqa: E402
@@ -229,8 +228,7 @@ def train_config(algorithm: str, env: str, out) -> dict:
         "eval_interval=40",
         "checkpoint_interval=40",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    return compose_config("train", *overrides)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import compose_config
 
 from resq_torchrl.training.trainer import train
 
@@ -38,8 +37,7 @@ def test_resq_learns_joint_captures_on_a_small_predator_prey(tmp_path):
         "buffer_episodes=1000",
         "progress=false",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    cfg = compose_config("train", *overrides)
     final = train(cfg)
     history = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert final["eval/return"] >= 9.0, history

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.envs import ActionMask, ParallelEnv, SerialEnv
@@ -372,8 +372,7 @@ def train_config(env: str, out: Path, *extra: str) -> dict:
         "total_frames=100",
         *extra,
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    return compose_config("train", *overrides)
 
 
 @pytest.mark.parametrize("parallel", ["false", "true"])

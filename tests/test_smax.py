@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("jaxmarl", reason="needs the 'smax' extra: pip install -e '.[smax]'")
 
+from conftest import compose_config  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from torchrl.envs.utils import check_env_specs  # noqa: E402
@@ -151,8 +152,6 @@ def test_bad_actions_and_arguments_are_clear_errors():
 
 
 def test_resq_trains_on_smax_and_reports_a_win_rate(tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from resq_torchrl.training.trainer import train
 
     overrides = [
@@ -170,8 +169,7 @@ def test_resq_trains_on_smax_and_reports_a_win_rate(tmp_path):
         "eval_interval=120",
         "checkpoint_interval=120",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    cfg = compose_config("train", *overrides)
     final = train(cfg)
     assert final["updates"] > 0 and 0.0 <= final["eval/win_rate"] <= 1.0
     assert torch.isfinite(torch.tensor(final["eval/return"]))

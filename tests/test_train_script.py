@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import compose_config
 
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.training.trainer import CHECKPOINT, train
@@ -40,8 +39,7 @@ def config(algorithm: str, env: str, out: Path, *extra: str) -> dict:
         *TINY[env],
         *extra,
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    return compose_config("train", *overrides)
 
 
 @pytest.mark.parametrize("env", ["matrix_game", "predator_prey"])

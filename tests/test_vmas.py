@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("vmas", reason="needs the 'vmas' extra: pip install -e '.[vmas]'")
 
+from conftest import compose_config  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from torchrl.envs import VmasEnv  # noqa: E402
@@ -110,8 +111,6 @@ def test_config_without_scenario_is_a_clear_error():
 
 
 def test_resq_trains_on_vmas_balance(tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from resq_torchrl.training.trainer import train
 
     overrides = [
@@ -129,8 +128,7 @@ def test_resq_trains_on_vmas_balance(tmp_path):
         "eval_interval=100",
         "checkpoint_interval=100",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    cfg = compose_config("train", *overrides)
     final = train(cfg)
     assert final["updates"] > 0 and torch.isfinite(torch.tensor(final["eval/return"]))
     scalars = tmp_path / "resq_vmas_balance_seed0" / "scalars" / "train"

@@ -67,6 +67,18 @@ def _starcraft2env_class() -> Callable[..., Any]:
     return StarCraft2Env
 
 
+def check_episode_limit(expected: int | None, limit: int, game: str, sc2_env: Any) -> None:
+    """Close ``sc2_env`` and raise a ``ValueError`` when the caller's ``expected`` episode
+    limit (the trainer's ``max_steps``; ``None``: not checked) differs from the game's."""
+    if expected is not None and int(expected) != limit:
+        sc2_env.close()
+        raise ValueError(
+            f"max_steps={expected} but {game} has episode limit {limit}: set max_steps to the "
+            "map's limit (it is the replay's episode length and the evaluation's rollout "
+            "length)"
+        )
+
+
 def check_action_mask(mask: torch.Tensor) -> None:
     """Raise a ``ValueError`` naming the first agent of ``mask`` ``[N, A]`` (bool) that has
     no available action (SMAC always leaves at least the no-op)."""
@@ -167,13 +179,9 @@ class SMACEnv(EnvBase):
         self.n_agents = int(info["n_agents"])
         self.n_actions = int(info["n_actions"])
         self.episode_limit = int(info["episode_limit"])
-        if expected_episode_limit is not None and int(expected_episode_limit) != self.episode_limit:
-            self._sc2.close()
-            raise ValueError(
-                f"max_steps={expected_episode_limit} but SMAC map {map_name!r} has episode "
-                f"limit {self.episode_limit}: set max_steps to the map's limit (it is the "
-                "replay's episode length and the evaluation's rollout length)"
-            )
+        check_episode_limit(
+            expected_episode_limit, self.episode_limit, f"SMAC map {map_name!r}", self._sc2
+        )
         set_team_specs(
             self, self.n_agents, self.n_actions, int(info["obs_shape"]), int(info["state_shape"])
         )
@@ -296,6 +304,7 @@ __all__ = [
     "make_smac_env",
     "batch_envs",
     "check_actions",
+    "check_episode_limit",
     "check_action_mask",
     "NO_OP",
 ]

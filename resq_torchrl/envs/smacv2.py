@@ -42,6 +42,7 @@ from resq_torchrl.envs.smac import (
     batch_envs,
     check_action_mask,
     check_actions,
+    check_episode_limit,
 )
 
 SMACV2_INSTALL_HINT = (
@@ -110,13 +111,9 @@ class SMACv2TeamEnv(SMACv2Env):
             **kwargs,
         )
         self.episode_limit = int(self._env.get_env_info()["episode_limit"])
-        if expected_episode_limit is not None and int(expected_episode_limit) != self.episode_limit:
-            self._env.close()
-            raise ValueError(
-                f"max_steps={expected_episode_limit} but SMACv2 map {map_name!r} has episode "
-                f"limit {self.episode_limit}: set max_steps to the map's limit (it is the "
-                "replay's episode length and the evaluation's rollout length)"
-            )
+        check_episode_limit(
+            expected_episode_limit, self.episode_limit, f"SMACv2 map {map_name!r}", self._env
+        )
 
     def _build_env(self, **kwargs: Any) -> Any:
         # SMACv2's capability wrapper writes into its config: every build gets its own copy
