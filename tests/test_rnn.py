@@ -91,3 +91,37 @@ def test_wrong_agent_count_is_rejected():
     )
     with pytest.raises(ValueError, match=f"built for {N} agents"):
         gru(td)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_custom_gru_backward_equals_torch_gru(seed):
+    """Property: the CPU unroll with the hand-written backward (``_GRUSequence``) gives the
+    states and the gradients (inputs, initial state, every weight) of ``nn.GRU`` to 1e-5."""
+    torch.manual_seed(seed)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=H)
+    seq = random_sequences(b=3, t=11, seed=seed)
+    seq["is_init"][:] = False
+    seq["is_init"][:, 0] = True
+    seq["agents", "rnn_hidden"] = torch.randn(3, 11, N, H)
+    seq["is_init"][1, 0] = False  # row 1 starts from its stored state
+    seq["agents", "observation"].requires_grad_(True)
+    results = {}
+    weights = torch.randn(3, 11, N, A)
+    for custom in (False, True):
+        gru.net.custom_backward = custom
+        gru.zero_grad()
+        seq["agents", "observation"].grad = None
+        data = seq.clone(False)
+        with set_recurrent_mode(True):
+            out = gru(data)
+        q, h = out["agents", "action_value"], out["next", "agents", "rnn_hidden"]
+        ((q * weights).sum() + h.pow(2).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in gru.named_parameters()}
+        grads["observation"] = seq["agents", "observation"].grad.clone()
+        results[custom] = (q.detach(), h.detach(), grads)
+    (q0, h0, g0), (q1, h1, g1) = results[False], results[True]
+    torch.testing.assert_close(q1, q0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h1, h0, atol=1e-5, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-5, msg=name)

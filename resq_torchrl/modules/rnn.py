@@ -46,6 +46,73 @@ def set_next(tensordict: TensorDictBase, key: NestedKey, value: torch.Tensor) ->
     parent.set(key[-1], value)
 
 
+class _GRUSequence(torch.autograd.Function):
+    """A one-layer GRU over a whole time-major sequence with a hand-written backward.
+
+    torch's CPU GRU records every step's gates for autograd, and its backward concatenates
+    the three gate gradients of every step and accumulates the weight gradients one step at
+    a time. Here the forward keeps the gates in three ``[T, M, .]`` buffers; the backward
+    walks the steps with two small products each and computes the weight and bias gradients
+    as one product over all ``T * M`` rows at the end. Written by hand because torch has no
+    such kernel for the CPU (cuDNN's fused GRU is used on CUDA); tested against ``nn.GRU``.
+
+    Gates as in ``nn.GRU`` (order r, z, n): ``r, z = sigmoid(gi_rz + gh_rz)``,
+    ``n = tanh(gi_n + r * gh_n)``, ``h' = n + z * (h - n)`` with ``gh = W_hh h + b_hh``.
+
+    Shapes: ``gi`` ``[T, M, 3H]`` (the input projections ``W_ih x + b_ih`` of every step),
+    ``h0`` ``[M, H]``, ``w_hh`` ``[3H, H]``, ``b_hh`` ``[3H]`` -> states ``[T, M, H]``.
+    """
+
+    @staticmethod
+    def forward(ctx, gi, h0, w_hh, b_hh):
+        steps, rows, three_h = gi.shape
+        hd = three_h // 3
+        out = gi.new_empty(steps, rows, hd)
+        gh = gi.new_empty(steps, rows, three_h)  # W_hh h + b_hh of every step
+        rz = gi.new_empty(steps, rows, 2 * hd)
+        n = gi.new_empty(steps, rows, hd)
+        w_t = w_hh.t()
+        h = h0
+        for t in range(steps):
+            gh_t = torch.addmm(b_hh, h, w_t, out=gh[t])
+            rz_t = torch.add(gi[t, :, : 2 * hd], gh_t[:, : 2 * hd], out=rz[t]).sigmoid_()
+            n_t = torch.addcmul(gi[t, :, 2 * hd :], rz_t[:, :hd], gh_t[:, 2 * hd :], out=n[t])
+            n_t.tanh_()
+            h = torch.addcmul(n_t, rz_t[:, hd:], h - n_t, out=out[t])
+        ctx.save_for_backward(h0, w_hh, out, gh, rz, n)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h0, w_hh, out, gh, rz, n = ctx.saved_tensors
+        steps, rows, hd = out.shape
+        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]], 0)  # [T, M, H]
+        z = rz[..., hd:]
+        # step-independent factors, for all steps at once
+        d_n = (1 - z) * (1 - n * n)  # d h' / d (pre-activation of n), given d h'
+        h_minus_n = h_prev - n
+        d_rz = rz * (1 - rz)  # sigmoid'
+        r = rz[..., :hd]
+        gh_n = gh[..., 2 * hd :]
+        g_gh = torch.empty_like(gh)  # gradient of W_hh h + b_hh: [r, z, n] parts
+        g_in = torch.empty_like(out)  # gradient of the n pre-activation (input side)
+        dh = grad_out.new_zeros(rows, hd) if grad_out is not None else h0.new_zeros(rows, hd)
+        for t in range(steps - 1, -1, -1):
+            dh = dh + grad_out[t]
+            g = g_gh[t]
+            a_n = torch.mul(dh, d_n[t], out=g_in[t])
+            torch.mul(a_n, gh_n[t], out=g[:, :hd])
+            torch.mul(dh, h_minus_n[t], out=g[:, hd : 2 * hd])
+            g[:, : 2 * hd].mul_(d_rz[t])
+            torch.mul(a_n, r[t], out=g[:, 2 * hd :])
+            dh = torch.addmm(dh * z[t], g, w_hh)
+        flat = g_gh.reshape(steps * rows, 3 * hd)
+        grad_w = flat.t() @ h_prev.reshape(steps * rows, hd)
+        grad_b = flat.sum(0)
+        grad_gi = torch.cat([g_gh[..., : 2 * hd], g_in], -1)
+        return grad_gi, dh, grad_w, grad_b
+
+
 class AgentGRU(nn.Module):
     """pymarl's ``RNNAgent`` shared by every agent: ``Linear -> ReLU -> GRU -> Linear``.
 
@@ -73,9 +140,13 @@ class AgentGRU(nn.Module):
         self.obs_dim, self.n_actions, self.n_agents = obs_dim, n_actions, n_agents
         self.hidden_dim = hidden_dim
         self.use_last_action, self.use_agent_id = last_action, agent_id
+        #: on the CPU, unroll with gradient through :class:`_GRUSequence` (faster backward)
+        self.custom_backward = True
         in_dim = obs_dim + (n_actions if last_action else 0) + (n_agents if agent_id else 0)
         self.fc1 = nn.Linear(in_dim, hidden_dim, device=device)
-        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True, device=device)
+        # time-major: torch's CPU GRU kernel loops over time on [T, M, H]; a batch-first input
+        # costs a transposed copy of the sequence in and out (and of its gradients)
+        self.rnn = nn.GRU(hidden_dim, hidden_dim, device=device)
         self.fc2 = nn.Linear(hidden_dim, n_actions, device=device)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -107,11 +178,17 @@ class AgentGRU(nn.Module):
     def trunk(self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int) -> torch.Tensor:
         """``x [*B, T, N, in_dim]`` (time at ``time_dim``) from states ``[*B, N, H]`` -> the
         state after every step ``[*B, T, N, H]``."""
-        z = torch.relu(self.fc1(x)).movedim(time_dim, -2)  # [*B, N, T, H]
-        batch, steps = z.shape[:-2], z.shape[-2]
+        xt = x.movedim(time_dim, 0)  # [T, *B, N, in]: one copy of the (small) inputs
+        steps, batch = xt.shape[0], xt.shape[1:-1]
+        z = torch.relu(self.fc1(xt.reshape(steps, -1, xt.shape[-1])))  # [T, M, H]
         h0 = hidden.reshape(1, -1, self.hidden_dim).to(z.dtype).contiguous()
-        out, _ = self.rnn(z.reshape(-1, steps, self.hidden_dim), h0)
-        return out.reshape(*batch, steps, self.hidden_dim).movedim(-2, time_dim)
+        if self.custom_backward and z.device.type == "cpu" and torch.is_grad_enabled():
+            rnn = self.rnn
+            gi = nn.functional.linear(z, rnn.weight_ih_l0, rnn.bias_ih_l0)  # [T, M, 3H]
+            out = _GRUSequence.apply(gi, h0[0], rnn.weight_hh_l0, rnn.bias_hh_l0)
+        else:
+            out, _ = self.rnn(z, h0)
+        return out.reshape(steps, *batch, self.hidden_dim).movedim(0, time_dim)
 
     def unroll(
         self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int
@@ -241,6 +318,88 @@ class MultiAgentGRU(TensorDictModuleBase):
             tensordict.set(self.features_key, h)
         set_next(tensordict, self.hidden_key, h)
         return tensordict
+
+    def forward_with_next(
+        self, tensordict: TensorDictBase, valid: torch.Tensor | None = None
+    ) -> tuple[TensorDictBase, TensorDictBase] | None:
+        """Recurrent-mode :meth:`forward` on ``[*B, T]`` data and the step on
+        ``tensordict["next"]`` from ONE unroll over ``T + 1`` inputs.
+
+        The plain way (what the losses did before, and still do when this returns ``None``)
+        is an unroll over the ``T`` steps followed by one step on every ``"next"`` entry from
+        the state after that step: ``T`` more GRU steps' worth of work. When every real step
+        ``t >= 1`` continues the previous one (its inputs are the ``"next"`` inputs of
+        ``t - 1`` and it is no episode start, which holds for the whole episodes of
+        :class:`~resq_torchrl.data.EpisodeReplayBuffer`), the unroll over
+        ``[x_0, next_x_0, ..., next_x_{T-1}]`` gives both: steps ``0..T-1`` are the current
+        values and steps ``1..T`` the next ones, equal to the plain way's (tested).
+
+        Args:
+            tensordict: ``[*B, T]`` input of the recurrent mode, with a ``"next"`` entry.
+            valid: ``[*B, T]`` bool, the real (non-padded) steps; ``None``: all are real.
+                Padded steps may hold anything: their outputs are not the plain way's.
+
+        Returns:
+            ``(out, out_next)`` like ``forward`` and the step on ``"next"`` (shallow copies
+            holding the outputs; ``out_next``'s outputs carry no gradient), or ``None`` when
+            this module's head depends on other inputs, the data has no time dimension or a
+            real step does not continue the previous one (the caller then takes the plain
+            way).
+        """
+        if type(self)._head is not MultiAgentGRU._head or tensordict.ndim < 1:
+            return None
+        nxt = tensordict.get("next", None)
+        if nxt is None:
+            return None
+        t_dim = tensordict.ndim - 1
+        steps = tensordict.shape[t_dim]
+        keys = [self.observation_key] + ([self.last_action_key] if self.last_action_key else [])
+        cur = [tensordict.get(k) for k in keys]
+        nex = [nxt.get(k, None) for k in keys]
+        if any(x is None for x in nex):
+            return None
+        is_init = tensordict.get(self.is_init_key, None)
+        next_init = nxt.get(self.is_init_key, None)
+        # continues[..., t]: step t + 1 is the "next" of step t (checked where t + 1 is real)
+        continues = torch.ones(
+            tensordict.shape[:t_dim] + (steps - 1,), dtype=torch.bool, device=cur[0].device
+        )
+        for x, y in zip(cur, nex, strict=True):
+            same = x.narrow(t_dim, 1, steps - 1) == y.narrow(t_dim, 0, steps - 1)
+            continues &= same.flatten(t_dim + 1).all(-1)
+        if is_init is not None:
+            continues &= ~is_init.reshape(tensordict.shape).narrow(t_dim, 1, steps - 1)
+        ok = continues
+        if valid is not None:
+            ok = continues | ~valid.reshape(tensordict.shape).bool().narrow(t_dim, 1, steps - 1)
+        if next_init is not None:
+            real = True if valid is None else valid.reshape(tensordict.shape).bool()
+            if (next_init.reshape(tensordict.shape) & real).any():
+                return None
+        if not bool(ok.all()):
+            return None
+
+        ext = [torch.cat([x.narrow(t_dim, 0, 1), y], t_dim) for x, y in zip(cur, nex, strict=True)]
+        x = self.net.inputs(ext[0], ext[1] if len(ext) > 1 else None)  # [*B, T+1, N, in]
+        hidden = tensordict.get(self.hidden_key, None)
+        obs0 = cur[0].select(t_dim, 0)
+        h = self._zero_state(obs0) if hidden is None else hidden.select(t_dim, 0)
+        if is_init is not None:
+            init0 = is_init.reshape(tensordict.shape).select(t_dim, 0)
+            h = h.masked_fill(init0.reshape(*h.shape[:-2], 1, 1), 0.0)
+        h = self.net.trunk(x, h, t_dim)  # [*B, T+1, N, H]
+        q = self.net.head(h)
+        h_cur = h.narrow(t_dim, 0, steps)
+        out = tensordict
+        out.set(self.out_key, q.narrow(t_dim, 0, steps))
+        if self.features_key is not None:
+            out.set(self.features_key, h_cur)
+        set_next(out, self.hidden_key, h_cur)
+        out_next = nxt.copy()
+        out_next.set(self.out_key, q.narrow(t_dim, 1, steps).detach())
+        if self.features_key is not None:
+            out_next.set(self.features_key, h.narrow(t_dim, 1, steps).detach())
+        return out, out_next
 
 
 class LastActionWriter(TensorDictModuleBase):

@@ -177,6 +177,10 @@ class ValueFactorizationLoss(LossModule):
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
+    #: let a recurrent agent network that offers ``forward_with_next`` compute the current
+    #: and the next-step values in one unroll; ``False`` forces the plain two passes (the
+    #: reference of the equivalence tests)
+    fast_unroll: bool = True
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TDLambda)
 
     def __init__(self, *, gamma: float = 0.99) -> None:
@@ -309,6 +313,15 @@ class ValueFactorizationLoss(LossModule):
         # a recurrent module carries its state to the next step under "next"
         recurrent = any(unravel_key(k)[0] == "next" for k in network.out_keys)
         td = tensordict.copy()  # shallow: the network's outputs do not leak into the input
+        fast = getattr(network, "forward_with_next", None)
+        if with_next and recurrent and self.fast_unroll and fast is not None:
+            # one unroll over T + 1 steps serves both passes (MultiAgentGRU.forward_with_next);
+            # None when the data does not allow it, e.g. an episode restarting mid-sequence
+            with params.to_module(network, preserve_module_state=False), set_recurrent_mode(True):
+                both = fast(td, self._padding(tensordict))
+            if both is not None:
+                return both
+            td = tensordict.copy()
         out = None
         if recurrent or not next_only:
             with params.to_module(network, preserve_module_state=False), set_recurrent_mode(True):

@@ -1,0 +1,176 @@
+"""The one-unroll fast path of recurrent losses (``MultiAgentGRU.forward_with_next``) gives the
+same losses, priorities and gradients as the plain two passes (unroll, then one step on
+``"next"``), and steps aside when the data does not allow it."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.modules import set_recurrent_mode
+from torchrl.objectives import ValueEstimators
+
+from resq_torchrl.modules.rnn import MultiAgentGRU
+from resq_torchrl.training.builders import EnvDims, make_loss, total_loss
+
+N, A, OBS, S = 3, 4, 5, 7
+AGENT = {"type": "gru", "hidden_dim": 16, "last_action": True, "agent_id": True}
+ALGORITHMS = ["vdn", "qmix", "cw_qmix", "ow_qmix", "qtran", "qplex", "resq"]
+
+
+def episodes(b: int, t: int, seed: int, garbage_padding: bool = True) -> TensorDict:
+    """``[b, t]`` whole episodes as the episode replay stores them: each row one episode
+    starting at ``t = 0`` (``is_init``), of a random length ``<= t``, ``"next"`` of step ``k``
+    equal to step ``k + 1``, then padding (``("collector", "mask")`` False) holding garbage.
+    Episodes end terminated or truncated at random; masks are random with at least one
+    available action per agent."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(b, t + 1, N, OBS, generator=g)
+    state = torch.randn(b, t + 1, S, generator=g)
+    action = torch.randint(A, (b, t + 1, N), generator=g)
+    mask = torch.rand(b, t + 1, N, A, generator=g) < 0.7
+    mask[..., 0] = True
+    last = torch.nn.functional.one_hot(action, A).float().roll(1, dims=1)
+    last[:, 0] = 0.0
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    lengths[0] = t  # one full-length episode
+    steps = torch.arange(t).expand(b, t)
+    real = steps < lengths.unsqueeze(-1)
+    end = steps == (lengths - 1).unsqueeze(-1)
+    terminated = end & (torch.rand(b, 1, generator=g) < 0.5)
+    truncated = end & ~terminated
+    is_init = torch.zeros(b, t + 1, 1, dtype=torch.bool)
+    is_init[:, 0] = True
+    td = TensorDict(
+        {
+            ("agents", "observation"): obs[:, :t],
+            ("agents", "last_action"): last[:, :t],
+            ("agents", "action"): action[:, :t],
+            ("agents", "action_mask"): mask[:, :t],
+            "state": state[:, :t],
+            "is_init": is_init[:, :t],
+            ("collector", "mask"): real,
+            ("next", "agents", "observation"): obs[:, 1:],
+            ("next", "agents", "last_action"): last[:, 1:],
+            ("next", "agents", "action_mask"): mask[:, 1:],
+            ("next", "state"): state[:, 1:],
+            ("next", "is_init"): is_init[:, 1:],
+            ("next", "reward"): torch.randn(b, t, 1, generator=g),
+            ("next", "terminated"): terminated.unsqueeze(-1),
+            ("next", "truncated"): truncated.unsqueeze(-1),
+            ("next", "done"): (terminated | truncated).unsqueeze(-1),
+        },
+        batch_size=[b, t],
+    )
+    if garbage_padding:  # what follows an episode's end is not its continuation
+        pad = ~real
+        td["agents", "observation"][pad] = torch.randn(int(pad.sum()), N, OBS, generator=g)
+        td["next", "agents", "observation"][pad] = 7.0
+    return td
+
+
+def build(algorithm: str, seed: int, td_lambda: float):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(f"configs/algorithm/{algorithm}.yaml"))
+    torch.manual_seed(seed)
+    loss = make_loss(cfg, AGENT, EnvDims(N, A, OBS, S), "cpu")
+    if td_lambda > 0:
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=td_lambda)
+    # targets differ from the online networks, as after some training
+    with torch.no_grad():
+        for name, value in loss.named_buffers():
+            if name.startswith("target_") and value.is_floating_point():
+                value.add_(0.05 * torch.randn_like(value))
+    return loss
+
+
+def run(loss, td: TensorDict, fast: bool):
+    loss.fast_unroll = fast
+    data = td.clone()
+    out = loss(data)
+    loss.zero_grad()
+    total_loss(out).backward()
+    grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
+    priority = data.get("td_error")[data.get(("collector", "mask"))]
+    return out, priority, grads
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6])
+def test_fast_unroll_equals_two_passes(algorithm, td_lambda):
+    """Property: on whole padded episodes, every loss term, diagnostic, per-step priority
+    (real steps) and parameter gradient of the fast path equals the plain path's to 1e-5."""
+    loss = build(algorithm, seed=0, td_lambda=td_lambda)
+    td = episodes(b=5, t=9, seed=1)
+    plain, plain_prio, plain_grads = run(loss, td, fast=False)
+    fast, fast_prio, fast_grads = run(loss, td, fast=True)
+    assert set(plain.keys()) == set(fast.keys())
+    for key in plain.keys():
+        torch.testing.assert_close(fast[key], plain[key], atol=1e-5, rtol=1e-5, msg=key)
+    torch.testing.assert_close(fast_prio, plain_prio, atol=1e-5, rtol=1e-5)
+    assert plain_grads.keys() == fast_grads.keys() and plain_grads
+    for name in plain_grads:
+        torch.testing.assert_close(
+            fast_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name
+        )
+
+
+def test_fast_path_is_taken_on_whole_episodes_and_declined_otherwise():
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
+    td = episodes(b=4, t=6, seed=2)
+    valid = td.get(("collector", "mask"))
+    with set_recurrent_mode(True):
+        both = gru.forward_with_next(td.copy(), valid)
+        assert both is not None
+        out, out_next = both
+        plain = gru(td.copy())
+    with set_recurrent_mode(False):
+        step = gru(plain.get("next").copy())
+    real = valid
+    torch.testing.assert_close(
+        out["agents", "action_value"][real],
+        plain["agents", "action_value"][real],
+        atol=1e-5,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        out_next["agents", "action_value"][real],
+        step["agents", "action_value"][real],
+        atol=1e-5,
+        rtol=0,
+    )
+    assert not out_next["agents", "action_value"].requires_grad
+
+    # a real step that does not continue the previous one: an episode restarting mid-row
+    restart = td.clone()
+    restart["is_init"][0, 3] = True
+    with set_recurrent_mode(True):
+        assert gru.forward_with_next(restart, restart.get(("collector", "mask"))) is None
+    # or inputs that differ from the previous step's "next"
+    broken = td.clone()
+    broken["agents", "observation"][0, 2] += 1.0
+    with set_recurrent_mode(True):
+        assert gru.forward_with_next(broken, broken.get(("collector", "mask"))) is None
+        # a padded step may hold anything, but without a padding mask every step counts
+        padded = td.clone()
+        padded["collector", "mask"][1, -1] = False
+        padded["agents", "observation"][1, -1] = 99.0
+        assert gru.forward_with_next(padded.copy(), padded["collector", "mask"]) is not None
+        assert gru.forward_with_next(padded.copy(), None) is None
+
+
+@pytest.mark.parametrize("algorithm", ["qmix", "resq"])
+def test_losses_agree_when_the_fast_path_declines(algorithm):
+    """Rows holding back-to-back episodes (a restart mid-row): the fast path declines and the
+    loss is the plain one."""
+    loss = build(algorithm, seed=3, td_lambda=0.6)
+    td = episodes(b=3, t=8, seed=4, garbage_padding=False)
+    td["is_init"][1, 4] = True
+    td["agents", "last_action"][1, 4] = 0.0
+    td["next", "agents", "last_action"][1, 3] = 0.0
+    plain, _, plain_grads = run(loss, td, fast=False)
+    fast, _, fast_grads = run(loss, td, fast=True)
+    for key in plain.keys():
+        torch.testing.assert_close(fast[key], plain[key], atol=1e-6, rtol=1e-6, msg=key)
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
