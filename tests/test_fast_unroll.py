@@ -13,7 +13,7 @@ from resq_torchrl.training.builders import EnvDims, make_loss, total_loss
 
 N, A, OBS, S = 3, 4, 5, 7
 AGENT = {"type": "gru", "hidden_dim": 16, "last_action": True, "agent_id": True}
-ALGORITHMS = ["vdn", "qmix", "cw_qmix", "ow_qmix", "qtran", "qplex", "resq"]
+ALGORITHMS = ["vdn", "qmix", "cw_qmix", "ow_qmix", "qtran", "qplex", "resq", "ddn", "dmix", "resz"]
 
 
 def episodes(b: int, t: int, seed: int, garbage_padding: bool = True) -> TensorDict:
@@ -86,6 +86,7 @@ def build(algorithm: str, seed: int, td_lambda: float):
 def run(loss, td: TensorDict, fast: bool):
     loss.fast_unroll = fast
     data = td.clone()
+    torch.manual_seed(123)  # the distributional losses draw their quantile fractions
     out = loss(data)
     loss.zero_grad()
     total_loss(out).backward()

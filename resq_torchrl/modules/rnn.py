@@ -342,11 +342,10 @@ class MultiAgentGRU(TensorDictModuleBase):
         Returns:
             ``(out, out_next)`` like ``forward`` and the step on ``"next"`` (shallow copies
             holding the outputs; ``out_next``'s outputs carry no gradient), or ``None`` when
-            this module's head depends on other inputs, the data has no time dimension or a
-            real step does not continue the previous one (the caller then takes the plain
-            way).
+            the data has no time dimension or a real step does not continue the previous one
+            (the caller then takes the plain way).
         """
-        if type(self)._head is not MultiAgentGRU._head or tensordict.ndim < 1:
+        if tensordict.ndim < 1:
             return None
         nxt = tensordict.get("next", None)
         if nxt is None:
@@ -388,17 +387,18 @@ class MultiAgentGRU(TensorDictModuleBase):
             init0 = is_init.reshape(tensordict.shape).select(t_dim, 0)
             h = h.masked_fill(init0.reshape(*h.shape[:-2], 1, 1), 0.0)
         h = self.net.trunk(x, h, t_dim)  # [*B, T+1, N, H]
-        q = self.net.head(h)
         h_cur = h.narrow(t_dim, 0, steps)
         out = tensordict
-        out.set(self.out_key, q.narrow(t_dim, 0, steps))
+        out.set(self.out_key, self._head(h_cur, out))
         if self.features_key is not None:
             out.set(self.features_key, h_cur)
         set_next(out, self.hidden_key, h_cur)
-        out_next = nxt.copy()
-        out_next.set(self.out_key, q.narrow(t_dim, 1, steps).detach())
+        out_next = nxt.copy()  # the head reads its own inputs there (IQN: the fractions)
+        h_next = h.narrow(t_dim, 1, steps).detach()
+        with torch.no_grad():
+            out_next.set(self.out_key, self._head(h_next, out_next))
         if self.features_key is not None:
-            out_next.set(self.features_key, h.narrow(t_dim, 1, steps).detach())
+            out_next.set(self.features_key, h_next)
         return out, out_next
 
 
