@@ -177,6 +177,54 @@ def test_gradients_never_reach_target_parameters(name, make_table_qnet, make_tra
         assert (getattr(loss, k) == online.data).all()
 
 
+@pytest.mark.parametrize("name", ["qmix", "resq"])
+def test_networks_always_run_with_the_current_online_and_target_parameters(
+    name, make_table_qnet, make_transition
+):
+    """The loss binds its parameters to modules once (no swap per call): the values must
+    still follow every optimizer step, hard target update, ``load_state_dict`` and a move
+    to another dtype, exactly as a fresh loss holding the same parameters computes them."""
+    loss = _make_all(make_table_qnet)[name]
+    updater = make_target_updater(loss, interval=1)
+    opt = torch.optim.SGD(loss.parameters(), lr=0.5)
+    td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))
+
+    for _ in range(2):
+        out = loss(td)
+        opt.zero_grad()
+        total_loss(out).backward()
+        opt.step()
+        updater.step()  # online moved, then copied into the targets
+    out, ref = loss(td), _fresh_like(loss, name, make_table_qnet)(td)
+    for key in out.keys():
+        torch.testing.assert_close(out[key], ref[key], msg=key)
+
+    other = _make_all(make_table_qnet)[name]
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    for k, _ in other.named_children():
+        if k.startswith("target_"):
+            getattr(other, k).apply_(lambda x: x - 2.0)
+    loss.load_state_dict(other.state_dict())
+    out, ref = loss(td), other(td)
+    for key in out.keys():
+        torch.testing.assert_close(out[key], ref[key], msg=key)
+
+    loss = loss.double()  # new tensors: every binding must follow
+    td64 = td.apply(lambda x: x.double() if x.is_floating_point() else x)
+    out, ref = loss(td64), other.double()(td64)
+    for key in out.keys():
+        assert out[key].dtype == torch.float64
+        torch.testing.assert_close(out[key], ref[key], msg=key)
+
+
+def _fresh_like(loss, name, make_table_qnet):
+    fresh = _make_all(make_table_qnet)[name]
+    fresh.load_state_dict(loss.state_dict())
+    return fresh
+
+
 def test_resq_td_loss_does_not_train_the_central_q(make_table_qnet, make_transition):
     loss = _make_all(make_table_qnet)["resq"]
     td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))

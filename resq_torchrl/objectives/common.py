@@ -17,6 +17,7 @@ online agents) across several mixers, so that part is written here, and
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,18 @@ def masked_greedy(
 def is_greedy_joint_action(action: torch.Tensor, greedy_action: torch.Tensor) -> torch.Tensor:
     """``[*B, N]`` x ``[*B, N]`` -> ``[*B, 1]`` bool: every agent took its greedy action."""
     return (action.reshape(greedy_action.shape) == greedy_action).all(-1, keepdim=True)
+
+
+def _storage(tensors) -> tuple:
+    """What a module must hold to compute with ``tensors``: their memory, shape and dtype,
+    in order (in-place updates keep it; loading into new tensors or a move changes it)."""
+    return tuple((x.data_ptr(), x.shape, x.dtype, x.device) for x in tensors)
+
+
+def _module_leaves(module: nn.Module) -> tuple:
+    """The tensors of ``module`` in the order of ``TensorDict.from_module`` (the order of
+    the parameter TensorDicts of ``convert_to_functional``)."""
+    return tuple(TensorDict.from_module(module).values(include_nested=True, leaves_only=True))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -286,6 +299,37 @@ class ValueFactorizationLoss(LossModule):
     def _params(self, name: str, target: bool) -> TensorDictBase:
         return getattr(self, f"target_{name}_params" if target else f"{name}_params")
 
+    def _bound(self, name: str, target: bool = False) -> nn.Module:
+        """Network or mixer ``name`` holding its online (``target=False``) or target
+        parameters, ready to call.
+
+        Swapping the parameters into the module on every call (``params.to_module``) cost a
+        quarter of a matrix-game update. ``convert_to_functional`` leaves the online
+        parameters in the module itself, and the target parameters are bound once to a
+        private copy of it. Every call checks that the module still holds exactly the
+        current parameter tensors (identity of every leaf), so a loss that was loaded or
+        moved binds again; it is never silently stale.
+        """
+        params = self._params(name, target)
+        signature = _storage(params.values(include_nested=True, leaves_only=True))
+        cache = self.__dict__.setdefault("_bound_modules", {})  # not a registered submodule
+        hit = cache.get((name, target))
+        if hit is not None and hit[0] == signature:
+            return hit[1]
+        module = getattr(self, name)
+        if _storage(_module_leaves(module)) != signature:
+            module = copy.deepcopy(module)
+            for key, value in params.items(include_nested=True, leaves_only=True):
+                key = (key,) if isinstance(key, str) else key
+                owner = module.get_submodule(".".join(key[:-1]))
+                if key[-1] in owner._parameters:  # a view of the same storage, never a copy
+                    value = nn.Parameter(value, requires_grad=value.requires_grad)
+                setattr(owner, key[-1], value)
+            if _storage(_module_leaves(module)) != signature:
+                raise RuntimeError(f"could not bind the parameters of {name} to a module")
+        cache[(name, target)] = (signature, module)
+        return module
+
     def _agent_run(
         self,
         name: str,
@@ -308,8 +352,7 @@ class ValueFactorizationLoss(LossModule):
             its ``"next"`` (else ``None``), holding the network's outputs; the input is not
             modified.
         """
-        network = getattr(self, name)
-        params = self._params(name, target)
+        network = self._bound(name, target)
         # a recurrent module carries its state to the next step under "next"
         recurrent = any(unravel_key(k)[0] == "next" for k in network.out_keys)
         td = tensordict.copy()  # shallow: the network's outputs do not leak into the input
@@ -317,22 +360,18 @@ class ValueFactorizationLoss(LossModule):
         if with_next and recurrent and self.fast_unroll and fast is not None:
             # one unroll over T + 1 steps serves both passes (MultiAgentGRU.forward_with_next);
             # None when the data does not allow it, e.g. an episode restarting mid-sequence
-            with params.to_module(network, preserve_module_state=False), set_recurrent_mode(True):
+            with set_recurrent_mode(True):
                 both = fast(td, self._padding(tensordict))
             if both is not None:
                 return both
             td = tensordict.copy()
         out = None
         if recurrent or not next_only:
-            with params.to_module(network, preserve_module_state=False), set_recurrent_mode(True):
+            with set_recurrent_mode(True):
                 out = network(td)
         if not with_next:
             return out, None
-        with (
-            torch.no_grad(),
-            params.to_module(network, preserve_module_state=False),
-            set_recurrent_mode(False),
-        ):
+        with torch.no_grad(), set_recurrent_mode(False):
             out_next = network(td.get("next").copy())
         return out, out_next
 
@@ -376,11 +415,11 @@ class ValueFactorizationLoss(LossModule):
     ) -> torch.Tensor:
         """Mix ``chosen`` ``[*B, N, 1]`` with ``state`` ``[*B, S]`` into ``[*B, 1]`` (for a
         distributional mixer: quantiles ``[*B, N, K]`` into ``[*B, K]``)."""
-        mixer = self._checked_mixer(name, chosen.shape[-2])
-        with self._params(name, target).to_module(mixer, preserve_module_state=False):
-            if isinstance(mixer, Mixer) and not mixer.needs_state:
-                return mixer(chosen)
-            return mixer(chosen, state)
+        self._checked_mixer(name, chosen.shape[-2])
+        mixer = self._bound(name, target)
+        if isinstance(mixer, Mixer) and not mixer.needs_state:
+            return mixer(chosen)
+        return mixer(chosen, state)
 
     def _mask(self, tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor | None:
         return tensordict.get(key, None)

@@ -65,8 +65,7 @@ class QPLEXLoss(ValueFactorizationLoss):
         chosen = gather_chosen(q, action, check=check)
         max_q = gather_chosen(q.detach(), greedy, check=False)
         action_one_hot = one_hot(action.long(), mixer.n_actions)
-        with self._params("mixer", target).to_module(mixer, preserve_module_state=False):
-            return mixer(chosen, max_q, action_one_hot, state)
+        return self._bound("mixer", target)(chosen, max_q, action_one_hot, state)
 
     def _bootstrap_value(self, tensordict, next_greedy, agent, mixer) -> torch.Tensor:
         """``Q_tot^-(s', u')``; the advantages are taken against the target utilities' own

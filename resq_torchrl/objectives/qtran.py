@@ -116,8 +116,7 @@ class QTRANLoss(ValueFactorizationLoss):
         ``[*B, N]``."""
         net = self._checked_mixer("joint_network", features.shape[-2])
         action_one_hot = one_hot(action.long(), net.n_actions)
-        with self._params("joint_network", target).to_module(net, preserve_module_state=False):
-            return net(features, action_one_hot, state)
+        return self._bound("joint_network", target)(features, action_one_hot, state)
 
     def _bootstrap_value(self, tensordict, next_greedy, agent, mixer) -> torch.Tensor:
         """``Q_jt^-(s', u')`` from the target agents' features at ``s'``."""
