@@ -310,12 +310,15 @@ class ValueFactorizationLoss(LossModule):
         current parameter tensors (identity of every leaf), so a loss that was loaded or
         moved binds again; it is never silently stale.
         """
-        params = self._params(name, target)
-        signature = _storage(params.values(include_nested=True, leaves_only=True))
         cache = self.__dict__.setdefault("_bound_modules", {})  # not a registered submodule
         hit = cache.get((name, target))
-        if hit is not None and hit[0] == signature:
-            return hit[1]
+        # reading the leaves of a TensorDictParams is slow: the binding keeps them and checks
+        # their memory (cleared by _apply and load_state_dict, which may replace them)
+        if hit is not None and _storage(hit[1]) == hit[0]:
+            return hit[2]
+        params = self._params(name, target)
+        leaves = tuple(params.values(include_nested=True, leaves_only=True))
+        signature = _storage(leaves)
         module = getattr(self, name)
         if _storage(_module_leaves(module)) != signature:
             module = copy.deepcopy(module)
@@ -327,8 +330,17 @@ class ValueFactorizationLoss(LossModule):
                 setattr(owner, key[-1], value)
             if _storage(_module_leaves(module)) != signature:
                 raise RuntimeError(f"could not bind the parameters of {name} to a module")
-        cache[(name, target)] = (signature, module)
+        cache[(name, target)] = (signature, leaves, module)
         return module
+
+    def _apply(self, *args, **kwargs):
+        # .to(), .double(), .cuda() ... may give the parameters new tensors: bind again
+        self.__dict__.pop("_bound_modules", None)
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_bound_modules", None)
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def _agent_run(
         self,

@@ -339,10 +339,12 @@ def make_optimizer(
     """``rmsprop`` (pymarl settings: alpha 0.99) or ``adam``, both with ``eps`` (default 1e-5,
     pymarl's; larger than Adam's usual 1e-8, it bounds the steps once gradients vanish)."""
     params = list(loss.parameters())
+    # one multi-tensor update instead of a Python loop over the parameters: torch only
+    # picks it by itself on CUDA, and on the CPU it saved ~12% of a matrix-game update
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=eps)
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=eps, foreach=True)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+        return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}; choose 'rmsprop' or 'adam'")
 
 
