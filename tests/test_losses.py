@@ -16,7 +16,7 @@ MAIN = [[[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]], [[0.0, 5.0, 1.0], [2.0, 0.0, 1.0]]]
 CENTRAL = [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[10.0, 20.0, 30.0], [1.0, 2.0, 3.0]]]
 
 
-def resq_loss(make_table_qnet, residual_sign="abs", main=MAIN, central=CENTRAL):
+def resq_loss(make_table_qnet, residual_sign="abs", main=MAIN, central=CENTRAL, **kwargs):
     torch.manual_seed(0)
     return ResQLoss(
         make_table_qnet(main, by_obs=True),
@@ -27,6 +27,7 @@ def resq_loss(make_table_qnet, residual_sign="abs", main=MAIN, central=CENTRAL):
         central_agent_network=make_table_qnet(central, by_obs=True),
         residual_sign=residual_sign,
         gamma=GAMMA,
+        **kwargs,
     )
 
 
@@ -76,6 +77,51 @@ def test_penalty_mode_adds_relu_squared_of_the_residual(make_table_qnet, make_tr
     out = loss(td)
     torch.testing.assert_close(out["loss_residual_sign"], torch.relu(q_r).pow(2).mean())
     assert "loss_residual_sign" not in resq_loss(make_table_qnet, "abs")(td).keys()
+
+
+def test_cw_tot_weighting_scales_only_the_gradient_reaching_q_tot(make_table_qnet, make_transition):
+    """``tot_weighting="cw"``: same ``Q_jt`` and loss value as the paper's loss; the main
+    agents' gradient is the paper's gradient through ``Q_tot`` with each sample's
+    ``dloss_td/dQ_tot`` scaled by ``w_tot`` (1 at the greedy action or where ``Q_tot < y``,
+    alpha elsewhere), and the residual networks get exactly the paper's gradient."""
+    plain = resq_loss(make_table_qnet)
+    cw = resq_loss(make_table_qnet, tot_weighting="cw", tot_weight_alpha=0.25)
+    cw.load_state_dict(plain.state_dict())
+    # greedy (A, C); rewards put y far below Q_tot for samples 1 and 3, above for sample 2
+    td = make_transition([[0, 2], [0, 1], [1, 2], [2, 0]], [-50, -50, 50, -50], [1, 1, 1, 1])
+    main = list(plain.agent_network_params.values(True, True))
+    joint = plain.joint_q(td, with_next=True)
+    y = plain.central_target(td, joint["next_greedy_action"])
+    q_jt = joint["q_tot"] + joint["w_r"] * joint["q_r"]
+    d_q_tot = 2 * (q_jt - y).detach() / q_jt.numel()  # dloss_td/dQ_tot per sample (paper)
+    assert (joint["q_tot"] < y).squeeze(-1).tolist() == [False, False, True, False]
+    w_tot = torch.tensor([[1.0], [0.25], [1.0], [0.25]])  # greedy / over / under / over
+    expected = torch.autograd.grad(joint["q_tot"], main, grad_outputs=w_tot * d_q_tot)
+
+    out_p, out_c = plain(td), cw(td)
+    torch.testing.assert_close(out_c["loss_td"], out_p["loss_td"])
+    torch.testing.assert_close(out_c["q_jt_mean"], out_p["q_jt_mean"])
+    torch.testing.assert_close(out_c["w_tot_mean"], w_tot.mean())
+    for loss, out in ((plain, out_p), (cw, out_c)):
+        loss.zero_grad()
+        total_loss(out).backward()
+    got = [p.grad for p in cw.agent_network_params.values(True, True)]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+    for name in ("residual_agent_network_params", "residual_mixer_params"):
+        for a, b in zip(
+            getattr(plain, name).values(True, True),
+            getattr(cw, name).values(True, True),
+            strict=True,
+        ):
+            torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_unknown_tot_weighting_is_rejected(make_table_qnet):
+    with pytest.raises(ValueError, match="tot_weighting"):
+        resq_loss(make_table_qnet, tot_weighting="ow")
+    with pytest.raises(ValueError, match="tot_weight_alpha"):
+        resq_loss(make_table_qnet, tot_weighting="cw", tot_weight_alpha=0.0)
 
 
 def test_unknown_residual_sign_is_rejected(make_table_qnet):

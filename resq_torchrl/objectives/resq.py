@@ -29,6 +29,16 @@ class ResQLoss(CentralValueLoss):
 
     Loss: ``loss_td = mean (Q_jt - y)^2``, ``loss_central = central_loss_coef * mean (Q* - y)^2``
     and, in penalty mode, ``loss_residual_sign = residual_sign_coef * mean relu(Q_r)^2``.
+
+    Optional, off by default (not in the paper): ``tot_weighting="cw"`` scales the gradient
+    that ``loss_td`` sends to ``Q_tot`` by ``w_tot = 1`` where ``Q_tot < y`` or the taken
+    action is the greedy one, ``tot_weight_alpha`` elsewhere, as Centrally-Weighted QMIX
+    weights its samples. The values of ``Q_jt`` are unchanged (so Theorem 1 still holds);
+    only how much of an overestimate ``Q_tot`` unlearns changes, the rest being left to the
+    residual, which can only lower ``Q_jt``. Written as ``Q_jt = [w_tot Q_tot + (1 - w_tot)
+    sg(Q_tot)] + w_r Q_r`` (``sg``: stop-gradient) rather than ``w_tot Q_tot + w_r Q_r``: the
+    latter would break IGM when ``Q_tot < 0``. It is a remedy tried against relative
+    overgeneralisation with rare rewards (predator-prey, see ``docs/results.md``).
     Diagnostics: ``td_error`` (mean ``|Q_jt - y|``), ``w_r_mean``, ``q_r_mean``, ``q_tot_mean``,
     ``q_jt_mean``, ``target_mean``.
 
@@ -44,6 +54,8 @@ class ResQLoss(CentralValueLoss):
             ``agent_network``.
         central_agent_network: utilities mixed into ``Q*``; default: a re-initialised copy.
         residual_sign: ``"abs"`` or ``"penalty"``.
+        tot_weighting: ``"none"`` (the paper) or ``"cw"`` (see above).
+        tot_weight_alpha: ``w_tot`` of the down-weighted samples with ``"cw"``, in ``(0, 1]``.
         central_loss_coef: weight of ``loss_central``.
         residual_sign_coef: weight of ``loss_residual_sign`` (penalty mode).
         gamma: discount.
@@ -64,6 +76,7 @@ class ResQLoss(CentralValueLoss):
     """
 
     RESIDUAL_SIGNS = ("abs", "penalty")
+    TOT_WEIGHTINGS = ("none", "cw")
 
     residual_agent_network: TensorDictModuleBase
     residual_agent_network_params: TensorDictParams
@@ -84,12 +97,20 @@ class ResQLoss(CentralValueLoss):
         residual_sign: str = "abs",
         central_loss_coef: float = 1.0,
         residual_sign_coef: float = 1.0,
+        tot_weighting: str = "none",
+        tot_weight_alpha: float = 0.1,
         gamma: float = 0.99,
     ) -> None:
         if residual_sign not in self.RESIDUAL_SIGNS:
             raise ValueError(
                 f"residual_sign must be one of {self.RESIDUAL_SIGNS}, got {residual_sign!r}"
             )
+        if tot_weighting not in self.TOT_WEIGHTINGS:
+            raise ValueError(
+                f"tot_weighting must be one of {self.TOT_WEIGHTINGS}, got {tot_weighting!r}"
+            )
+        if not 0.0 < tot_weight_alpha <= 1.0:
+            raise ValueError(f"tot_weight_alpha must lie in (0, 1], got {tot_weight_alpha}")
         if residual_agent_network is None:
             residual_agent_network = fresh_copy(agent_network)
         super().__init__(
@@ -103,6 +124,8 @@ class ResQLoss(CentralValueLoss):
         )
         self.residual_sign = residual_sign
         self.residual_sign_coef = residual_sign_coef
+        self.tot_weighting = tot_weighting
+        self.tot_weight_alpha = float(tot_weight_alpha)
 
     def _residual(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``Q_r`` ``[*B, 1]`` of the taken joint action."""
@@ -127,6 +150,14 @@ class ResQLoss(CentralValueLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         joint, target, pad = self._joint_and_target(tensordict)
         q_jt, q_r = joint.get("q_jt"), joint.get("q_r")
+        diagnostics = {}
+        if self.tot_weighting == "cw":
+            q_tot, w_r = joint.get("q_tot"), joint.get("w_r")
+            full = (q_tot.detach() < target) | (w_r == 0)
+            w_tot = torch.where(full, 1.0, self.tot_weight_alpha).to(q_tot.dtype)
+            # same value, gradient to Q_tot scaled by w_tot
+            q_jt = w_tot * q_tot + (1 - w_tot) * q_tot.detach() + w_r * q_r
+            diagnostics["w_tot_mean"] = masked_mean(w_tot, pad)
         td_error = q_jt - target
         losses = {
             "loss_td": masked_mean(td_error.pow(2), pad),
@@ -146,5 +177,6 @@ class ResQLoss(CentralValueLoss):
                 "q_tot_mean": masked_mean(joint.get("q_tot"), pad),
                 "q_jt_mean": masked_mean(q_jt, pad),
                 "target_mean": masked_mean(target, pad),
+                **diagnostics,
             },
         )

@@ -202,6 +202,8 @@ def _build_resq(algo, agent_cfg, dims, device) -> LossModule:
         residual_sign=algo.get("residual_sign", "abs"),
         central_loss_coef=float(algo.get("central_loss_coef", 1.0)),
         residual_sign_coef=float(algo.get("residual_sign_coef", 1.0)),
+        tot_weighting=algo.get("tot_weighting", "none"),
+        tot_weight_alpha=float(algo.get("tot_weight_alpha", 0.1)),
         gamma=algo.get("gamma", 0.99),
     )
 
