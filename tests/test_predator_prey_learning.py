@@ -18,8 +18,8 @@ def test_resq_learns_joint_captures_on_a_small_predator_prey(tmp_path):
     game: 2 predators, 1 prey, 5x5 grid, 50-step episodes; the optimum is 10 (one capture).
     Budget: 40k env steps, epsilon annealed over the first 10k, seed 0. The greedy evaluation
     (32 episodes) at the end of the budget must reach 90% of the optimum.
-    (Measured: 9.4 at 30k steps and 10.0 from 40k on; with -2 per lone catch the same budget
-    ends at 0.0, see docs/results.md.)"""
+    (Measured with the reference rules of PredatorPreyEnv: 7.2 at 15k steps, 10.0 from 20k
+    on, 9.7 once at 35k. The -2 variant's 0.0 in docs/results.md predates those rules.)"""
     overrides = [
         "algorithm=resq",
         "env=predator_prey",

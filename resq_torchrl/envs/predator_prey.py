@@ -4,6 +4,7 @@ Weighted QMIX and ResQ papers, as a batched TorchRL environment."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -15,60 +16,121 @@ from resq_torchrl.envs.specs import set_team_specs
 UP, DOWN, LEFT, RIGHT, STAY, CATCH = range(6)
 N_ACTIONS = 6
 #: ``(d_row, d_col)`` of the actions ``UP, DOWN, LEFT, RIGHT, STAY, CATCH`` (catch does not move).
-#: The first four rows are also the neighbour order used everywhere (catch target, prey moves).
+#: The first four rows are also the neighbour order used everywhere (prey moves, catch checks).
 ACTION_DELTAS: list[list[int]] = [[-1, 0], [1, 0], [0, -1], [0, 1], [0, 0], [0, 0]]
-#: Observation window channels: active predators, alive prey, cells outside the grid.
-N_WINDOW_CHANNELS = 3
+
+
+class StepDraws(NamedTuple):
+    """The random draws of one step, all from the env's generator ``rng`` (``B`` envs).
+
+    ``predator_order[b, k]`` / ``prey_order[b, k]``: index of the ``k``-th predator / prey to
+    act in env ``b`` (a uniformly random permutation per env). ``prey_noise[b, p]`` ``[4]``:
+    uniform ``[0, 1)`` scores of prey ``p``'s four neighbours (up, down, left, right); a prey
+    that moves takes its free neighbour with the highest score, i.e. a uniform choice among
+    the free ones. ``prey_moves[b, p]``: whether prey ``p`` may move this step (all True when
+    ``prey_move_prob == 1``).
+    """
+
+    predator_order: torch.Tensor
+    prey_order: torch.Tensor
+    prey_noise: torch.Tensor
+    prey_moves: torch.Tensor
 
 
 class PredatorPreyEnv(EnvBase):
     """A batched grid predator-prey game where a capture needs two predators at once.
 
-    ``N`` predators (the agents) hunt ``M`` prey on a ``G x G`` grid with walls. Cells are
-    ``(row, col)`` with ``(0, 0)`` the top-left corner; "up" is ``row - 1``, "down" ``row + 1``,
-    "left" ``col - 1``, "right" ``col + 1``. Actions: 0 up, 1 down, 2 left, 3 right, 4 stay,
-    5 catch. A lone catch is punished, which makes the game a relative-overgeneralisation
-    trap for monotonic value factorization (QMIX, VDN) when ``miscapture_punishment < 0``.
+    The defaults are the ``pred_prey_punish`` config of the Weighted QMIX code base
+    (``oxwhirl/wqmix``, ``src/config/envs/pred_prey_punish.yaml``) of the ``stag_hunt`` env of
+    DCG (``wendelinboehmer/dcg``, ``src/envs/stag_hunt.py``), the env of the ResQ paper's
+    predator-prey results: 8 predators, 8 prey (stags, no hares), a 10 x 10 grid with walls,
+    catch action, 2 catchers per capture, ``+10`` per capture, ``-2`` per lone catch, captures
+    freeze and remove their catchers, 5 x 5 observation windows, 200 steps. The rules below
+    restate that code; they were re-implemented, vectorised over the batch, not copied.
 
-    One step, in this order (all envs of the batch at once, no loop over envs):
+    ``N`` predators (the agents) hunt ``M`` prey on a ``G x G`` grid. Cells are ``(row, col)``
+    with ``(0, 0)`` the top-left corner; "up" is ``row - 1``, "down" ``row + 1``, "left"
+    ``col - 1``, "right" ``col + 1``. Actions: 0 up, 1 down, 2 left, 3 right, 4 stay,
+    5 catch. A predator is *active* until a capture *freezes* it; a frozen predator is
+    removed from the grid (it blocks nothing, nobody sees it) for the rest of the episode.
+    A lone catch is punished, which makes the game a relative-overgeneralisation trap for
+    monotonic value factorization (QMIX, VDN) when ``miscapture_punishment < 0``.
 
-    1. **Removed predators** ignore their action (they only ``stay``).
-    2. **Catches**, on the positions at the start of the step. A predator that chooses catch
-       targets the first alive prey among its neighbours in the order up, down, left, right
-       (none if no prey is adjacent). A prey targeted by at least two catching predators is
-       captured: ``+capture_reward`` each. Every catching predator whose target is not
-       captured (a lone catch, or a catch with no adjacent prey) adds
-       ``miscapture_punishment`` once. Captured prey and the predators that captured them are
-       removed from the grid and free their cells at once.
-    3. **Predator moves**. A predator's move is blocked (it stays) when the target cell is
-       outside the grid, occupied after step 2 by an active predator or an alive prey (even
-       one that moves away in this step), or targeted by a lower-index predator that also
-       tries to move there (whether or not that one succeeds). Hence no two things ever share
-       a cell and the outcome does not depend on any random draw.
-    4. **Prey moves**, sequentially in prey index order. With probability ``prey_move_prob``
-       an alive prey moves to a neighbour cell drawn uniformly among the free ones (inside the
-       grid, not occupied by an active predator nor by another alive prey at its position at
-       that moment: lower-index prey have already moved); with no free neighbour it stays.
-       Draws come from the env's own ``torch.Generator`` (seeded by ``set_seed``).
-    5. **Time and ends**. ``t += 1``; the team reward also gets ``step_penalty``. The episode
-       is ``terminated`` when every prey is captured or fewer than two active predators remain
-       (no capture is possible any more), and ``truncated`` (not terminated) when
+    One step, for every env of the batch at once (loops run over agents and prey only):
+
+    1. **Predators move**, one at a time in a uniformly random order (a fresh permutation per
+       env and step). An active predator whose action is up, down, left or right enters the
+       target cell unless, at that moment, the cell is outside the grid or holds an active
+       predator or an alive prey; otherwise it stays. A cell left earlier in this same step
+       by a predator that already moved can be entered. Frozen predators, stay and catch do
+       not move (a frozen predator's action is ignored).
+    2. **Prey**, one at a time in a uniformly random order (a fresh permutation per env and
+       step). For each alive prey ``p`` in turn, count the active predators orthogonally
+       adjacent to ``p`` whose action is catch (one frozen earlier in this same phase does not
+       count; one catch counts for every prey next to it):
+
+       * ``count >= 2``: ``p`` is captured (``+capture_reward``) and removed; every counted
+         predator is frozen (removed from the grid, its cell freed at once).
+       * ``count == 1``: ``+miscapture_punishment``, once for this prey (whatever the count
+         of prey next to the catcher, i.e. a lone catcher next to two prey pays it twice).
+       * Unless captured, ``p`` then moves (with probability ``prey_move_prob``, the
+         reference's ``1 - p_stags_rest``) to a neighbour cell drawn uniformly among the free
+         ones (inside the grid, holding no active predator nor alive prey at that moment);
+         with no free neighbour it stays.
+
+       E.g. two predators that both catch and both touch two prey capture exactly one of
+       them (+10): the second prey then sees no active catcher (no punishment).
+       Unavailable actions given anyway change nothing: a move off the grid is blocked, a
+       catch with no prey next to it counts for no prey.
+    3. **Time and ends**. ``t += 1``; the team reward also gets ``step_penalty`` (the
+       reference's ``reward_time``, 0 by default). The episode is ``terminated`` when every
+       prey is captured or every predator is frozen, and ``truncated`` (not terminated) when
        ``t == episode_limit`` and it did not terminate at that same step.
 
-    Reset places the ``N + M`` predators and prey on distinct, uniformly random cells. A
-    ``"_reset"`` mask ``[B, 1]`` in the input resets only those envs.
+    The step's draws (:class:`StepDraws`: both orders, the prey's neighbour scores) come from
+    the env's own ``torch.Generator`` ``rng`` (seeded by ``set_seed``), one
+    ``torch.rand(B, N + 6 * M)`` call per step, so a batch of ``B`` envs follows the same rules
+    as ``B`` single envs given the same draws. ``rand_action`` (hence ``rand_step``,
+    ``rollout`` without a policy, ``check_env_specs``) samples each predator's action
+    uniformly among its available ones with torch's global generator.
+
+    Reset places the ``N + M`` predators and prey on distinct, uniformly random cells (from
+    ``rng``), all active and alive, ``t = 0``. A ``"_reset"`` mask ``[B, 1]`` in the input
+    resets only those envs. :meth:`set_state` places everything by hand.
 
     Specs (``B`` = ``batch_size``, ``K = 2 * obs_radius + 1``):
-        ``("agents", "observation")`` ``[B, N, 3 * K * K + 2]``: the ``K x K`` window centred on
-        the predator, channels-first ``[3, K, K]`` flattened with channels (active predators,
-        the predator itself included; alive prey; outside the grid), followed by its own
-        ``(row, col) / (G - 1)``. All zeros for a removed predator.
-        ``("agents", "action_mask")`` ``[B, N, 6]`` bool: an active predator may always move
-        and stay, and catch only when a prey is adjacent; a removed predator may only stay.
-        ``"state"`` ``[B, 2 * G * G + 1]``: the grid channels-first ``[2, G, G]`` (active
-        predators, alive prey) flattened, followed by ``t / episode_limit``.
+        ``("agents", "observation")`` ``[B, N, C * K * K (+ 2)]`` (``C = 2``, ``3`` with
+        ``observe_walls``; ``+ 2`` with ``observe_own_position``): the ``K x K`` window centred
+        on the predator, channels-first ``[C, K, K]`` flattened with channels (active
+        predators, the predator itself included; alive prey; with ``observe_walls`` a third
+        one, 1 on cells outside the grid), 0 outside the grid; with ``observe_own_position``
+        followed by its own ``(row, col) / (G - 1)``. All zeros for a frozen predator.
+        ``("agents", "action_mask")`` ``[B, N, 6]`` bool: a frozen predator may only stay; an
+        active one may stay, move in every direction that stays inside the grid (occupied
+        cells included: the move is then blocked), and catch only when an alive prey is
+        orthogonally adjacent.
+        ``"state"`` ``[B, 2 * G * G (+ 1)]``: the grid channels-first ``[2, G, G]`` (active
+        predators, alive prey) flattened; with ``state_time`` followed by
+        ``t / episode_limit``.
         ``("agents", "action")`` ``[B, N]`` categorical over 6, ``"reward"`` ``[B, 1]`` float32,
         ``"done"``/``"terminated"``/``"truncated"`` ``[B, 1]`` bool.
+
+    Remaining differences from the reference (with its ``pred_prey_punish`` config):
+        * Action order: the reference numbers right, down, left, up, stay, catch.
+        * Observation and state: the reference's always-zero hare channel is omitted (2
+          channels, not 3: observation ``[B, N, 50]``, state ``[B, 200]`` instead of 75 and
+          300 features), and the layout is channels-first where the reference flattens
+          ``[rows, cols, channels]``. ``observe_walls`` marks outside cells with 1 in a
+          channel of its own; the reference's ``observe_walls`` writes -1 in the predator
+          channel (off in the reference config and here by default).
+        * A step that both terminates and reaches ``episode_limit`` is reported here as
+          ``terminated`` (not truncated); the reference flags that step as a time-limit end
+          (``episode_limit`` info) like any other step at the limit.
+        * Random numbers come from a torch generator, not numpy's global one: same
+          distributions (orders, prey moves, reset placements), different streams.
+        * Only the reference's behaviour under that config exists here: no hares, toroidal
+          world, collision reward, capture without the catch action, directed observations,
+          ghosts or mountain slopes.
 
     Args:
         grid_size: side ``G`` of the square grid, ``>= 2``.
@@ -76,12 +138,16 @@ class PredatorPreyEnv(EnvBase):
         n_prey: number of prey ``M``, ``>= 1``; ``N + M <= G * G``.
         episode_limit: steps after which an episode is truncated, ``>= 1``.
         capture_reward: team reward per captured prey.
-        miscapture_punishment: team reward per catching predator that captures nothing
-            (``-2.0`` in the hard variant, ``0.0`` in the easy one).
+        miscapture_punishment: team reward per prey with exactly one active catcher next to
+            it (``-2.0`` in the hard variant, ``0.0`` in the easy one).
         obs_radius: the observation window spans ``obs_radius`` cells on each side, ``>= 0``.
         step_penalty: team reward added at every step (e.g. ``-0.1``).
-        prey_move_prob: probability that an alive prey tries to move at a step, in ``[0, 1]``
-            (``0`` makes the whole game deterministic given the actions).
+        prey_move_prob: probability that an alive, uncaptured prey moves at a step, in
+            ``[0, 1]`` (``0``: prey never move).
+        observe_own_position: append the predator's ``(row, col) / (G - 1)`` to its
+            observation.
+        observe_walls: add an outside-the-grid channel to the observation window.
+        state_time: append ``t / episode_limit`` to the state.
         device: device of all tensors.
         batch_size: ``[B]``, number of parallel games.
 
@@ -105,6 +171,9 @@ class PredatorPreyEnv(EnvBase):
         obs_radius: int = 2,
         step_penalty: float = 0.0,
         prey_move_prob: float = 1.0,
+        observe_own_position: bool = False,
+        observe_walls: bool = False,
+        state_time: bool = False,
         device: torch.device | str | None = "cpu",
         batch_size: Sequence[int] | torch.Size = (1,),
     ) -> None:
@@ -129,77 +198,100 @@ class PredatorPreyEnv(EnvBase):
         if not 0.0 <= prey_move_prob <= 1.0:
             raise ValueError(f"prey_move_prob must be in [0, 1], got {prey_move_prob}")
         super().__init__(device=device, batch_size=batch_size)
-        self.grid_size = int(grid_size)
+        self.grid_size = g = int(grid_size)
         self.n_agents = self.n_predators = int(n_predators)
         self.n_prey = int(n_prey)
         self.n_actions = N_ACTIONS
         self.episode_limit = int(episode_limit)
         self.capture_reward = float(capture_reward)
         self.miscapture_punishment = float(miscapture_punishment)
-        self.obs_radius = int(obs_radius)
+        self.obs_radius = r = int(obs_radius)
         self.step_penalty = float(step_penalty)
         self.prey_move_prob = float(prey_move_prob)
-        self.window = 2 * self.obs_radius + 1
-        self.obs_dim = N_WINDOW_CHANNELS * self.window**2 + 2
-        self.state_dim = 2 * self.grid_size**2 + 1
+        self.observe_own_position = bool(observe_own_position)
+        self.observe_walls = bool(observe_walls)
+        self.state_time = bool(state_time)
+        self.window = k = 2 * r + 1
+        self.n_window_channels = 3 if self.observe_walls else 2
+        self.obs_dim = self.n_window_channels * k * k + (2 if self.observe_own_position else 0)
+        self.state_dim = 2 * g * g + (1 if self.state_time else 0)
 
         b, n, m, dev = batch_size[0], self.n_predators, self.n_prey, self.device
-        self.register_buffer("deltas", torch.tensor(ACTION_DELTAS, device=dev), persistent=False)
         self.register_buffer("predator_pos", torch.zeros(b, n, 2, dtype=torch.long, device=dev))
         self.register_buffer("prey_pos", torch.zeros(b, m, 2, dtype=torch.long, device=dev))
         self.register_buffer("predator_active", torch.zeros(b, n, dtype=torch.bool, device=dev))
         self.register_buffer("prey_alive", torch.zeros(b, m, dtype=torch.bool, device=dev))
         self.register_buffer("t", torch.zeros(b, dtype=torch.long, device=dev))
+
+        # Constant index tables. Dynamics run on the grid padded by one cell of wall, flat
+        # index (row + 1) * W + col + 1 with W = G + 2; observations on the grid padded by
+        # P = max(obs_radius, 1) cells, flat index (row + P) * V + col + P with V = G + 2 P.
+        w = g + 2
+        self._w = w
+        deltas = torch.tensor(ACTION_DELTAS, device=dev)
+        self.register_buffer("_flat_delta", deltas[:, 0] * w + deltas[:, 1], persistent=False)
+        walls = torch.ones(w, w, dtype=torch.long, device=dev)
+        walls[1:-1, 1:-1] = 0
+        self.register_buffer("_walls", walls.view(-1), persistent=False)
+        self._pad = p = max(r, 1)
+        self._v = v = g + 2 * p
+        offsets = torch.arange(k, device=dev)
+        window = (offsets.view(k, 1) * v + offsets.view(1, k)).view(-1)  # from the top-left
+        self.register_buffer("_window", window, persistent=False)
+        self.register_buffer("_obs_nb", deltas[:4, 0] * v + deltas[:4, 1], persistent=False)
+        outside = torch.ones(v, v, device=dev)
+        outside[p : p + g, p : p + g] = 0
+        self.register_buffer("_outside", outside.view(-1), persistent=False)
+        cells = torch.arange(g * g, device=dev)
+        dest = torch.stack([cells // g, cells % g], -1).unsqueeze(1) + deltas[:4]  # [G*G, 4, 2]
+        self.register_buffer("_move_ok", ((dest >= 0) & (dest < g)).all(-1), persistent=False)
+
         self.rng = torch.Generator(device=dev)
         self.rng.seed()
+        #: the draws of the latest step (for tests and debugging)
+        self.last_draws: StepDraws | None = None
         set_team_specs(self, self.n_predators, self.n_actions, self.obs_dim, self.state_dim)
 
-    # ------------------------------------------------------------------ grids and observations
+    # ------------------------------------------------------------------ observations
 
-    def _grids(self) -> torch.Tensor:
-        """Occupancy ``[B, 2, G, G]`` float: channel 0 active predators, channel 1 alive prey."""
-        g = self.grid_size
-        b = self.batch_size[0]
-        grid = torch.zeros(b, 2, g * g, device=self.device)
-        pred_idx = self.predator_pos[..., 0] * g + self.predator_pos[..., 1]
-        prey_idx = self.prey_pos[..., 0] * g + self.prey_pos[..., 1]
-        grid[:, 0].scatter_add_(1, pred_idx, self.predator_active.float())
-        grid[:, 1].scatter_add_(1, prey_idx, self.prey_alive.float())
-        return grid.view(b, 2, g, g)
-
-    def _prey_adjacent(self, prey_grid: torch.Tensor) -> torch.Tensor:
-        """Whether each of the 4 neighbours (up, down, left, right) of every predator holds an
-        alive prey, ``[B, N, 4]`` bool, from the prey channel ``[B, G, G]``."""
-        b = self.batch_size[0]
-        padded = torch.nn.functional.pad(prey_grid, (1, 1, 1, 1))
-        nb = self.predator_pos.unsqueeze(-2) + self.deltas[:4] + 1  # [B, N, 4, 2] in padded
-        return padded[torch.arange(b, device=self.device).view(b, 1, 1), nb[..., 0], nb[..., 1]] > 0
+    def _action_mask(self, predator_cell: torch.Tensor, prey_grid: torch.Tensor) -> torch.Tensor:
+        """``[B, N, 6]`` bool from the observation-padded predator cells ``[B, N]`` and prey
+        channel ``[B, V * V]``."""
+        b, n, g = self.batch_size[0], self.n_predators, self.grid_size
+        active = self.predator_active
+        mask = torch.empty(b, n, self.n_actions, dtype=torch.bool, device=self.device)
+        on_grid = self.predator_pos[..., 0] * g + self.predator_pos[..., 1]
+        mask[..., :STAY] = self._move_ok[on_grid] & active.unsqueeze(-1)
+        mask[..., STAY] = True
+        nb = (predator_cell.unsqueeze(-1) + self._obs_nb).view(b, n * 4)
+        mask[..., CATCH] = (prey_grid.gather(1, nb).view(b, n, 4) > 0).any(-1) & active
+        return mask
 
     def _observation(self) -> TensorDict:
         b, n, g = self.batch_size[0], self.n_predators, self.grid_size
-        k, r = self.window, self.obs_radius
-        grids = self._grids()
-        walls = torch.zeros(b, 1, g, g, device=self.device)
-        channels = torch.cat([grids, walls], dim=1)
-        padded = torch.nn.functional.pad(channels, (r, r, r, r))
-        padded[:, 2] = torch.nn.functional.pad(walls[:, 0], (r, r, r, r), value=1.0)
-        offsets = torch.arange(k, device=self.device)
-        rows = (self.predator_pos[..., 0, None] + offsets).view(b, n, k, 1)  # window top = pos
-        cols = (self.predator_pos[..., 1, None] + offsets).view(b, n, 1, k)
-        batch = torch.arange(b, device=self.device).view(b, 1, 1, 1)
-        window = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # [B, N, K, K, C]
-        window = window.permute(0, 1, 4, 2, 3).reshape(b, n, -1)
-        own = self.predator_pos.float() / (g - 1)
-        active = self.predator_active.unsqueeze(-1)
-        observation = torch.cat([window, own], dim=-1) * active
+        k, r, p, v = self.window, self.obs_radius, self._pad, self._v
+        grid = torch.zeros(b, 2, v * v, device=self.device)
+        pred_cell = (self.predator_pos[..., 0] + p) * v + self.predator_pos[..., 1] + p
+        prey_cell = (self.prey_pos[..., 0] + p) * v + self.prey_pos[..., 1] + p
+        grid[:, 0].scatter_add_(1, pred_cell, self.predator_active.float())
+        grid[:, 1].scatter_add_(1, prey_cell, self.prey_alive.float())
 
-        mask = torch.zeros(b, n, self.n_actions, dtype=torch.bool, device=self.device)
-        mask[..., :CATCH] = active
-        mask[..., STAY] = True
-        mask[..., CATCH] = self._prey_adjacent(grids[:, 1]).any(-1) & self.predator_active
+        corner = pred_cell - r * (v + 1)  # top-left cell of each window
+        idx = corner.unsqueeze(-1) + self._window  # [B, N, K * K]
+        window = grid.gather(2, idx.view(b, 1, n * k * k).expand(b, 2, -1))
+        parts = [window.view(b, 2, n, k * k).transpose(1, 2).reshape(b, n, 2 * k * k)]
+        if self.observe_walls:
+            parts.append(self._outside[idx])
+        if self.observe_own_position:
+            parts.append(self.predator_pos.float() / (g - 1))
+        observation = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        observation = observation * self.predator_active.unsqueeze(-1)
 
-        time = (self.t.float() / self.episode_limit).unsqueeze(-1)
-        state = torch.cat([grids.reshape(b, -1), time], dim=-1)
+        mask = self._action_mask(pred_cell, grid[:, 1])
+        state = grid.view(b, 2, v, v)[:, :, p : p + g, p : p + g].reshape(b, 2 * g * g)
+        if self.state_time:
+            time = (self.t.float() / self.episode_limit).unsqueeze(-1)
+            state = torch.cat([state, time], dim=-1)
         return TensorDict(
             {
                 "agents": TensorDict(
@@ -212,10 +304,35 @@ class PredatorPreyEnv(EnvBase):
         )
 
     def _terminated(self) -> torch.Tensor:
-        """``[B, 1]`` bool: every prey captured or fewer than two active predators left."""
+        """``[B, 1]`` bool: every prey captured or every predator frozen."""
         no_prey = ~self.prey_alive.any(-1)
-        too_few = self.predator_active.sum(-1) < 2
-        return (no_prey | too_few).unsqueeze(-1)
+        no_predator = ~self.predator_active.any(-1)
+        return (no_prey | no_predator).unsqueeze(-1)
+
+    def _with_flags(self, out: TensorDict) -> TensorDict:
+        terminated = self._terminated()
+        truncated = (self.t >= self.episode_limit).unsqueeze(-1) & ~terminated
+        out.update(
+            {"done": terminated | truncated, "terminated": terminated, "truncated": truncated}
+        )
+        return out
+
+    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
+        """A uniformly random *available* action per predator ``[B, N]`` (under the action
+        mask of the env's current state), drawn with torch's global generator; written into
+        ``tensordict`` when given."""
+        b, n = self.batch_size[0], self.n_predators
+        p, v = self._pad, self._v
+        pred_cell = (self.predator_pos[..., 0] + p) * v + self.predator_pos[..., 1] + p
+        prey_cell = (self.prey_pos[..., 0] + p) * v + self.prey_pos[..., 1] + p
+        prey_grid = torch.zeros(b, v * v, device=self.device)
+        prey_grid.scatter_add_(1, prey_cell, self.prey_alive.float())
+        mask = self._action_mask(pred_cell, prey_grid)
+        action = torch.multinomial(mask.view(b * n, -1).float(), 1).view(b, n)
+        if tensordict is None:
+            tensordict = TensorDict(batch_size=self.batch_size, device=self.device)
+        tensordict.set(("agents", "action"), action)
+        return tensordict
 
     # ------------------------------------------------------------------ reset and state
 
@@ -235,10 +352,7 @@ class PredatorPreyEnv(EnvBase):
             self.predator_active[envs] = True
             self.prey_alive[envs] = True
             self.t[envs] = 0
-        out = self._observation()
-        false = torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)
-        out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
-        return out
+        return self._with_flags(self._observation())
 
     def set_state(
         self,
@@ -253,8 +367,8 @@ class PredatorPreyEnv(EnvBase):
         Args:
             predator_pos: ``[B, N, 2]`` integer ``(row, col)``.
             prey_pos: ``[B, M, 2]`` integer ``(row, col)``.
-            predator_active: ``[B, N]`` bool, default all True.
-            prey_alive: ``[B, M]`` bool, default all True.
+            predator_active: ``[B, N]`` bool (False: frozen), default all True.
+            prey_alive: ``[B, M]`` bool (False: captured), default all True.
             t: step count ``[B]`` (or an int for all), default 0.
 
         Returns:
@@ -307,108 +421,112 @@ class PredatorPreyEnv(EnvBase):
         self.predator_active.copy_(predator_active)
         self.prey_alive.copy_(prey_alive)
         self.t.copy_(t)
-        out = self._observation()
-        terminated = self._terminated()
-        truncated = (self.t >= self.episode_limit).unsqueeze(-1) & ~terminated
-        out.update(
-            {"done": terminated | truncated, "terminated": terminated, "truncated": truncated}
-        )
-        return out
+        return self._with_flags(self._observation())
 
     # ------------------------------------------------------------------ step
 
+    def _draw_step_randomness(self) -> StepDraws:
+        """All random draws of one step (see :class:`StepDraws`), one generator call."""
+        b, n, m = self.batch_size[0], self.n_predators, self.n_prey
+        u = torch.rand(b, n + 6 * m, generator=self.rng, device=self.device)
+        return StepDraws(
+            predator_order=u[:, :n].argsort(-1),
+            prey_order=u[:, n : n + m].argsort(-1),
+            prey_noise=u[:, n + m : n + 5 * m].view(b, m, 4),
+            prey_moves=u[:, n + 5 * m :] < self.prey_move_prob,
+        )
+
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        b, n, g, dev = self.batch_size[0], self.n_predators, self.grid_size, self.device
+        b, n, m, w = self.batch_size[0], self.n_predators, self.n_prey, self._w
         action = tensordict.get(("agents", "action"))
         if action.shape != (b, n):
             raise ValueError(f"expected actions of shape {(b, n)}, got {tuple(action.shape)}")
-        # 1. removed predators only stay
-        action = torch.where(self.predator_active, action.long(), STAY)
+        action = action.long()
+        draws = self._draw_step_randomness()
+        self.last_draws = draws
+        active = self.predator_active
+        alive = self.prey_alive
 
-        # 2. catches, on the positions at the start of the step
-        grids = self._grids()
-        catching = action == CATCH
-        adjacent = self._prey_adjacent(grids[:, 1])  # [B, N, 4]
-        # prey index per cell of the grid padded by 1; dead prey write to a spare last slot
-        cells = (g + 2) * (g + 2)
-        prey_id = torch.full((b, cells + 1), -1, dtype=torch.long, device=dev)
-        prey_cell = (self.prey_pos[..., 0] + 1) * (g + 2) + self.prey_pos[..., 1] + 1
-        prey_cell = torch.where(self.prey_alive, prey_cell, cells)
-        prey_id.scatter_(1, prey_cell, torch.arange(self.n_prey, device=dev).expand(b, -1))
-        first = adjacent.float().argmax(-1)  # first adjacent direction (0 if none)
-        nb = self.predator_pos + self.deltas[first] + 1
-        target = prey_id.gather(1, nb[..., 0] * (g + 2) + nb[..., 1])
-        target = torch.where(catching & adjacent.any(-1), target, self.n_prey)  # M = no target
-        catchers = torch.zeros(b, self.n_prey + 1, device=dev).scatter_add_(
-            1, target, catching.float()
-        )
-        captured = (catchers[:, : self.n_prey] >= 2) & self.prey_alive  # [B, M]
-        captured_ext = torch.cat([captured, torch.zeros_like(captured[:, :1])], dim=1)
-        capturing = catching & captured_ext.gather(1, target)  # [B, N]
-        missed = catching & ~capturing
+        # Occupancy of the wall-padded grid: walls, active predators, alive prey.
+        pred_cell = (self.predator_pos[..., 0] + 1) * w + self.predator_pos[..., 1] + 1
+        prey_cell = (self.prey_pos[..., 0] + 1) * w + self.prey_pos[..., 1] + 1
+        occ = self._walls.expand(b, -1).clone()
+        occ.scatter_add_(1, pred_cell, active.long())
+        occ.scatter_add_(1, prey_cell, alive.long())
+
+        # 1. predators move one at a time in the drawn order. A frozen predator's "move" is
+        # to its own cell: if that cell is free it leaves and re-enters it (no change), else
+        # it is blocked; an active one that does not move is blocked by itself.
+        delta = torch.where(active & (action < STAY), self._flat_delta[action.clamp(0, 5)], 0)
+        order = draws.predator_order
+        cells = pred_cell.gather(1, order)
+        deltas = delta.gather(1, order)
+        for k in range(n):
+            cell = cells[:, k : k + 1]
+            step = deltas[:, k : k + 1]
+            dest = cell + step
+            free = occ.gather(1, dest).eq(0).long()
+            occ.scatter_add_(1, cell, -free)
+            occ.scatter_add_(1, dest, free)
+            cells[:, k : k + 1] = cell + step * free
+        pred_cell = torch.empty_like(pred_cell).scatter_(1, order, cells)
+
+        # 2. prey one at a time in the drawn order: capture or punishment, then a move
+        catching = active & (action == CATCH)
+        catchers = torch.zeros_like(occ).scatter_add_(1, pred_cell, catching.long())
+        order = draws.prey_order
+        cells = prey_cell.gather(1, order)
+        alive_sorted = alive.gather(1, order)
+        noise = draws.prey_noise.gather(1, order.unsqueeze(-1).expand(b, m, 4))
+        may_move = draws.prey_moves.gather(1, order) & alive_sorted
+        captured = torch.zeros(b, m, dtype=torch.bool, device=self.device)
+        punished = torch.zeros(b, m, dtype=torch.bool, device=self.device)
+        nb_offsets = self._flat_delta[:4]
+        for j in range(m):
+            cell = cells[:, j : j + 1]
+            nb = cell + nb_offsets  # [B, 4]
+            adjacent = catchers.gather(1, nb)
+            count = adjacent.sum(1, keepdim=True)
+            capture = alive_sorted[:, j : j + 1] & (count >= 2)
+            captured[:, j : j + 1] = capture
+            punished[:, j : j + 1] = count == 1
+            # the counted catchers of a capture are frozen and leave the grid, as does the prey
+            freeze = adjacent * capture.long()
+            catchers.scatter_add_(1, nb, -freeze)
+            occ.scatter_add_(1, nb, -freeze)
+            occ.scatter_add_(1, cell, -capture.long())
+            # an uncaptured prey moves to its free neighbour with the highest score
+            score = torch.where(occ.gather(1, nb).eq(0), noise[:, j], -1.0)
+            best, direction = score.max(1, keepdim=True)
+            go = (may_move[:, j : j + 1] & ~capture & (best >= 0)).long()
+            dest = cell + nb_offsets[direction] * go
+            occ.scatter_add_(1, cell, -go)
+            occ.scatter_add_(1, dest, go)
+            cells[:, j : j + 1] = dest
+        punished &= alive_sorted
+        prey_cell = torch.empty_like(prey_cell).scatter_(1, order, cells)
+        # a catching predator is frozen iff a capture removed it from the catcher grid
+        frozen = catching & catchers.gather(1, pred_cell).eq(0)
+
+        self.predator_pos = torch.stack([pred_cell // w - 1, pred_cell % w - 1], dim=-1)
+        self.prey_pos = torch.stack([prey_cell // w - 1, prey_cell % w - 1], dim=-1)
+        self.predator_active = active & ~frozen
+        self.prey_alive = alive & ~torch.zeros_like(captured).scatter_(1, order, captured)
         reward = (
             self.capture_reward * captured.sum(-1)
-            + self.miscapture_punishment * missed.sum(-1)
+            + self.miscapture_punishment * punished.sum(-1)
             + self.step_penalty
         )
-        self.prey_alive &= ~captured
-        self.predator_active &= ~capturing
 
-        # 3. predator moves, against the occupancy after the catches
-        occupied = (self._grids().sum(1) > 0).view(b, -1)
-        moving = self.predator_active & (action < STAY)
-        dest = self.predator_pos + self.deltas[action]
-        inside = ((dest >= 0) & (dest < g)).all(-1)
-        dest_cell = dest[..., 0].clamp(0, g - 1) * g + dest[..., 1].clamp(0, g - 1)
-        free = inside & ~occupied.gather(1, dest_cell)
-        candidate = moving & inside
-        same_dest = dest_cell.unsqueeze(2) == dest_cell.unsqueeze(1)  # [B, i, j]
-        lower = torch.ones(n, n, dtype=torch.bool, device=dev).tril(-1)  # j < i
-        contested = (same_dest & lower & candidate.unsqueeze(1)).any(-1)
-        moves = candidate & free & ~contested
-        self.predator_pos = torch.where(moves.unsqueeze(-1), dest, self.predator_pos)
-
-        # 4. prey moves, sequentially in prey index order
-        if self.prey_move_prob > 0:
-            self._move_prey()
-
-        # 5. time and ends
+        # 3. time and ends
         self.t += 1
-        out = self._observation()
-        terminated = self._terminated()
-        truncated = (self.t >= self.episode_limit).unsqueeze(-1) & ~terminated
-        out.update(
-            {
-                "reward": reward.unsqueeze(-1).float(),
-                "done": terminated | truncated,
-                "terminated": terminated,
-                "truncated": truncated,
-            }
-        )
+        out = self._with_flags(self._observation())
+        out.set("reward", reward.unsqueeze(-1).float())
         return out
 
-    def _move_prey(self) -> None:
-        """Step 4 of the class docstring; loops over the ``M`` prey, vectorized over the batch."""
-        b, m, g, dev = self.batch_size[0], self.n_prey, self.grid_size, self.device
-        u = torch.rand(b, m, 4, generator=self.rng, device=dev)
-        tries = torch.rand(b, m, generator=self.rng, device=dev) < self.prey_move_prob
-        tries &= self.prey_alive
-        # cells outside the grid or holding an active predator never change during this phase
-        predators = torch.nn.functional.pad(self._grids()[:, 0], (1, 1, 1, 1), value=1.0) > 0
-        batch = torch.arange(b, device=dev)
-        for j in range(m):
-            nb = self.prey_pos[:, j].unsqueeze(1) + self.deltas[:4]  # [B, 4, 2]
-            blocked = predators[batch.view(b, 1), nb[..., 0] + 1, nb[..., 1] + 1]
-            on_prey = (nb.unsqueeze(2) == self.prey_pos.unsqueeze(1)).all(-1)  # [B, 4, M]
-            blocked |= (on_prey & self.prey_alive.unsqueeze(1)).any(-1)
-            choice = torch.where(blocked, -1.0, u[:, j]).argmax(-1)
-            go = tries[:, j] & ~blocked.all(-1)
-            new = nb[batch, choice].clamp(0, g - 1)
-            self.prey_pos[:, j] = torch.where(go.unsqueeze(-1), new, self.prey_pos[:, j])
-
     def _set_seed(self, seed: int | None) -> None:
-        """Seed the env's generator (reset placements and prey moves); ``None`` draws a fresh
-        seed. Random actions from ``rand_step`` use torch's global generator instead."""
+        """Seed the env's generator (reset placements and step draws); ``None`` draws a fresh
+        seed. Random actions from ``rand_action`` use torch's global generator instead."""
         if seed is None:
             self.rng.seed()
         else:
