@@ -113,3 +113,64 @@ def test_dumps_survives_a_crash_mid_swap(tmp_path):
     a.dumps(tmp_path / "replay", tag=9)
     assert EpisodeReplayBuffer.tag_at(tmp_path / "replay") == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["replay"]
+
+
+def test_prioritized_replay_samples_by_the_largest_real_td_error():
+    """Priorities are the largest absolute TD error over an episode's real steps (padding
+    never counts), and high-priority episodes are sampled more often; samples carry
+    torchrl's importance weights."""
+    torch.manual_seed(0)
+    buffer = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=64, prioritized=True)
+    lengths = torch.tensor([4, 2, 3, 1])
+    mask = torch.arange(4).expand(4, 4) < lengths.unsqueeze(-1)
+    episodes = TensorDict(
+        {"x": torch.arange(4.0).reshape(4, 1).expand(4, 4).clone(), ("collector", "mask"): mask},
+        batch_size=[4, 4],
+    )
+    buffer.extend(episodes)
+    sample = buffer.sample()
+    assert "_weight" in sample.keys() and "index" in sample.keys()
+    stored = buffer.buffer[torch.arange(4)]  # every stored episode once, in order
+    stored["index"] = torch.arange(4).unsqueeze(-1).expand(4, 4)
+    error = torch.full((4, 4), 0.01)
+    error[2, 1] = 10.0  # a real step of episode 2
+    error[3, 2] = 100.0  # padding of episode 3 (length 1): must not count
+    stored["td_error"] = error.unsqueeze(-1)
+    buffer.update_priority(stored)
+    index = torch.cat([buffer.sample().get("index")[:, 0] for _ in range(20)])
+    counts = torch.bincount(index, minlength=4)
+    assert counts[2] > 3 * counts[3] and counts[2] > 3 * counts[0], counts.tolist()
+    weights = buffer.sample()
+    frequent = weights["index"] == 2
+    assert frequent.any() and (weights["_weight"][frequent] < 1.0).all()  # down-weighted
+    assert (weights["_weight"] <= 1.0).all()
+
+
+def test_uniform_buffer_ignores_priority_updates():
+    buffer = EpisodeReplayBuffer(capacity=4, max_len=2, batch_size=2)
+    episodes = TensorDict(
+        {"x": torch.zeros(2, 2), ("collector", "mask"): torch.ones(2, 2, dtype=torch.bool)},
+        batch_size=[2, 2],
+    )
+    buffer.extend(episodes)
+    sample = buffer.sample()
+    assert "_weight" not in sample.keys()
+    buffer.update_priority(sample)  # no TD error needed: nothing happens
+
+
+def test_losses_weight_their_means_by_the_importance_weights(make_table_qnet, make_transition):
+    """With ``"_weight"`` in the batch every mean over samples is ``sum w x / sum w``."""
+    from resq_torchrl.modules import VDNMixer
+    from resq_torchrl.objectives import QMIXLoss
+
+    loss = QMIXLoss(make_table_qnet([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]]), VDNMixer(2, device=None))
+    td = make_transition([[0, 2], [1, 1], [2, 0]], [1.0, -3.0, 5.0], [1, 1, 1])
+    plain = td.clone()
+    out_plain = loss(plain)
+    err2 = plain["td_error"].squeeze(-1).pow(2)
+    torch.testing.assert_close(out_plain["loss_td"], err2.mean())
+    weighted = td.clone()
+    w = torch.tensor([1.0, 0.0, 3.0])
+    weighted["_weight"] = w
+    out = loss(weighted)
+    torch.testing.assert_close(out["loss_td"], (err2 * w).sum() / w.sum())

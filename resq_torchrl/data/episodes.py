@@ -21,6 +21,8 @@ from tensordict import TensorDictBase, pad
 from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
+from resq_torchrl.data.priority import TensorPrioritizedSampler
+
 #: Entries a collector or policy writes that the losses recompute and need not be stored.
 DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
     ("agents", "rnn_hidden"),
@@ -44,6 +46,16 @@ class EpisodeReplayBuffer:
         batch_size: episodes per sample (paper: 32).
         device: storage device (``None``: the device of the first data stored).
         exclude: keys dropped before storing (recomputed by the losses).
+        prioritized: sample episodes with probability ``p_i^alpha / sum_k p_k^alpha``
+            instead of uniformly; ``p_i`` is the largest
+            absolute TD error over the real steps of episode ``i`` at its last replay (new
+            episodes get the largest priority seen), set by :meth:`update_priority`
+            (:class:`~resq_torchrl.data.priority.TensorPrioritizedSampler`: torchrl's
+            ``PrioritizedSampler`` needs a compiled extension that fails to load with the
+            pinned torch). Samples then carry importance weights ``"_weight"`` ``[B]``
+            (``(N p_i)^-beta / max``), which the losses use to weight their means. Off by
+            default (the papers sample uniformly); a remedy for rare rewards.
+        alpha, beta: prioritization exponent and importance-correction exponent.
 
     Example:
         >>> from torchrl.collectors import Collector
@@ -63,6 +75,9 @@ class EpisodeReplayBuffer:
         batch_size: int = 32,
         device: torch.device | str | None = None,
         exclude: Sequence[NestedKey] = DEFAULT_EXCLUDE,
+        prioritized: bool = False,
+        alpha: float = 0.6,
+        beta: float = 0.4,
     ) -> None:
         if capacity < 1 or max_len < 1 or batch_size < 1:
             raise ValueError(
@@ -71,9 +86,15 @@ class EpisodeReplayBuffer:
             )
         self.capacity, self.max_len, self.batch_size = capacity, max_len, batch_size
         self.exclude = tuple(exclude)
+        self.prioritized = bool(prioritized)
+        sampler = (
+            TensorPrioritizedSampler(capacity, alpha=float(alpha), beta=float(beta))
+            if self.prioritized
+            else RandomSampler()
+        )
         self.buffer = TensorDictReplayBuffer(
             storage=LazyTensorStorage(capacity, device="auto" if device is None else device),
-            sampler=RandomSampler(),
+            sampler=sampler,
             batch_size=batch_size,
         )
         self.episodes_added = 0
@@ -110,6 +131,18 @@ class EpisodeReplayBuffer:
         sample = self.buffer.sample(batch_size or self.batch_size)
         length = int(sample.get(self.mask_key).sum(-1).max())
         return sample[:, :length]
+
+    def update_priority(self, sample: TensorDictBase, key: NestedKey = "td_error") -> None:
+        """Set the priorities of the episodes of ``sample`` (from :meth:`sample`, after a loss
+        wrote its per-step absolute TD error ``[B, T, 1]`` at ``key``) to their largest error
+        over real steps; padded steps never count. Does nothing without ``prioritized``."""
+        if not self.prioritized:
+            return
+        error = sample.get(key).detach().reshape(sample.shape)
+        real = sample.get(self.mask_key).reshape(sample.shape)
+        priority = torch.where(real, error, 0.0).amax(-1)
+        index = sample.get("index")  # [B, T]: the episode's index, repeated along time
+        self.buffer.update_priority(index.reshape(sample.shape)[:, 0], priority)
 
     def dumps(self, path: str | Path, tag: int | None = None) -> None:
         """Write the stored episodes (torchrl's ``ReplayBuffer.dumps``: storage, sampler and

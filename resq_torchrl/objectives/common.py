@@ -173,6 +173,9 @@ class ValueFactorizationLoss(LossModule):
             terminated: true termination ``[*B, 1]``; targets do not bootstrap through it.
                 Default ``"terminated"``.
             padding_mask: real-sample mask ``[*B]``; optional. Default ``("collector", "mask")``.
+            sample_weight: importance weights of the samples, ``[B]`` over the leading batch
+                dimension (torchrl's prioritized samplers write them); optional: the means
+                over samples become ``sum w x / sum w``. Default ``"_weight"``.
             priority: written back with the per-sample absolute TD error ``[*B, 1]``.
                 Default ``"td_error"``.
         """
@@ -185,6 +188,7 @@ class ValueFactorizationLoss(LossModule):
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
         padding_mask: NestedKey = ("collector", "mask")
+        sample_weight: NestedKey = "_weight"
         priority: NestedKey = "td_error"
 
     tensor_keys: _AcceptedKeys
@@ -437,7 +441,15 @@ class ValueFactorizationLoss(LossModule):
         return tensordict.get(key, None)
 
     def _padding(self, tensordict: TensorDictBase) -> torch.Tensor | None:
-        return tensordict.get(self.tensor_keys.padding_mask, None)
+        """The real-sample mask ``[*B]``, times the importance weights when the sample has
+        them (then a float mask: positive exactly where the samples are real)."""
+        pad = tensordict.get(self.tensor_keys.padding_mask, None)
+        weight = tensordict.get(self.tensor_keys.sample_weight, None)
+        if weight is None:
+            return pad
+        weight = weight.reshape(*weight.shape, *([1] * (tensordict.ndim - weight.ndim)))
+        weight = weight.expand(tensordict.shape).float()
+        return weight if pad is None else weight * pad.reshape(tensordict.shape)
 
     # ----------------------------------------------------------------- targets
     def _target_value(
