@@ -188,7 +188,9 @@ class AgentGRU(nn.Module):
             out = _GRUSequence.apply(gi, h0[0], rnn.weight_hh_l0, rnn.bias_hh_l0)
         else:
             out, _ = self.rnn(z, h0)
-        return out.reshape(steps, *batch, self.hidden_dim).movedim(0, time_dim)
+        # contiguous in the caller's layout: heads that broadcast over it (IQN) would otherwise
+        # work on, and then copy, a transposed [*B, T, N, K, H] product
+        return out.reshape(steps, *batch, self.hidden_dim).movedim(0, time_dim).contiguous()
 
     def unroll(
         self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int
