@@ -5,8 +5,7 @@
 # reaching FRAMES) are skipped.
 #   bash benchmarks/learning_runs.sh ENV FRAMES OUT [ALGORITHMS...]   (default: resq qmix)
 #   SEEDS="0 1 2"     the seeds of each queue
-#   PAD=1600          frames asked beyond FRAMES: the collector stops at a whole number of
-#                     batches below its budget, one batch more makes a run reach FRAMES
+#   PAD=0             frames asked beyond FRAMES (a run ends at or past its total_frames)
 #   EXTRA="..."       further Hydra overrides for every run (quoted as one string)
 # Then: python scripts/plot_curves.py OUT/*_seed* --out docs/<name>.png
 set -euo pipefail
@@ -30,7 +29,7 @@ queue() {  # algorithm
         [ -f "$dir/checkpoint.pt" ] && resume=true
         OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" \
             python scripts/train.py algorithm="$1" env="$ENV" seed="$seed" \
-            total_frames=$((FRAMES + ${PAD:-1600})) output_dir="$dir" resume=$resume \
+            total_frames=$((FRAMES + ${PAD:-0})) output_dir="$dir" resume=$resume \
             progress=false "${EXTRA_ARGS[@]}" > "$dir.log" 2>&1
     done
 }

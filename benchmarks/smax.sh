@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 FRAMES=${1:-300000}
 OUT=${2:-runs/smax}
 export EXTRA="n_envs=32 episodes_per_batch=32 updates_per_episode=0.25 eval_interval=10000 eval_episodes=32 checkpoint_interval=100000 checkpoint_buffer=true"
-export PAD=3200
 for map in ${MAPS:-3m 2s3z}; do
     bash benchmarks/learning_runs.sh "smax/$map" "$FRAMES" "$OUT/$map" resq qmix
 done

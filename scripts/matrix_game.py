@@ -6,22 +6,20 @@ python scripts/matrix_game.py algorithm=qmix payoff='[[8,-12,-12],[-12,0,0],[-12
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from resq_torchrl import cli
 from resq_torchrl.analysis import format_table
 from resq_torchrl.training import train_matrix_game
 
 
-@hydra.main(config_path="../configs", config_name="matrix_game", version_base="1.3")
+@cli.main("matrix_game")
 def main(cfg: DictConfig) -> None:
     result = train_matrix_game(OmegaConf.to_container(cfg, resolve=True))
     print(f"{result['algorithm']} on the matrix game, seed {result['seed']}")
     print(format_table(result))
-    if cfg.json_out:
-        print(f"wrote {cfg.json_out}")
-    if cfg.plot:
-        print(f"wrote {cfg.plot}")
+    written = [str(p) for p in (cfg.json_out, cfg.plot) if p]
+    print(f"wrote {', '.join(written)}" if written else "wrote nothing (json_out=, plot= save it)")
 
 
 if __name__ == "__main__":

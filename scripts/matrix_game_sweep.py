@@ -18,9 +18,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from resq_torchrl import cli
 from resq_torchrl.analysis.sweep import markdown_table, save_heatmap_grid, summarize
 from resq_torchrl.training import train_matrix_game_seeds
 
@@ -28,18 +29,16 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def load_algorithm(name: str) -> dict:
+    cli.check_choice("algorithm", name, CONFIGS)  # lists the algorithms when it is unknown
     path = CONFIGS / "algorithm" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ValueError(f"unknown algorithm {name!r}; available: {known}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
-@hydra.main(config_path="../configs", config_name="matrix_game_sweep", version_base="1.3")
+@cli.main("matrix_game_sweep")
 def main(cfg: DictConfig) -> None:
     base = OmegaConf.to_container(cfg, resolve=True)
     # what a single run sees (and what its cache key hashes): not the sweep's own options
-    for key in ("algorithms", "n_seeds", "workers", "out_dir", "cache_dir"):
+    for key in ("algorithms", "n_seeds", "workers", "out_dir", "cache_dir", "threads"):
         base.pop(key)
     algorithms = {name: load_algorithm(name) for name in cfg.algorithms}
 
@@ -57,6 +56,7 @@ def main(cfg: DictConfig) -> None:
         int(cfg.workers),
         on_result=report,
         cache_dir=cfg.cache_dir,
+        threads=torch.get_num_threads(),
     )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,8 @@ def main(cfg: DictConfig) -> None:
     save_heatmap_grid(results, out / "matrix_game.png")
     print(markdown_table(summary))
     print(f"wrote {out / 'matrix_game.md'}, {out / 'matrix_game.png'}, {out / 'matrix_game.json'}")
+    if cfg.cache_dir:
+        print(f"runs cached in {cfg.cache_dir}/")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--bin", type=int, default=10000, help="env steps per training bin")
+    parser.add_argument(
+        "--bin", type=int, default=None, help="env steps per training bin (default: 1/20 of a run)"
+    )
     parser.add_argument("--metric", default="eval/return", help="eval.jsonl key to plot")
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args()
@@ -86,10 +88,11 @@ def main() -> None:
         n = min(len(x) for x, _ in curves)
         frames, values = curves[0][0][:n], np.stack([y[:n] for _, y in curves])
         band(left, frames, values, label(name, len(runs)))
-        bins = np.arange(0, frames[-1] + args.bin, args.bin)
+        width = args.bin or max(1, int(frames[-1]) // 20)
+        bins = np.arange(0, frames[-1] + width, width)
         train = [t for t in (load_train(r, bins) for r in runs) if t is not None]
         if train:
-            band(right, bins[:-1] + args.bin / 2, np.stack(train), label(name, len(train)))
+            band(right, bins[:-1] + width / 2, np.stack(train), label(name, len(train)))
         summary[name] = {
             "seeds": len(runs),
             "frames": int(frames[-1]),
@@ -111,6 +114,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

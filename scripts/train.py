@@ -5,24 +5,34 @@
 
 Scalars go to ``output_dir`` through torchrl's logger (CSV by default), greedy evaluations to
 ``output_dir/eval.jsonl``, the final one to ``output_dir/final.json``; ``resume=true``
-continues from ``output_dir/checkpoint.pt``.
+continues from ``output_dir/checkpoint.pt``. A mistake in the settings ends the run with one
+``error:`` line and exit code 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import json
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from resq_torchrl import cli
 from resq_torchrl.training.trainer import train
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@cli.main("train", auto_threads={"cpu": 1, "cuda": 1})
 def main(cfg: DictConfig) -> None:
     final = train(OmegaConf.to_container(cfg, resolve=True))
     print(f"final evaluation ({cfg.algorithm.name} on {cfg.env.name}, seed {cfg.seed}):")
     print(json.dumps(final, indent=2))
+    out = cfg.output_dir
+    print(
+        f"outputs in {out}/: checkpoint.pt, eval.jsonl, final.json, {cfg.logger} logs"
+        + (", replay/" if cfg.checkpoint_buffer else "")
+    )
+    print(
+        f"done: {final['frames']} frames (total_frames={cfg.total_frames}), "
+        f"{final['episodes']} episodes, {final['updates']} updates in {final['seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

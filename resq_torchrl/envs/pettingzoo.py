@@ -1,4 +1,4 @@
-"""PettingZoo MPE tasks (the ``mpe2`` package) in the library's vocabulary (DESIGN.md).
+"""PettingZoo MPE tasks (the ``mpe2`` package) in the library's vocabulary (docs/design.md).
 
 One mpe2 ``parallel_env`` is wrapped by torchrl's ``PettingZooWrapper`` with every agent in
 the group ``"agents"``, categorical actions and the env's global ``state()``; ``n_envs`` copies

@@ -5,7 +5,7 @@ is an ``EnvBase`` over one ``smac.env.StarCraft2Env`` game, and :func:`make_smac
 ``n_envs`` of them (one StarCraft II process each) with torchrl's ``ParallelEnv`` or
 ``SerialEnv``. Install and run instructions: ``docs/smac.md``.
 
-Vocabulary (DESIGN.md), with ``N`` agents, ``E`` enemies and ``A = 6 + E`` actions (no-op,
+Vocabulary (docs/design.md), with ``N`` agents, ``E`` enemies and ``A = 6 + E`` actions (no-op,
 stop, four moves, attack or heal unit ``j``):
 
 - ``("agents", "observation")`` ``[*B, N, obs]`` float32: ``get_obs()`` (zeros for a dead

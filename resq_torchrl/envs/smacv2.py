@@ -6,7 +6,7 @@ torchrl's ``torchrl.envs.libs.smacv2.SMACv2Env`` already writes ``("agents", "ob
 ``[S]``, ``("agents", "action")`` ``[N]`` (categorical) and a team ``"reward"`` ``[1]``, plus
 SMAC's info under ``"info"`` (``battle_won``, ``episode_limit``, ``dead_allies``,
 ``dead_enemies``, each ``[]``). :class:`SMACv2TeamEnv` subclasses it to fix what differs from
-DESIGN.md:
+docs/design.md:
 
 - torchrl sets ``terminated = done`` at the episode limit; here a time limit (SMAC's
   ``info["episode_limit"]``, reported because the game is built with

@@ -7,7 +7,7 @@ env, which the following partial ``reset`` hands out without calling JAX again. 
 from JAX to torch by DLPack (no copy on CPU: the tensors share JAX's buffers, read them
 without writing in place, as torchrl does); actions go back the same way as ``int32``.
 
-Vocabulary (DESIGN.md), with ``N`` allies, ``E`` enemies and ``A = 5 + E`` actions (four
+Vocabulary (docs/design.md), with ``N`` allies, ``E`` enemies and ``A = 5 + E`` actions (four
 moves, stop, attack enemy ``j``):
 
 - ``("agents", "observation")`` ``[B, N, obs]``: SMAX's ``unit_list`` observation;

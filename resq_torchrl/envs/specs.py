@@ -1,4 +1,4 @@
-"""Specs shared by the library's own cooperative envs (DESIGN.md vocabulary)."""
+"""Specs shared by the library's own cooperative envs (docs/design.md vocabulary)."""
 
 from __future__ import annotations
 

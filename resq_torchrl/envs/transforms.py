@@ -1,5 +1,5 @@
 """Transforms that bring a third-party multi-agent env to the library's vocabulary
-(DESIGN.md): a team ``"reward"`` ``[*B, 1]``, a ``"state"`` ``[*B, S]``, an
+(docs/design.md): a team ``"reward"`` ``[*B, 1]``, a ``"state"`` ``[*B, S]``, an
 ``("agents", "action_mask")`` ``[*B, N, A]``.
 
 torchrl has no transform that reduces per-agent rewards to a team reward or that writes a

@@ -2,7 +2,7 @@
 
 torchrl's ``VmasEnv`` runs ``B`` copies of a scenario as one batched torch simulation (on
 ``device``, CPU or CUDA); :func:`make_vmas_env` adds the transforms that bring it to
-DESIGN.md's vocabulary:
+docs/design.md's vocabulary:
 
 - discrete actions (``continuous_actions=False``) as one categorical ``("agents", "action")``
   ``[B, N]``; every agent in one group named ``"agents"``;

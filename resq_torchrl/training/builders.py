@@ -17,6 +17,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
 from resq_torchrl.envs import MatrixGameEnv, PredatorPreyEnv
+from resq_torchrl.errors import ConfigError, MissingDependencyError, require
 from resq_torchrl.modules import (
     DMIXMixer,
     FeedForwardMixer,
@@ -77,12 +78,20 @@ def _make_predator_prey(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
     return PredatorPreyEnv(batch_size=[n_envs], device=device, **kwargs)
 
 
-def _lazy(module: str, fn: str) -> Callable[[Mapping, int, object], EnvBase]:
+def _lazy(module: str, fn: str, extra: str) -> Callable[[Mapping, int, object], EnvBase]:
     """Builder from an adapter module imported on first use: a third-party simulator
-    (vmas, mpe2, smac, jaxmarl) is only needed by the runs that use it."""
+    (vmas, mpe2, smac, jaxmarl) is only needed by the runs that use it, and a missing one
+    names the package ``extra`` that installs it."""
 
     def build(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
-        return getattr(importlib.import_module(module), fn)(env_cfg, n_envs, device)
+        try:
+            adapter = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            raise MissingDependencyError(
+                f"env={env_cfg.get('family', env_cfg.get('name'))} needs {err.name!r}, which "
+                f"is not installed: {extra}"
+            ) from err
+        return getattr(adapter, fn)(env_cfg, n_envs, device)
 
     return build
 
@@ -91,12 +100,56 @@ def _lazy(module: str, fn: str) -> Callable[[Mapping, int, object], EnvBase]:
 ENV_BUILDERS: dict[str, Callable[[Mapping, int, object], EnvBase]] = {
     "matrix_game": _make_matrix_game,
     "predator_prey": _make_predator_prey,
-    "vmas": _lazy("resq_torchrl.envs.vmas", "make_vmas_env"),
-    "pettingzoo": _lazy("resq_torchrl.envs.pettingzoo", "make_pettingzoo_env"),
-    "smac": _lazy("resq_torchrl.envs.smac", "make_smac_env"),
-    "smacv2": _lazy("resq_torchrl.envs.smacv2", "make_smacv2_env"),
-    "smax": _lazy("resq_torchrl.envs.smax", "make_smax_env"),
+    "vmas": _lazy("resq_torchrl.envs.vmas", "make_vmas_env", "pip install -e '.[vmas]'"),
+    "pettingzoo": _lazy(
+        "resq_torchrl.envs.pettingzoo", "make_pettingzoo_env", "pip install -e '.[pettingzoo]'"
+    ),
+    "smac": _lazy("resq_torchrl.envs.smac", "make_smac_env", "see docs/smac.md"),
+    "smacv2": _lazy("resq_torchrl.envs.smacv2", "make_smacv2_env", "see docs/smac.md"),
+    "smax": _lazy("resq_torchrl.envs.smax", "make_smax_env", "pip install -e '.[smax]'"),
 }
+
+#: torchrl loggers a run can write to, and the package extra each one needs
+LOGGER_EXTRAS: dict[str, tuple[str, str] | None] = {
+    "csv": None,
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+}
+
+
+def check_logger(name: str) -> None:
+    """Raise a :class:`ConfigError` for a logger not in :data:`LOGGER_EXTRAS`, and a
+    :class:`MissingDependencyError` naming the extra when its package is not installed."""
+    if name not in LOGGER_EXTRAS:
+        raise ConfigError(f"unknown logger {name!r}; choose one of: {', '.join(LOGGER_EXTRAS)}")
+    if LOGGER_EXTRAS[name] is not None:
+        module, extra = LOGGER_EXTRAS[name]
+        require(module, extra, f"logger={name}")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, or a :class:`ConfigError` when it names a CUDA device that
+    this machine or this torch build does not have."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"device={device!r} is not a device: {err}") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        why = (
+            f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build of "
+            "torch first (README, 'On a GPU')"
+            if torch.version.cuda is None
+            else "no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)"
+        )
+        raise ConfigError(f"device={device} was asked for, but {why}; or use device=cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device={device} was asked for, but there are {torch.cuda.device_count()} CUDA "
+            "device(s)"
+        )
+    return device
 
 
 def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = None) -> EnvBase:
@@ -105,7 +158,7 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     ``RewardSum`` (``"episode_reward"``)."""
     family = env_cfg.get("family", env_cfg.get("name"))
     if family not in ENV_BUILDERS:
-        raise ValueError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
+        raise ConfigError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
     env = ENV_BUILDERS[family](env_cfg, n_envs, device)
     if not isinstance(env, TransformedEnv):  # adapters bring their own transforms: extend them
         env = TransformedEnv(env)
@@ -331,7 +384,7 @@ def make_loss(
     """The loss named ``algo["name"]`` with freshly initialised networks on ``device``."""
     name = algo.get("name")
     if name not in LOSS_BUILDERS:
-        raise ValueError(f"unknown algorithm {name!r}; available: {sorted(LOSS_BUILDERS)}")
+        raise ConfigError(f"unknown algorithm {name!r}; available: {sorted(LOSS_BUILDERS)}")
     return LOSS_BUILDERS[name](algo, agent_cfg, dims, device)
 
 

@@ -7,6 +7,8 @@ the result shows what each factorization can represent, not what it happened to 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -20,6 +22,7 @@ from resq_torchrl.analysis import evaluate_matrix_game, save_heatmap
 from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
 from resq_torchrl.training.builders import (
     EnvDims,
+    check_device,
     make_loss,
     make_optimizer,
     make_target_updater,
@@ -31,7 +34,7 @@ def train_matrix_game(cfg: Mapping) -> dict:
     """Train ``cfg.algorithm`` on ``cfg.payoff`` and return :func:`evaluate_matrix_game`'s dict
     plus ``algorithm`` and ``seed``; writes ``cfg.json_out`` and ``cfg.plot`` when set."""
     torch.manual_seed(int(cfg["seed"]))
-    device = torch.device(cfg.get("device", "cpu"))
+    device = check_device(cfg.get("device", "cpu"))
     payoff = payoff_tensor(cfg["payoff"])
     env = MatrixGameEnv(payoff, batch_size=[int(cfg["batch_size"])], device=device)
     dims = EnvDims(n_agents=env.n_agents, n_actions=env.n_actions, obs_dim=1, state_dim=1)
@@ -76,15 +79,16 @@ def train_matrix_game(cfg: Mapping) -> dict:
     return result
 
 
-def _train_single_thread(cfg: Mapping) -> dict:
-    torch.set_num_threads(1)
+def _train_with_threads(threads: int, cfg: Mapping) -> dict:
+    torch.set_num_threads(threads)
     return train_matrix_game(cfg)
 
 
 def job_key(job: Mapping) -> str:
     """A name for one run that changes whenever anything that can change its result does:
     ``<algorithm>_seed<k>_<hash of the whole config>`` (display options excluded)."""
-    relevant = {k: v for k, v in job.items() if k not in ("json_out", "plot", "progress")}
+    ignored = ("json_out", "plot", "progress", "threads")
+    relevant = {k: v for k, v in job.items() if k not in ignored}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
     return f"{job['algorithm']['name']}_seed{job['seed']}_{digest}"
 
@@ -96,9 +100,11 @@ def train_matrix_game_seeds(
     workers: int = 1,
     on_result=None,
     cache_dir: str | Path | None = None,
+    threads: int = 1,
 ) -> list[dict]:
     """:func:`train_matrix_game` for every algorithm config and seed, in ``workers`` spawned
-    processes of one torch thread each; results in (algorithm, seed) order.
+    processes of ``threads`` torch threads each (``workers=1``: in this process, with its
+    thread count); results in (algorithm, seed) order.
     ``on_result(i, n, result)`` is called as runs finish.
 
     With ``cache_dir`` every finished run is written there (atomically) under
@@ -126,8 +132,13 @@ def train_matrix_game_seeds(
         if on_result is not None:
             on_result(n, len(jobs), results[i])
     if todo:
-        with mp.get_context("spawn").Pool(int(workers)) as pool:
-            runs = pool.imap(_train_single_thread, [jobs[i] for i in todo])
+        with contextlib.ExitStack() as stack:
+            if int(workers) > 1:
+                pool = stack.enter_context(mp.get_context("spawn").Pool(int(workers)))
+                train = functools.partial(_train_with_threads, int(threads))
+                runs = pool.imap(train, [jobs[i] for i in todo])
+            else:
+                runs = map(train_matrix_game, [jobs[i] for i in todo])
             for n, (i, result) in enumerate(zip(todo, runs, strict=True), done + 1):
                 results[i] = result
                 if cache is not None:

@@ -27,9 +27,13 @@ from torchrl.objectives import ValueEstimators
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
+from resq_torchrl.analysis.ro import CaptureMonitor
 from resq_torchrl.data import EpisodeReplayBuffer
+from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.training.builders import (
+    check_device,
+    check_logger,
     env_dims,
     make_env,
     make_loss,
@@ -144,14 +148,69 @@ def _drop_evaluations_after(path: Path, frames: int) -> None:
         os.replace(tmp, path)
 
 
+def check_budget(cfg: Mapping) -> None:
+    """Raise a :class:`ConfigError` for a budget that cannot buy one batch of the collector
+    (``episodes_per_batch`` episodes of up to ``max_steps`` steps) or a replay that can never
+    hold one training batch."""
+    per_batch = int(cfg["episodes_per_batch"]) * int(cfg["env"]["max_steps"])
+    if int(cfg["total_frames"]) < per_batch:
+        raise ConfigError(
+            f"total_frames={cfg['total_frames']} is less than one batch: "
+            f"episodes_per_batch={cfg['episodes_per_batch']} episodes of up to "
+            f"max_steps={cfg['env']['max_steps']} steps ({per_batch} frames); raise "
+            "total_frames or lower episodes_per_batch"
+        )
+    if int(cfg["buffer_episodes"]) < int(cfg["batch_episodes"]):
+        raise ConfigError(
+            f"buffer_episodes={cfg['buffer_episodes']} can never hold one training batch of "
+            f"batch_episodes={cfg['batch_episodes']}: no update would ever be done"
+        )
+
+
+def warn_if_no_update(cfg: Mapping, frames: int = 0, stored: int = 0, credit: float = 0.0) -> None:
+    """Say at start when the run will end before its first update, were every episode to
+    last ``max_steps`` (the fewest batches the budget can buy): updates start once the
+    replay holds ``batch_episodes`` episodes, then ``updates_per_episode`` per episode.
+    ``frames``, ``stored``, ``credit``: frames done, episodes in the replay and update credit
+    of a resumed run."""
+    per_batch, max_steps = int(cfg["episodes_per_batch"]), int(cfg["env"]["max_steps"])
+    batch_episodes, rate = int(cfg["batch_episodes"]), float(cfg["updates_per_episode"])
+    frames_left = int(cfg["total_frames"]) - frames
+    batches = math.ceil(frames_left / (per_batch * max_steps))
+    fill = max(1, math.ceil((batch_episodes - stored) / per_batch))  # first batch with updates
+    if fill <= batches and credit + (batches - fill + 1) * per_batch * rate >= 1.0:
+        return
+    need = fill - 1 + (math.ceil((1.0 - credit) / (per_batch * rate)) if rate > 0 else 0)
+    hint = (
+        f"total_frames >= {frames + need * per_batch * max_steps} guarantees one"
+        if rate > 0
+        else "updates_per_episode=0"
+    )
+    print(
+        f"warning: this run ends with no update if its episodes run to max_steps={max_steps}: "
+        f"{frames_left} frames are {batches} batch(es) of episodes_per_batch={per_batch}, and "
+        f"updates start once the replay holds batch_episodes={batch_episodes} "
+        f"(it holds {stored}); {hint}",
+        flush=True,
+    )
+
+
 def train(cfg: Mapping) -> dict:
     """Train ``cfg["algorithm"]`` on ``cfg["env"]``; returns the final evaluation."""
     out_dir = Path(cfg["output_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg["seed"]))
-    device = torch.device(cfg["device"])
+    device = check_device(cfg["device"])
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     max_len = int(env_cfg["max_steps"])
+    check_budget(cfg)
+    check_logger(cfg["logger"])
+    ckpt_path = out_dir / CHECKPOINT
+    if cfg.get("resume") and not ckpt_path.exists():
+        raise CheckpointNotFoundError(
+            f"resume=true but there is no checkpoint at {ckpt_path}: drop resume=true to start "
+            "a new run, or set output_dir= to the directory of the run to continue"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     # some simulators seed torch's global generator in set_seed (VMAS): keep the run's own
     # stream (networks, exploration, replay sampling) seeded by cfg.seed alone
@@ -176,7 +235,12 @@ def train(cfg: Mapping) -> dict:
         max_len=max_len,
         batch_size=int(cfg["batch_episodes"]),
         device=device,
+        prioritized=bool(cfg.get("prioritized_replay", False)),
+        alpha=float(cfg.get("priority_alpha", 0.6)),
+        beta=float(cfg.get("priority_beta", 0.4)),
     )
+    # predator-prey: count the collected capture steps, catch gap at the buffer's captures
+    capture = CaptureMonitor.from_env_cfg(env_cfg, seed=int(cfg["seed"]))
     # wandb runs offline unless asked otherwise (machines without network, reproducibility)
     logger_kwargs = (
         {"offline": bool(cfg.get("wandb_offline", True))} if cfg["logger"] == "wandb" else {}
@@ -189,8 +253,7 @@ def train(cfg: Mapping) -> dict:
     )
 
     frames, episodes, last_target, updates, credit = 0, 0, 0, 0, 0.0
-    ckpt_path = out_dir / CHECKPOINT
-    if cfg.get("resume") and ckpt_path.exists():
+    if cfg.get("resume"):
         state = torch.load(ckpt_path, weights_only=False, map_location=device)
         loss.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
@@ -200,6 +263,8 @@ def train(cfg: Mapping) -> dict:
         torch.set_rng_state(state["rng"])
         _set_env_rng_state(env, state.get("env_rng"))
         credit = state.get("credit", 0.0)
+        if capture is not None:
+            capture.load_state_dict(state.get("capture"))
         _drop_evaluations_after(out_dir / "eval.jsonl", frames)
         if cfg.get("checkpoint_buffer", False):
             tag = EpisodeReplayBuffer.tag_at(out_dir / REPLAY)
@@ -217,13 +282,17 @@ def train(cfg: Mapping) -> dict:
 
     total_frames = int(cfg["total_frames"])
     if frames >= total_frames:
-        raise ValueError(f"nothing to do: {frames} frames done >= total_frames={total_frames}")
+        raise ConfigError(f"nothing to do: {frames} frames done >= total_frames={total_frames}")
+    warn_if_no_update(cfg, frames, len(buffer), credit)
     n_envs = int(cfg["n_envs"])
     collector = Collector(
         env,
         policy,
         frames_per_batch=n_envs * int(cfg["rollout_steps"]),
-        total_frames=total_frames - frames,
+        # endless: the loop below stops at total_frames. The collector's own budget counts
+        # every polled step, also those of episodes still running when it ends (dropped),
+        # and so stopped up to a whole batch of episodes short of it.
+        total_frames=-1,
         trajs_per_batch=int(cfg["episodes_per_batch"]),
         traj_format="padded",
         device=device,
@@ -242,6 +311,8 @@ def train(cfg: Mapping) -> dict:
 
     def run_eval() -> dict:
         result = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
+        if capture is not None:
+            result.update(capture.evaluate(loss, buffer))
         result.update({"frames": frames, "episodes": episodes, "updates": updates})
         for k, v in result.items():
             if k.startswith("eval/"):
@@ -266,6 +337,7 @@ def train(cfg: Mapping) -> dict:
                 "rng": torch.get_rng_state(),
                 "env_rng": _env_rng_state(env),
                 "credit": credit,
+                "capture": None if capture is None else capture.state_dict(),
                 "config": dict(cfg),
             },
         )
@@ -280,6 +352,8 @@ def train(cfg: Mapping) -> dict:
         done = batch.get(("next", "done")).squeeze(-1) & batch.get(("collector", "mask"))
         returns = batch.get(("next", "episode_reward"))[done]
         metrics = {"train/return": float(returns.mean()), "train/epsilon": float(egreedy.eps)}
+        if capture is not None:
+            metrics["train/capture_steps"] = capture.update(batch)
         # no credit piles up before the buffer can fill a batch (no burst of updates later)
         credit = (
             credit + batch.shape[0] * updates_per_episode
@@ -289,9 +363,11 @@ def train(cfg: Mapping) -> dict:
         last = None
         while credit >= 1.0:
             credit -= 1.0
-            losses = loss(buffer.sample().to(device))
+            sample = buffer.sample().to(device)
+            losses = loss(sample)
             optimizer.zero_grad()
             total_loss(losses).backward()
+            buffer.update_priority(sample)  # the loss wrote its TD errors there
             grad_norm = torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
             optimizer.step()
             updates += 1
@@ -316,6 +392,8 @@ def train(cfg: Mapping) -> dict:
             eps=f"{metrics['train/epsilon']:.3f}",
             refresh=False,
         )
+        if frames >= total_frames:  # the budget, exceeded by less than this batch
+            break
     collector.shutdown()
     bar.close()
     save()
@@ -334,10 +412,12 @@ def evaluate_checkpoint(
     networks of ``out_dir/checkpoint.pt``, built from the config stored in it."""
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: train with output_dir={out_dir}")
-    state = torch.load(path, weights_only=False, map_location=device)
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {path}: train with output_dir={out_dir} first"
+        )
+    state = torch.load(path, weights_only=False, map_location="cpu")
     cfg = state["config"]
-    device = torch.device(device or cfg["device"])
+    device = check_device(device or cfg["device"])
     env = make_env(cfg["env"], episodes, device, seed=seed)
     loss = make_loss(cfg["algorithm"], cfg["agent"], env_dims(env), device)
     loss.load_state_dict(state["loss"])

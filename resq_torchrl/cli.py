@@ -1,0 +1,231 @@
+"""What every script shares: one-line answers to user mistakes, and one thread policy.
+
+    @cli.main("train", auto_threads={"cpu": 1, "cuda": 1})   # hydra.main over configs/train.yaml
+    def main(cfg): ...
+
+**Errors.** A user mistake ends the script with ``error: <message>`` on one line of stderr
+and exit code 2, no traceback: an unknown ``env=``/``algorithm=`` choice (checked against
+``configs/`` before Hydra composes, listing the valid choices of that family), a missing
+mandatory value, and any :class:`~resq_torchrl.errors.ConfigError` or ``ValueError`` /
+``ImportError`` raised by this package's own checks. ``--debug`` (or
+``HYDRA_FULL_ERROR=1``) keeps the full traceback. Errors raised inside third-party code
+keep theirs.
+
+**Threads.** The torch thread count is, in this order of precedence: ``threads=N`` on the
+command line, else ``OMP_NUM_THREADS`` when set, else the config's ``threads`` (``auto``:
+the script's default for the device). The script prints the count it used, and why, on one
+line of stderr at start; child processes inherit it through ``OMP_NUM_THREADS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from resq_torchrl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+#: a ValueError or ImportError raised from these directories is one of our own checks
+_OWN_CODE = tuple(REPO / d for d in ("resq_torchrl", "scripts", "benchmarks", "examples"))
+EXIT_USER_ERROR = 2
+
+
+def _debug() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+
+
+def fail(message: str) -> None:
+    """Print ``error: <message>`` on one line of stderr and exit with code 2."""
+    line = " ".join(str(message).split())
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _raised_by_own_code(err: BaseException) -> bool:
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return any(path.is_relative_to(d) for d in _OWN_CODE)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of ``err`` if it is a user mistake, else ``None``."""
+    if isinstance(err, ConfigError):
+        return str(err)
+    if isinstance(err, MissingMandatoryValue):
+        return f"{err.full_key} is required: add {err.full_key}=... to the command line"
+    if isinstance(err, (ValueError, ImportError)) and _raised_by_own_code(err):
+        return str(err)
+    return None
+
+
+# ----------------------------------------------------------------------------------- choices
+
+
+def _options(group: Path) -> tuple[list[str], list[str]]:
+    """(config names, family subdirectories) of a config group directory."""
+    names = sorted(p.stem for p in group.glob("*.yaml"))
+    families = sorted(p.name for p in group.iterdir() if p.is_dir())
+    return names, families
+
+
+def _tasks(family: Path) -> str:
+    return ", ".join(sorted(p.stem for p in family.glob("*.yaml")))
+
+
+def check_choice(group: str, choice: str, configs: Path = CONFIGS) -> None:
+    """Raise a :class:`ConfigError` listing the valid choices when ``configs/<group>/<choice>``
+    is not a config (``env=vmas/nonexistent`` lists the vmas tasks)."""
+    root = configs / group
+    if (root / f"{choice}.yaml").is_file():
+        return
+    names, families = _options(root)
+    family, _, task = choice.partition("/")
+    if family in families and task:
+        raise ConfigError(
+            f"unknown {group} {choice!r}: the {family} tasks are {_tasks(root / family)} "
+            f"(configs/{group}/{family}/)"
+        )
+    if family in families:
+        raise ConfigError(
+            f"{group}={family} needs a task, {group}={family}/<task>, one of: "
+            f"{_tasks(root / family)}"
+        )
+    every = names + [f"{f}/<task>" for f in families]
+    raise ConfigError(f"unknown {group} {choice!r}; choose one of: {', '.join(every)}")
+
+
+def _split_sweep(value: str) -> list[str]:
+    """The choices of a Hydra override value: ``resq,qmix`` -> both (brackets kept whole)."""
+    return [v.strip().strip("'\"") for v in re.split(r",(?![^\[]*\])", value) if v.strip()]
+
+
+def check_choices(args: list[str], configs: Path = CONFIGS) -> None:
+    """Check every ``group=choice`` override in ``args`` whose group is a directory of
+    ``configs`` (``algorithm``, ``env``); sweeps (``algorithm=resq,qmix``) choice by choice.
+    Hydra's own sweep functions (``choice(...)``) are left to Hydra."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key or "@" in key or "(" in value or "/" in key:
+            continue
+        if not (configs / key).is_dir():
+            continue
+        for choice in _split_sweep(value):
+            check_choice(key, choice, configs)
+
+
+# ----------------------------------------------------------------------------------- threads
+
+
+def _command_line_value(key: str) -> str | None:
+    """``key``'s value among this job's command-line overrides (Hydra), if given there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        name, _, value = override.partition("=")
+        if name.lstrip("+") == key:
+            return value
+    return None
+
+
+def _positive_int(value, what: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{what} must be a whole number >= 1 (or auto), got {value!r}")
+    return n
+
+
+def resolve_threads(cfg: Mapping, auto: Mapping[str, int]) -> tuple[int, str]:
+    """(thread count, where it came from) by the precedence of the module docstring."""
+    given = _command_line_value("threads")
+    if given is not None and given not in ("auto", "null"):
+        return _positive_int(given, "threads"), "threads= on the command line"
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and given is None:
+        return _positive_int(env, "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
+    value = cfg.get("threads", "auto")
+    if value in (None, "auto"):
+        device = str(cfg.get("device") or "cpu").split(":")[0]
+        n = auto.get(device, auto.get("cpu", 1))
+        return n, f"threads=auto on {device}"
+    return _positive_int(value, "threads"), "the config's threads"
+
+
+def use_threads(cfg: Mapping, auto: Mapping[str, int] | None = None) -> int:
+    """Set torch's intra-op thread count by :func:`resolve_threads`, export it as
+    ``OMP_NUM_THREADS`` for child processes (and one XLA thread for one torch thread), and
+    print one line saying what was used."""
+    import torch
+
+    n, why = resolve_threads(cfg, auto or {"cpu": 1})
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if n == 1:  # JAX (SMAX) otherwise spreads its CPU work over every core
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    print(f"threads: {n} ({why})", file=sys.stderr, flush=True)
+    return n
+
+
+# -------------------------------------------------------------------------------- entry point
+
+
+def main(
+    config_name: str, auto_threads: Mapping[str, int] | None = None
+) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+    """Decorator making ``task(cfg)`` a script entry point over ``configs/<config_name>``:
+    ``hydra.main`` plus the one-line user errors and the thread policy of this module
+    (``auto_threads``: the thread count of ``threads=auto`` per device type)."""
+
+    def decorate(task: Callable[[DictConfig], None]) -> Callable[[], None]:
+        @functools.wraps(task)
+        def guarded(cfg: DictConfig) -> None:
+            try:
+                use_threads(cfg, auto_threads)
+                task(cfg)
+            except Exception as err:
+                message = None if _debug() else user_error_message(err)
+                if message is None:
+                    raise
+                fail(message)
+
+        hydra_main = hydra.main(
+            config_path=str(CONFIGS), config_name=config_name, version_base="1.3"
+        )(guarded)
+
+        @functools.wraps(task)
+        def entry() -> None:
+            if "--debug" in sys.argv:
+                sys.argv.remove("--debug")
+                os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                check_choices(sys.argv[1:])
+            except ConfigError as err:
+                if _debug():
+                    raise
+                fail(str(err))
+            hydra_main()
+
+        return entry
+
+    return decorate
+
+
+__all__ = ["main", "fail", "check_choice", "check_choices", "use_threads", "resolve_threads"]

@@ -1,0 +1,39 @@
+"""The library's user errors: mistakes in a run's settings or in what is installed.
+
+The scripts print them on one line (``error: <message>``, exit code 2) instead of a
+traceback (``resq_torchrl.cli``); a library user catches them as ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (an unknown choice, a budget too small for one batch, a
+    device that is not there): the message says what to change."""
+
+
+class MissingDependencyError(ConfigError, ImportError):
+    """A setting needs an optional package that is not installed: the message names the
+    extra that installs it."""
+
+
+class CheckpointNotFoundError(ConfigError, FileNotFoundError):
+    """A run was asked to continue from, or to evaluate, a checkpoint that does not exist."""
+
+
+def require(module: str, extra: str, needed_by: str) -> ModuleType:
+    """Import ``module`` or raise a :class:`MissingDependencyError` saying that ``needed_by``
+    (e.g. ``"logger=tensorboard"``) needs the package extra ``extra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{needed_by} needs the {module!r} package, which is not installed "
+            f"({err}): pip install -e '.[{extra}]'"
+        ) from err
+
+
+__all__ = ["ConfigError", "MissingDependencyError", "CheckpointNotFoundError", "require"]

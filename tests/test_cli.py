@@ -1,0 +1,244 @@
+"""What every script shares (resq_torchrl/cli.py): one-line errors for user mistakes (exit
+code 2, no traceback), the thread policy, and training budgets that mean what they say."""
+
+import sys
+
+import pytest
+import torch
+from conftest import compose_config
+from script_runner import run_in_process
+
+from resq_torchrl import cli
+from resq_torchrl.errors import ConfigError
+from resq_torchrl.training.trainer import train
+
+# a tiny predator-prey run: batches of 2 episodes of 10 steps (20 frames)
+TINY_PP = [
+    "env=predator_prey",
+    "env.grid_size=5",
+    "env.n_predators=2",
+    "env.n_prey=1",
+    "env.max_steps=10",
+    "n_envs=2",
+    "rollout_steps=5",
+    "episodes_per_batch=2",
+    "batch_episodes=4",
+    "eval_episodes=2",
+    "progress=false",
+]
+
+
+def one_error_line(result) -> str:
+    """The single ``error:`` line of a script that stopped on a user mistake."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("threads: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "command, fragments",
+    [
+        # an unknown task lists the tasks of its family, an unknown family lists the families
+        (
+            "scripts/train.py env=vmas/nonexistent output_dir={out}",
+            ["unknown env 'vmas/nonexistent'", "balance", "navigation", "transport"],
+        ),
+        (
+            "scripts/train.py env=nonexistent output_dir={out}",
+            ["unknown env", "predator_prey", "vmas/<task>"],
+        ),
+        ("scripts/train.py env=smax output_dir={out}", ["env=smax needs a task", "3m", "2s3z"]),
+        (
+            "scripts/train.py algorithm=nope output_dir={out}",
+            ["unknown algorithm 'nope'", "resq", "qmix"],
+        ),
+        ("scripts/matrix_game.py -m algorithm=resq,nope", ["unknown algorithm 'nope'"]),
+        ("scripts/matrix_game_sweep.py algorithms=[vdn,nope]", ["unknown algorithm 'nope'"]),
+        ("scripts/matrix_game.py payoff=[[1,2],[3]]", ["payoff", "ragged"]),
+        ("scripts/matrix_game.py payoff=[1,2,3]", ["payoff", "at least 2 agents"]),
+        ("scripts/evaluate.py", ["output_dir is required"]),
+        (
+            "scripts/train.py total_frames=100 output_dir={out}",
+            ["total_frames=100 is less than one batch", "1600"],
+        ),
+        ("scripts/train.py threads=0 output_dir={out}", ["threads must be a whole number"]),
+        (
+            "scripts/train.py logger=nope output_dir={out}",
+            ["unknown logger 'nope'", "tensorboard"],
+        ),
+    ],
+)
+def test_a_mistake_gets_one_line_and_exit_code_2(command, fragments, tmp_path):
+    out = tmp_path / "run"
+    line = one_error_line(run_in_process(command.format(out=out), tmp_path))
+    for fragment in fragments:
+        assert fragment in line
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    line = one_error_line(
+        run_in_process(f"scripts/train.py resume=true output_dir={tmp_path / 'empty'}", tmp_path)
+    )
+    assert f"resume=true but there is no checkpoint at {tmp_path / 'empty'}" in line
+
+
+def test_evaluate_without_a_checkpoint(tmp_path):
+    line = one_error_line(run_in_process(f"scripts/evaluate.py output_dir={tmp_path}", tmp_path))
+    assert f"no checkpoint at {tmp_path / 'checkpoint.pt'}" in line
+
+
+def test_a_missing_logger_package_names_its_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    line = one_error_line(
+        run_in_process(f"scripts/train.py logger=tensorboard output_dir={tmp_path}", tmp_path)
+    )
+    assert "logger=tensorboard needs the 'tensorboard' package" in line
+    assert "pip install -e '.[tensorboard]'" in line
+
+
+def test_a_missing_env_package_names_its_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vmas", None)
+    line = one_error_line(
+        run_in_process(f"scripts/train.py env=vmas/balance output_dir={tmp_path}", tmp_path)
+    )
+    assert "pip install -e '.[vmas]'" in line
+
+
+@pytest.mark.parametrize(
+    "command", ["scripts/train.py output_dir={out}", "scripts/matrix_game.py n_updates=1"]
+)
+def test_cuda_asked_for_but_absent(command, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    command = command.format(out=tmp_path / "run")
+    line = one_error_line(run_in_process(f"{command} device=cuda", tmp_path))
+    assert "device=cuda was asked for" in line and "device=cpu" in line
+
+
+def test_debug_keeps_the_traceback(tmp_path):
+    with pytest.raises(ConfigError, match="unknown env"):
+        run_in_process("scripts/train.py env=vmas/nonexistent --debug", tmp_path)
+
+
+def test_a_real_process_prints_one_line_and_exits_2(run_script):
+    proc = run_script("train.py", "env=vmas/nonexistent")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown env 'vmas/nonexistent': the vmas tasks are balance, football, "
+        "give_way, navigation, transport, wheel (configs/env/vmas/)"
+    ]
+
+
+def test_an_error_in_third_party_code_keeps_its_traceback():
+    """A ValueError that is not one of our checks is a bug to report, not a mistake."""
+
+    def deep():
+        import json
+
+        json.loads("{")  # raises json.JSONDecodeError (a ValueError) inside the stdlib
+
+    with pytest.raises(ValueError) as info:
+        deep()
+    assert cli.user_error_message(info.value) is None
+    assert cli.user_error_message(ConfigError("x")) == "x"
+
+
+# ------------------------------------------------------------------------------------ threads
+
+
+@pytest.mark.parametrize(
+    "omp, args, expected",
+    [
+        (None, "", "threads: 1 (the config's threads)"),
+        ("2", "", "threads: 2 (OMP_NUM_THREADS)"),
+        ("2", "threads=1", "threads: 1 (threads= on the command line)"),
+        (None, "threads=2", "threads: 2 (threads= on the command line)"),
+    ],
+)
+def test_thread_precedence(omp, args, expected, tmp_path, monkeypatch):
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    result = run_in_process(f"scripts/matrix_game.py n_updates=1 progress=false {args}", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines()[0] == expected
+
+
+def test_train_threads_auto_resolves_per_device(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    result = run_in_process(
+        f"scripts/train.py {' '.join(TINY_PP)} total_frames=20 output_dir={tmp_path}", tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines()[0] == "threads: 1 (threads=auto on cpu)"
+
+
+# ------------------------------------------------------------------------------------ budgets
+
+
+@pytest.mark.parametrize("total", [20, 210, 200])
+def test_total_frames_is_reached_and_exceeded_by_less_than_one_batch(total, tmp_path):
+    """The collector's own budget counted the steps of episodes still running and stopped up
+    to a batch short (predator-prey: 1600 of 3000 frames); now the run reaches the budget."""
+    final = train(
+        compose_config("train", *TINY_PP, f"total_frames={total}", f"output_dir={tmp_path}")
+    )
+    assert total <= final["frames"] < total + 2 * 10
+
+
+def test_vmas_budget_is_reached(tmp_path):
+    pytest.importorskip("vmas")
+    cfg = compose_config(
+        "train",
+        "env=vmas/balance",
+        "env.max_steps=10",
+        "n_envs=4",
+        "rollout_steps=5",
+        "episodes_per_batch=4",
+        "batch_episodes=4",
+        "eval_episodes=2",
+        "progress=false",
+        "total_frames=130",
+        f"output_dir={tmp_path}",
+    )
+    final = train(cfg)
+    assert 130 <= final["frames"] < 130 + 4 * 10  # episodes may end early (package dropped)
+
+
+def test_a_run_without_updates_says_so_at_start(tmp_path, capsys):
+    final = train(
+        compose_config(
+            "train", *TINY_PP, "batch_episodes=8", "total_frames=40", f"output_dir={tmp_path}"
+        )
+    )
+    out = capsys.readouterr().out
+    assert "warning: this run ends with no update" in out
+    assert "total_frames >= 80 guarantees one" in out
+    assert final["updates"] == 0
+    train(
+        compose_config(
+            "train", *TINY_PP, "batch_episodes=4", "total_frames=80", f"output_dir={tmp_path}/b"
+        )
+    )
+    assert "no update" not in capsys.readouterr().out
+
+
+def test_train_script_ends_with_outputs_and_a_done_line(tmp_path):
+    result = run_in_process(
+        f"scripts/train.py {' '.join(TINY_PP)} total_frames=90 output_dir={tmp_path}", tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    *_, outputs, done = result.stdout.strip().splitlines()
+    assert outputs.startswith(f"outputs in {tmp_path}/: checkpoint.pt, eval.jsonl, final.json")
+    assert done.startswith("done: ") and "(total_frames=90)" in done and " updates in " in done
+
+
+def test_no_hydra_log_file_is_written(tmp_path):
+    """Hydra's job log went to <script>.log in the working directory (the repository root,
+    where two were committed); now its lines go to the console only."""
+    result = run_in_process("scripts/matrix_game.py n_updates=1 progress=false", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
