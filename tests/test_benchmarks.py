@@ -1,0 +1,111 @@
+"""``benchmarks/throughput.py`` on a tiny configuration: it runs end to end (update workers,
+matrix game, collection, replay memory; ``against=`` through a git worktree) and writes the
+JSON and markdown it promises. No timing is checked: only structure."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from script_runner import run_in_process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = [
+    "rounds=1",
+    "updates.episodes=2",
+    "updates.steps=6",
+    "updates.warmup=0",
+    "matrix.n_updates=5",
+    "matrix.rounds=1",
+    "reference.env=null",  # needs vmas and its slow import; the GPU/CPU runs cover it
+]
+
+
+def _run(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = [*TINY, *overrides, f"out={out}", f"markdown={md}"]
+    result = run_in_process(["benchmarks/throughput.py", *args])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out} and {md}" in result.stdout
+    return json.loads(out.read_text()), md.read_text()
+
+
+def _worktrees() -> set[str]:
+    listing = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    return {line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("worktree ")}
+
+
+def test_throughput_benchmark_writes_its_tables(tmp_path):
+    data, md = _run(
+        tmp_path,
+        "updates.algorithms=[qmix,vdn]",
+        "matrix.algorithms=[qmix]",
+        "collection.rounds=1",
+        "collection.warmup_steps=1",
+        "collection.env_steps=5",
+        "collection.cases=[{env: predator_prey_small, n_envs: [2]}]",
+        "memory.env=predator_prey_small",
+        "memory.n_envs=2",
+        "memory.batches=1",
+    )
+    assert {"command", "machine", "config", "wall_seconds", "updates", "matrix"} <= set(data)
+    assert data["machine"]["torch_threads"] == 1
+    assert {"cpu", "cores", "torch", "torchrl"} <= set(data["machine"])
+    rows = {r["algorithm"]: r for r in data["updates"]["rows"]}
+    assert set(rows) == {"qmix", "vdn"}
+    assert rows["qmix"]["now"]["ratio_to_qmix"] == pytest.approx(1.0)
+    for row in rows.values():
+        assert len(row["now"]["rounds"]) == 1 and row["now"]["median"] > 0
+        assert "ratio_now_vs_against" not in row
+    assert data["updates"]["batch"]["n_agents"] == 8
+    assert data["matrix"]["rows"][0]["now"]["median"] > 0
+
+    (case,) = data["collection"]["rows"]
+    assert case["env"] == "predator_prey_small" and case["n_envs"] == 2
+    assert case["env_only_steps_per_s"]["median"] > 0
+    assert case["ratio"] > 0
+
+    mem = data["memory"]
+    assert mem["episodes"] == 2 and mem["n_agents"] == 2
+    assert mem["bytes_per_stored_agent_step"] > mem["raw_bytes_per_agent_step"] > 0
+    assert mem["ratio"] == pytest.approx(mem["storage_bytes"] / mem["unique_bytes"])
+    kinds = {k["key"]: k["kind"] for k in mem["keys"]}
+    assert kinds["next/agents/observation"].startswith("copy")
+    assert kinds["next/reward"] == "data"
+    assert "reference" not in data
+
+    for heading in (
+        "## ms per update, predator-prey reference batch",
+        "## ms per update, matrix game",
+        "## Collection versus env-only",
+        "## Replay memory",
+        "python benchmarks/throughput.py",
+        "torch threads: 1",
+    ):
+        assert heading in md
+    assert "| qmix | " in md and "| vdn | " in md
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_throughput_benchmark_against_a_worktree(tmp_path):
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    before = _worktrees()
+    data, md = _run(
+        tmp_path,
+        "against=HEAD",
+        "updates.algorithms=[qmix]",
+        "matrix.algorithms=[]",
+        "collection.cases=[]",
+        "memory.env=null",
+    )
+    assert data["against"]["rev"] == "HEAD" and len(data["against"]["sha"]) == 40
+    (row,) = data["updates"]["rows"]
+    assert row["HEAD"]["median"] > 0 and row["now"]["median"] > 0
+    assert row["ratio_now_vs_against"] > 0
+    assert "| method | ms now | ms at HEAD | now / HEAD |" in md
+    assert _worktrees() == before  # the worktree is gone
