@@ -13,13 +13,13 @@ and the share of those agents (and of joint captures) whose greedy action is cat
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from resq_torchrl import cli
 from resq_torchrl.analysis.ro import format_log_table, run_diagnostic
 
 
-@hydra.main(config_path="../configs", config_name="diagnose_ro", version_base="1.3")
+@cli.main("diagnose_ro")
 def main(cfg: DictConfig) -> None:
     result = run_diagnostic(OmegaConf.to_container(cfg, resolve=True))
     d = result["data"]

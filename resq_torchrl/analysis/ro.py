@@ -503,7 +503,6 @@ def run_diagnostic(cfg: Mapping) -> dict:
     Returns the JSON-ready result (also written to ``out_dir/diagnose_<algorithm>.json``,
     with the plot at ``out_dir/diagnose_<algorithm>.png``).
     """
-    torch.set_num_threads(int(cfg.get("threads", 1)))
     seed, device = int(cfg["seed"]), torch.device(cfg["device"])
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     predicate = capture_predicate(env_cfg, cfg.get("capture_threshold"))
