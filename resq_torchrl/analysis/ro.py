@@ -44,11 +44,11 @@ from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.objectives.common import masked_greedy
 from resq_torchrl.training.builders import (
     env_dims,
+    gradient_step,
     make_env,
     make_loss,
     make_optimizer,
     make_target_updater,
-    total_loss,
 )
 
 ACTION_KEY = ("agents", "action")
@@ -587,16 +587,10 @@ def run_diagnostic(cfg: Mapping) -> dict:
 
     record(0, None)
     for update in range(1, n_updates + 1):
-        sample = buffer.sample().to(device)
-        losses = loss(sample)
-        optimizer.zero_grad()
-        total_loss(losses).backward()
-        buffer.update_priority(sample)  # the loss wrote its TD errors there
-        torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
-        optimizer.step()
+        losses, _ = gradient_step(loss, optimizer, buffer.sample().to(device), grad_clip, buffer)
         target_updater.step()  # copies every target_update_interval-th call
         if update % log_every == 0 or update == n_updates:
-            record(update, losses.detach())
+            record(update, losses)
 
     result = {
         "algorithm": algo["name"],

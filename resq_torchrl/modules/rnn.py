@@ -96,7 +96,7 @@ class _GRUSequence(torch.autograd.Function):
         gh_n = gh[..., 2 * hd :]
         g_gh = torch.empty_like(gh)  # gradient of W_hh h + b_hh: [r, z, n] parts
         g_in = torch.empty_like(out)  # gradient of the n pre-activation (input side)
-        dh = grad_out.new_zeros(rows, hd) if grad_out is not None else h0.new_zeros(rows, hd)
+        dh = grad_out.new_zeros(rows, hd)  # autograd always hands a tensor (zeros if unused)
         for t in range(steps - 1, -1, -1):
             dh = dh + grad_out[t]
             g = g_gh[t]

@@ -420,3 +420,26 @@ def total_loss(losses: TensorDictBase) -> torch.Tensor:
     if not terms:
         raise ValueError(f"loss output has no loss_* entry: {list(losses.keys())}")
     return torch.stack(terms).sum()
+
+
+def gradient_step(
+    loss: LossModule,
+    optimizer: torch.optim.Optimizer,
+    batch: TensorDictBase,
+    grad_clip: float,
+    buffer=None,
+) -> tuple[TensorDictBase, torch.Tensor]:
+    """One update, the same in every training loop: loss on ``batch``, backward, the
+    replay's priorities from the TD errors the loss wrote into ``batch`` (``buffer``, when
+    given), gradient clipping at ``grad_clip``, optimizer step.
+
+    Returns the loss output (detached) and the gradient norm before clipping.
+    """
+    losses = loss(batch)
+    optimizer.zero_grad()
+    total_loss(losses).backward()
+    if buffer is not None:
+        buffer.update_priority(batch)
+    grad_norm = torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
+    optimizer.step()
+    return losses.detach(), grad_norm

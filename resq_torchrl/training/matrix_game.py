@@ -23,10 +23,10 @@ from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
 from resq_torchrl.training.builders import (
     EnvDims,
     check_device,
+    gradient_step,
     make_loss,
     make_optimizer,
     make_target_updater,
-    total_loss,
 )
 
 
@@ -59,12 +59,7 @@ def train_matrix_game(cfg: Mapping) -> dict:
 
     bar = tqdm(range(n_updates), desc=algo["name"], disable=not cfg.get("progress"))
     for _ in bar:
-        batch = env.rand_step(env.reset())
-        losses = loss(batch)
-        optimizer.zero_grad()
-        total_loss(losses).backward()
-        torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
-        optimizer.step()
+        losses, _ = gradient_step(loss, optimizer, env.rand_step(env.reset()), grad_clip)
         if scheduler is not None:
             scheduler.step()
         updater.step()

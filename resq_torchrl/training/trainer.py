@@ -35,11 +35,11 @@ from resq_torchrl.training.builders import (
     check_device,
     check_logger,
     env_dims,
+    gradient_step,
     make_env,
     make_loss,
     make_optimizer,
     make_target_updater,
-    total_loss,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -364,14 +364,8 @@ def train(cfg: Mapping) -> dict:
         while credit >= 1.0:
             credit -= 1.0
             sample = buffer.sample().to(device)
-            losses = loss(sample)
-            optimizer.zero_grad()
-            total_loss(losses).backward()
-            buffer.update_priority(sample)  # the loss wrote its TD errors there
-            grad_norm = torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
-            optimizer.step()
+            last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
             updates += 1
-            last = (losses.detach(), grad_norm)
         if last is not None:  # read back once per batch, not once per update
             metrics["train/grad_norm"] = last[1].item()
             metrics.update({f"train/{k}": v.item() for k, v in last[0].items()})
