@@ -14,6 +14,19 @@ from torch import nn  # noqa: E402
 torch.set_num_threads(1)
 
 
+#: the smallest full-game-shaped predator-prey run the tests train on: batches of 2 episodes of
+#: 10 steps (20 frames); tests add their own budget and evaluation settings
+TINY_PREDATOR_PREY = [
+    "env.grid_size=5",
+    "env.n_predators=2",
+    "env.n_prey=1",
+    "env.max_steps=10",
+    "n_envs=2",
+    "rollout_steps=5",
+    "episodes_per_batch=2",
+]
+
+
 class TableQ(nn.Module):
     """Agent utilities read from a learnable table ``[N, A]``, whatever the observation.
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import TINY_PREDATOR_PREY, compose_config
 from script_runner import run_in_process
 
 from resq_torchrl import cli
@@ -15,13 +15,7 @@ from resq_torchrl.training.trainer import train
 # a tiny predator-prey run: batches of 2 episodes of 10 steps (20 frames)
 TINY_PP = [
     "env=predator_prey",
-    "env.grid_size=5",
-    "env.n_predators=2",
-    "env.n_prey=1",
-    "env.max_steps=10",
-    "n_envs=2",
-    "rollout_steps=5",
-    "episodes_per_batch=2",
+    *TINY_PREDATOR_PREY,
     "batch_episodes=4",
     "eval_episodes=2",
     "progress=false",

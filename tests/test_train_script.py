@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import TINY_PREDATOR_PREY, compose_config
 
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.training.trainer import CHECKPOINT, train
@@ -13,16 +13,7 @@ from resq_torchrl.training.trainer import CHECKPOINT, train
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     "matrix_game": ["n_envs=4", "rollout_steps=1", "episodes_per_batch=4", "total_frames=96"],
-    "predator_prey": [
-        "env.grid_size=5",
-        "env.n_predators=2",
-        "env.n_prey=1",
-        "env.max_steps=10",
-        "n_envs=2",
-        "rollout_steps=5",
-        "episodes_per_batch=2",
-        "total_frames=200",
-    ],
+    "predator_prey": [*TINY_PREDATOR_PREY, "total_frames=200"],
 }
 
 
