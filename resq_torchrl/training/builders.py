@@ -17,7 +17,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
 from resq_torchrl.envs import MatrixGameEnv, PredatorPreyEnv
-from resq_torchrl.errors import ConfigError, MissingDependencyError, require
+from resq_torchrl.errors import ConfigError, MissingDependencyError
 from resq_torchrl.modules import (
     DMIXMixer,
     FeedForwardMixer,
@@ -108,23 +108,6 @@ ENV_BUILDERS: dict[str, Callable[[Mapping, int, object], EnvBase]] = {
     "smacv2": _lazy("resq_torchrl.envs.smacv2", "make_smacv2_env", "see docs/smac.md"),
     "smax": _lazy("resq_torchrl.envs.smax", "make_smax_env", "pip install -e '.[smax]'"),
 }
-
-#: torchrl loggers a run can write to, and the package extra each one needs
-LOGGER_EXTRAS: dict[str, tuple[str, str] | None] = {
-    "csv": None,
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "wandb"),
-}
-
-
-def check_logger(name: str) -> None:
-    """Raise a :class:`ConfigError` for a logger not in :data:`LOGGER_EXTRAS`, and a
-    :class:`MissingDependencyError` naming the extra when its package is not installed."""
-    if name not in LOGGER_EXTRAS:
-        raise ConfigError(f"unknown logger {name!r}; choose one of: {', '.join(LOGGER_EXTRAS)}")
-    if LOGGER_EXTRAS[name] is not None:
-        module, extra = LOGGER_EXTRAS[name]
-        require(module, extra, f"logger={name}")
 
 
 def check_device(device: str | torch.device) -> torch.device:

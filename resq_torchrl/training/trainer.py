@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 from tensordict.nn import TensorDictSequential
-from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueModule
 from torchrl.objectives import ValueEstimators
-from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from resq_torchrl.analysis.ro import CaptureMonitor
@@ -33,7 +31,6 @@ from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.training.builders import (
     check_device,
-    check_logger,
     env_dims,
     gradient_step,
     make_env,
@@ -41,6 +38,8 @@ from resq_torchrl.training.builders import (
     make_optimizer,
     make_target_updater,
 )
+from resq_torchrl.training.collectors import make_collector
+from resq_torchrl.training.loggers import check_logger, make_logger
 
 CHECKPOINT = "checkpoint.pt"
 #: with ``checkpoint_buffer=true``, the replay buffer's directory next to the checkpoint
@@ -241,16 +240,7 @@ def train(cfg: Mapping) -> dict:
     )
     # predator-prey: count the collected capture steps, catch gap at the buffer's captures
     capture = CaptureMonitor.from_env_cfg(env_cfg, seed=int(cfg["seed"]))
-    # wandb runs offline unless asked otherwise (machines without network, reproducibility)
-    logger_kwargs = (
-        {"offline": bool(cfg.get("wandb_offline", True))} if cfg["logger"] == "wandb" else {}
-    )
-    logger = get_logger(
-        cfg["logger"],
-        logger_name=str(out_dir),
-        experiment_name=str(cfg["experiment_name"]),
-        **logger_kwargs,
-    )
+    logger = make_logger(cfg, out_dir)
 
     frames, episodes, last_target, updates, credit = 0, 0, 0, 0, 0.0
     if cfg.get("resume"):
@@ -284,23 +274,7 @@ def train(cfg: Mapping) -> dict:
     if frames >= total_frames:
         raise ConfigError(f"nothing to do: {frames} frames done >= total_frames={total_frames}")
     warn_if_no_update(cfg, frames, len(buffer), credit)
-    n_envs = int(cfg["n_envs"])
-    collector = Collector(
-        env,
-        policy,
-        frames_per_batch=n_envs * int(cfg["rollout_steps"]),
-        # endless: the loop below stops at total_frames. The collector's own budget counts
-        # every polled step, also those of episodes still running when it ends (dropped),
-        # and so stopped up to a whole batch of episodes short of it.
-        total_frames=-1,
-        trajs_per_batch=int(cfg["episodes_per_batch"]),
-        traj_format="padded",
-        device=device,
-        # torchrl 0.14's preallocated output buffer drops the agent dimension of the
-        # root "agents" group when the policy writes under ("next", "agents"); stacking the
-        # steps instead keeps every group's batch size.
-        use_buffers=False,
-    )
+    collector = make_collector(cfg, env, policy, device)
     grad_clip = float(cfg["grad_clip"])
     target_every = int(cfg["target_update_episodes"])
     updates_per_episode = float(cfg["updates_per_episode"])
