@@ -642,13 +642,14 @@ def measure_memory(cfg: DictConfig, train: dict) -> dict:
     buffer = EpisodeReplayBuffer(capacity=n_episodes, max_len=max_len, batch_size=1, device=device)
     for batch in batches:
         buffer.extend(batch)
-    stored = buffer.buffer.storage._storage  # [capacity, max_len] TensorDict, all of it filled
+    stored = buffer.buffer.storage._storage  # [capacity, slots] TensorDict, all of it filled
     n_agents = int(stored.get(("agents", "observation")).shape[2])
     mask = stored.get(("collector", "mask"))
     real_steps = int(mask.sum())
     keys = sorted(stored.keys(True, True), key=str)
     storage_bytes = sum(nbytes(stored.get(k)) for k in keys)
-    slots = n_episodes * max_len
+    slots = n_episodes * stored.shape[1]  # max_len, + 1 for the last step's next entries
+    shifted = {k if len(k) > 1 else k[0] for k in buffer.shifted or ()}
     follows = mask[:, 1:] & mask[:, :-1]  # steps t whose step t + 1 is real
     rows, raw, unique = [], 0, 0
     for key in keys:
@@ -668,6 +669,8 @@ def measure_memory(cfg: DictConfig, train: dict) -> dict:
         key_unique = 0 if bookkeeping else per_step * real_steps
         if kind.startswith("copy"):
             key_unique = per_step * n_episodes  # the episode's last "next" is new
+        elif key in shifted:  # stored once; the slot after an episode holds its last next
+            key_unique = per_step * (real_steps + n_episodes)
         raw += 0 if bookkeeping else key_raw
         unique += key_unique
         rows.append(

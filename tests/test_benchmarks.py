@@ -71,10 +71,11 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
 
     mem = data["memory"]
     assert mem["episodes"] == 2 and mem["n_agents"] == 2
-    assert mem["bytes_per_stored_agent_step"] > mem["raw_bytes_per_agent_step"] > 0
+    assert mem["bytes_per_stored_agent_step"] > 0 and mem["raw_bytes_per_agent_step"] > 0
     assert mem["ratio"] == pytest.approx(mem["storage_bytes"] / mem["unique_bytes"])
+    assert mem["ratio"] <= 1.2  # each step's content stored once (next entries rebuilt)
     kinds = {k["key"]: k["kind"] for k in mem["keys"]}
-    assert kinds["next/agents/observation"].startswith("copy")
+    assert "next/agents/observation" not in kinds and kinds["agents/observation"] == "data"
     assert kinds["next/reward"] == "data"
     assert "reference" not in data
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -28,7 +30,7 @@ def test_episodes_are_padded_to_max_len_and_sampled_trimmed():
     buf = EpisodeReplayBuffer(capacity=10, max_len=8, batch_size=16)
     assert buf.extend(padded([3, 1, 5])) == 3 and len(buf) == 3
     data = buf.buffer[:]
-    assert data.shape == (3, 8)
+    assert data.shape == (3, 9)  # max_len + 1: the slot after an episode holds its last next
     assert data["collector", "mask"].sum(-1).tolist() == [3, 1, 5]
     assert ("agents", "rnn_hidden") not in data.keys(True)  # recomputed by the loss
     sample = buf.sample()
@@ -90,7 +92,7 @@ def test_dumps_and_loads_round_trip(tmp_path):
     b = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
     b.loads(tmp_path / "replay")
     assert len(b) == 6 and b.episodes_added == 6
-    stored = b.buffer.storage.get(list(range(6)))
+    stored = b.episodes(list(range(6)))
     assert torch.equal(stored["obs"], torch.cat([episodes(0)["obs"], episodes(1)["obs"]]))
     with pytest.raises(FileNotFoundError, match="no replay buffer"):
         b.loads(tmp_path / "missing")
@@ -130,7 +132,7 @@ def test_prioritized_replay_samples_by_the_largest_real_td_error():
     buffer.extend(episodes)
     sample = buffer.sample()
     assert "_weight" in sample.keys() and "index" in sample.keys()
-    stored = buffer.buffer[torch.arange(4)]  # every stored episode once, in order
+    stored = buffer.episodes(torch.arange(4))  # every stored episode once, in order
     stored["index"] = torch.arange(4).unsqueeze(-1).expand(4, 4)
     error = torch.full((4, 4), 0.01)
     error[2, 1] = 10.0  # a real step of episode 2
@@ -174,3 +176,116 @@ def test_losses_weight_their_means_by_the_importance_weights(make_table_qnet, ma
     weighted["_weight"] = w
     out = loss(weighted)
     torch.testing.assert_close(out["loss_td"], (err2 * w).sum() / w.sum())
+
+
+def collected_episodes(n_batches=3, max_steps=12, episodes_per_batch=4):
+    """Episodes the way train.py collects them: the small predator-prey game, GRU agents
+    with their primer (hidden state, last action), masked epsilon-greedy policy."""
+    from resq_torchrl.training.builders import env_dims, make_env, make_loss
+    from resq_torchrl.training.collectors import make_collector
+    from resq_torchrl.training.trainer import add_agent_transforms, make_policies
+
+    torch.manual_seed(0)
+    env_cfg = {
+        "name": "predator_prey",
+        "grid_size": 5,
+        "n_predators": 2,
+        "n_prey": 1,
+        "episode_limit": max_steps,
+        "max_steps": max_steps,
+    }
+    env = make_env(env_cfg, 3, "cpu", seed=0)
+    algo = {"name": "qmix", "mixing_embed_dim": 8, "hypernet_embed": 16, "hypernet_layers": 2}
+    agent = {"type": "gru", "hidden_dim": 8, "last_action": True, "agent_id": True}
+    loss = make_loss(algo, agent, env_dims(env), "cpu")
+    add_agent_transforms(env, loss)
+    policy, _ = make_policies(loss, env, {"eps_init": 0.5, "eps_end": 0.5, "anneal_frames": 1})
+    cfg = {"n_envs": 3, "rollout_steps": 5, "episodes_per_batch": episodes_per_batch}
+    collector = make_collector(cfg, env, policy, torch.device("cpu"))
+    batches = []
+    for batch in collector:
+        batches.append(batch)
+        if len(batches) == n_batches:
+            break
+    collector.shutdown()
+    return batches
+
+
+def storage_bytes(buf):
+    data = buf.buffer.storage._storage  # torchrl's LazyTensorStorage keeps it here
+    return sum(v.numel() * v.element_size() for v in data.values(True, True))
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_shifted_next_layout_samples_exactly_what_the_plain_one_does(prioritized):
+    """Storing each step once and rebuilding the ``next`` entries by shifting gives the
+    same samples, key for key and bit for bit, as storing both, in about half the bytes."""
+    batches = collected_episodes()
+    shifted = EpisodeReplayBuffer(capacity=32, max_len=12, batch_size=5, prioritized=prioritized)
+    plain = EpisodeReplayBuffer(
+        capacity=32, max_len=12, batch_size=5, prioritized=prioritized, shift_next=False
+    )
+    for b in batches:
+        shifted.extend(b.clone())
+        plain.extend(b.clone())
+    assert ("agents", "observation") in shifted.shifted and ("state",) in shifted.shifted
+    assert ("agents", "action_mask") in shifted.shifted
+    for _ in range(3):
+        torch.manual_seed(1)
+        a = shifted.sample()
+        torch.manual_seed(1)
+        b = plain.sample()
+        assert set(a.keys(True, True)) == set(b.keys(True, True))
+        assert (a == b).all(), "the rebuilt next entries differ from the stored ones"
+        assert a.get(("next", "agents")).batch_size == b.get(("next", "agents")).batch_size
+    index = torch.arange(len(plain))
+    assert (shifted.episodes(index) == plain.buffer.storage.get(index)).all()
+    assert storage_bytes(shifted) < 0.6 * storage_bytes(plain)
+
+
+@pytest.mark.parametrize("source_shift", [False, True])
+def test_loads_converts_a_copy_of_the_other_layout(tmp_path, source_shift):
+    """A replay dumped in one layout (or before layouts were recorded) loads into the other
+    with the same episodes at the same indices, the same writer cursor and priorities."""
+    batches = collected_episodes(n_batches=4)
+    a = EpisodeReplayBuffer(
+        capacity=10, max_len=12, batch_size=4, prioritized=True, shift_next=source_shift
+    )
+    for b in batches:  # 16 episodes into 10 slots: the cursor wrapped
+        a.extend(b)
+    a.update_priority(
+        a.sample().set("td_error", torch.rand(4, a.sample().shape[1], 1)),
+    )
+    a.dumps(tmp_path / "replay", tag=5)
+    if not source_shift:  # as written before layouts were recorded
+        meta = json.loads((tmp_path / "replay" / "episodes.json").read_text())
+        del meta["layout"], meta["shifted"]
+        (tmp_path / "replay" / "episodes.json").write_text(json.dumps(meta))
+    c = EpisodeReplayBuffer(
+        capacity=10, max_len=12, batch_size=4, prioritized=True, shift_next=not source_shift
+    )
+    c.loads(tmp_path / "replay")
+    index = torch.arange(10)
+    assert len(c) == 10 and c.episodes_added == 16
+    assert (c.episodes(index) == a.episodes(index)).all()
+    assert c.buffer._writer._cursor == a.buffer._writer._cursor
+    torch.manual_seed(3)
+    x = a.sample()
+    torch.manual_seed(3)
+    y = c.sample()
+    assert (x == y).all()  # same priorities, same draws, same content
+    c.extend(batches[0])  # and it keeps storing
+    assert len(c) == 10 and c.episodes_added == 20
+
+
+def test_a_next_entry_that_stops_matching_the_following_step_is_refused():
+    buf = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
+    x = torch.arange(8.0).reshape(2, 4)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    ok = TensorDict({"x": x, ("next", "x"): x + 1, ("collector", "mask"): mask}, [2, 4])
+    buf.extend(ok)
+    assert buf.shifted == (("x",),)
+    bad = ok.clone()
+    bad["next", "x"][0, 1] = -1.0
+    with pytest.raises(RuntimeError, match="shift_next=False"):
+        buf.extend(bad)

@@ -416,7 +416,7 @@ def buffer_capture_episodes(
     if n == 0:
         return None
     storage = buffer.buffer.storage
-    data = storage._storage  # [capacity, max_len]; torchrl's LazyTensorStorage keeps it here
+    data = storage._storage  # [capacity, slots]; torchrl's LazyTensorStorage keeps it here
     steps = predicate.steps(data[:n].select(REWARD_KEY, PAD_KEY))  # [n, T]
     hits = steps.any(-1).nonzero().squeeze(-1)
     if hits.numel() == 0:
@@ -428,7 +428,7 @@ def buffer_capture_episodes(
         count = torch.arange(1, hits.numel() + 1, device=hits.device)
         cost = last[hits].cummax(0).values * count  # the unroll of the first k episodes
         hits = hits[: max(1, int((cost <= max_steps).sum()))]
-    episodes = storage.get(hits)
+    episodes = buffer.episodes(hits)  # every next entry rebuilt
     return episodes[:, : int(last[hits].max())]
 
 

@@ -4,8 +4,12 @@ torchrl does the work: a ``Collector`` with ``trajs_per_batch`` yields complete 
 reassembled across its internal batches, zero-padded along time with a
 ``("collector", "mask")`` entry; a ``TensorDictReplayBuffer`` over a ``LazyTensorStorage``
 stores them and samples uniformly. This class only pads every episode to one length
-(the storage needs a fixed item shape), drops entries the losses recompute, and trims
-samples to their longest episode.
+(the storage needs a fixed item shape), drops entries the losses recompute, trims samples
+to their longest episode, and stores each step's content once: a collector's step ``t``
+holds ``("next", k)`` equal to step ``t + 1``'s ``k`` (observation, state, masks, last
+action, ...), so only the ``next`` entries of an episode's last step are kept, in the slot
+after it, and the others are rebuilt by shifting at sampling (written by hand: torchrl's
+storages keep every key of every step; its ``SliceSampler`` rebuilds nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
     ("collector", "traj_ids"),
 )
 
+#: ``layout`` written with :meth:`EpisodeReplayBuffer.dumps`: episodes of ``max_len + 1``
+#: slots, ``next`` copies of the following step not stored. Copies without it (written
+#: before this layout) hold ``max_len`` slots with every ``next`` entry; ``loads`` converts.
+LAYOUT = "shifted-next"
+
 
 class EpisodeReplayBuffer:
     """Episodes stored as ``[max_len]`` items (``("collector", "mask")`` marks real steps);
@@ -56,6 +65,11 @@ class EpisodeReplayBuffer:
             (``(N p_i)^-beta / max``), which the losses use to weight their means. Off by
             default (the papers sample uniformly); a remedy for rare rewards.
         alpha, beta: prioritization exponent and importance-correction exponent.
+        shift_next: store each step's content once (see the module docstring): every
+            ``("next", k)`` whose ``k`` exists at the root with the same shape and equals it
+            one step later within every episode of the first batch stored is rebuilt at
+            sampling, bit for bit; later batches are checked too. About half the bytes of
+            storing both; samples equal those of ``shift_next=False`` exactly.
 
     Example:
         >>> from torchrl.collectors import Collector
@@ -78,6 +92,7 @@ class EpisodeReplayBuffer:
         prioritized: bool = False,
         alpha: float = 0.6,
         beta: float = 0.4,
+        shift_next: bool = True,
     ) -> None:
         if capacity < 1 or max_len < 1 or batch_size < 1:
             raise ValueError(
@@ -98,6 +113,16 @@ class EpisodeReplayBuffer:
             batch_size=batch_size,
         )
         self.episodes_added = 0
+        self.shift_next = bool(shift_next)
+        #: root keys ``k`` whose ``("next", k)`` is rebuilt from step ``t + 1`` (set by the
+        #: first :meth:`extend`; ``()`` with ``shift_next=False``)
+        self.shifted: tuple[NestedKey, ...] | None = None if self.shift_next else ()
+
+    @property
+    def slots(self) -> int:
+        """Time slots of a stored episode: ``max_len`` plus, when ``next`` entries are
+        rebuilt, one for the last step's."""
+        return self.max_len + (1 if self.shift_next else 0)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -118,11 +143,75 @@ class EpisodeReplayBuffer:
                 "to the env's step limit"
             )
         episodes = episodes.exclude(*self.exclude)
-        if t < self.max_len:
-            episodes = pad(episodes, [0, 0, 0, self.max_len - t])
+        if self.shifted is None:
+            self.shifted = self._shiftable(episodes)
+        if t < self.slots:
+            episodes = pad(episodes, [0, 0, 0, self.slots - t])
+        if self.shifted:
+            episodes = self._fold_next(episodes)
         self.buffer.extend(episodes)
         self.episodes_added += k
         return k
+
+    def _shiftable(self, episodes: TensorDictBase) -> tuple[NestedKey, ...]:
+        """The root keys ``k`` of ``episodes`` ``[k, T]`` whose ``("next", k)`` equals ``k``
+        one step later at every real step followed by a real step."""
+        mask = episodes.get(self.mask_key)
+        follows = mask[:, 1:] & mask[:, :-1]
+        keys = []
+        for key in episodes.keys(True, True):
+            key = key if isinstance(key, tuple) else (key,)
+            if (
+                key[0] == "next"
+                or key == self.mask_key
+                or ("next", *key) not in episodes.keys(True, True)
+            ):
+                continue
+            root, nxt = episodes.get(key), episodes.get(("next", *key))
+            if root.shape != nxt.shape or root.dtype != nxt.dtype:
+                continue
+            if torch.equal(nxt[:, :-1][follows], root[:, 1:][follows]):
+                keys.append(key)
+        return tuple(keys)
+
+    def _fold_next(self, episodes: TensorDictBase) -> TensorDictBase:
+        """``episodes`` ``[k, slots]`` (padded) without the shifted ``next`` entries; the
+        last real step's go to the slot after it, where the root holds only padding."""
+        mask = episodes.get(self.mask_key)
+        follows = mask[:, 1:] & mask[:, :-1]
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        length = mask.sum(-1)
+        for key in self.shifted:
+            root, nxt = episodes.get(key), episodes.get(("next", *key))
+            if not torch.equal(nxt[:, :-1][follows], root[:, 1:][follows]):
+                raise RuntimeError(
+                    f"('next', {key}) differs from {key} one step later in a stored episode, "
+                    "unlike the first batch: build the buffer with shift_next=False"
+                )
+            root = root.clone()
+            root[rows, length] = nxt[rows, length - 1]
+            episodes.set(key, root)
+        return episodes.exclude(*[("next", *key) for key in self.shifted])
+
+    def _unfold_next(self, data: TensorDictBase, length: int) -> TensorDictBase:
+        """Episodes ``[B, >= length + 1]`` of the storage -> ``[B, length]`` with every
+        ``next`` entry, equal to what was collected (root padding zero, as stored before)."""
+        out = data[:, :length]
+        if not self.shifted:
+            return out
+        mask = out.get(self.mask_key)
+        following = data[:, 1 : length + 1].select(*self.shifted)
+        out.get("next").update(following)
+        for key in self.shifted:  # the slot after an episode held its last next entries
+            value = out.get(key)
+            real = mask.reshape(mask.shape + (1,) * (value.ndim - mask.ndim))
+            out.set(key, torch.where(real, value, torch.zeros((), dtype=value.dtype)))
+        return out
+
+    def episodes(self, index: torch.Tensor | Sequence[int]) -> TensorDictBase:
+        """Stored episodes ``[len(index), max_len]`` with every ``next`` entry, as collected
+        and padded."""
+        return self._unfold_next(self.buffer.storage.get(index), self.max_len)
 
     def sample(self, batch_size: int | None = None) -> TensorDictBase:
         """``[batch_size, T]`` episodes, ``T`` the longest real length among them."""
@@ -130,7 +219,7 @@ class EpisodeReplayBuffer:
             raise RuntimeError("the replay buffer holds no complete episode yet")
         sample = self.buffer.sample(batch_size or self.batch_size)
         length = int(sample.get(self.mask_key).sum(-1).max())
-        return sample[:, :length]
+        return self._unfold_next(sample, length)
 
     def update_priority(self, sample: TensorDictBase, key: NestedKey = "td_error") -> None:
         """Set the priorities of the episodes of ``sample`` (from :meth:`sample`, after a loss
@@ -153,7 +242,12 @@ class EpisodeReplayBuffer:
         tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
         shutil.rmtree(tmp, ignore_errors=True)
         self.buffer.dumps(tmp)
-        meta = {"episodes_added": self.episodes_added, "tag": tag}
+        meta = {
+            "episodes_added": self.episodes_added,
+            "tag": tag,
+            "layout": LAYOUT if self.shift_next else "plain",
+            "shifted": [list(k) for k in self.shifted or ()],
+        }
         (tmp / "episodes.json").write_text(json.dumps(meta))
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)  # a leftover of a crash mid-swap
@@ -180,9 +274,44 @@ class EpisodeReplayBuffer:
         )
 
     def loads(self, path: str | Path) -> None:
-        """Restore the episodes written by :meth:`dumps` (same capacity and ``max_len``)."""
+        """Restore the episodes written by :meth:`dumps` (same capacity and ``max_len``),
+        converting a copy written in the other layout (or before layouts were recorded)."""
         found = self.stored_at(path)
         if found is None:
             raise FileNotFoundError(f"no replay buffer written by dumps() at {path}")
-        self.buffer.loads(found)
-        self.episodes_added = json.loads((found / "episodes.json").read_text())["episodes_added"]
+        meta = json.loads((found / "episodes.json").read_text())
+        layout = meta.get("layout", "plain")
+        if layout == (LAYOUT if self.shift_next else "plain"):
+            self.buffer.loads(found)
+            if self.shift_next:
+                self.shifted = tuple(tuple(k) for k in meta["shifted"])
+        else:
+            self._convert(found, layout, meta)
+        self.episodes_added = meta["episodes_added"]
+
+    def _convert(self, found: Path, layout: str, meta: dict) -> None:
+        """Load a copy of the other layout into this buffer's, chunk by chunk, keeping each
+        episode's index, the writer's cursor and the sampler's state (priorities)."""
+        other = EpisodeReplayBuffer(
+            self.capacity,
+            self.max_len,
+            self.batch_size,
+            exclude=self.exclude,
+            prioritized=self.prioritized,
+            shift_next=layout == LAYOUT,
+        )
+        other.buffer.loads(found)
+        if other.shift_next:
+            other.shifted = tuple(tuple(k) for k in meta["shifted"])
+        n = len(other.buffer)
+        for start in range(0, n, 256):
+            index = torch.arange(start, min(start + 256, n))
+            chunk = other.episodes(index)  # [k, max_len], every next entry
+            if self.shifted is None:
+                self.shifted = self._shiftable(chunk)
+            if self.shift_next:
+                chunk = self._fold_next(pad(chunk, [0, 0, 0, 1]))
+            self.buffer.storage.set(index, chunk)
+        self.buffer._writer.load_state_dict(other.buffer._writer.state_dict())
+        self.buffer._sampler.load_state_dict(other.buffer._sampler.state_dict())
+        print(f"replay buffer at {found}: {n} episodes converted from layout {layout!r}")
