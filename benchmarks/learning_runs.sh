@@ -7,7 +7,7 @@
 #   SEEDS="0 1 2"     the seeds of each queue
 #   PAD=0             frames asked beyond FRAMES (a run ends at or past its total_frames)
 #   EXTRA="..."       further Hydra overrides for every run (quoted as one string)
-# Then: python scripts/plot_curves.py OUT/*_seed* --out docs/<name>.png
+# Then: python scripts/plot.py runs='[OUT/*_seed*]' out=docs/<name>   # <name>.png .md .json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENV=$1

@@ -9,7 +9,7 @@
 # command and unfinished runs continue from their checkpoints and replay buffers.
 #   ANNEAL=100000 SEEDS="0 1 2" bash benchmarks/predator_prey.sh [FRAMES] [OUT] [ALGORITHMS...]
 #   (defaults: 1000000 runs/predator_prey_eps<ANNEAL> resq cw_qmix)
-# Then: python scripts/plot_curves.py OUT/*_seed* --out docs/predator_prey.png
+# Then: python scripts/plot.py runs='[OUT/*_seed*]' out=docs/predator_prey   # .png .md .json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ANNEAL=${ANNEAL:-100000}

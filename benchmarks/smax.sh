@@ -5,7 +5,7 @@
 # same episodes (episodes in progress at the checkpoint and the JAX key are not restored).
 #   bash benchmarks/smax.sh [FRAMES] [OUT]          (resumable: rerun to continue)
 #   MAPS="2s3z" bash benchmarks/smax.sh 700000      (only some maps)
-# Then: python scripts/plot_curves.py OUT/3m/*_seed* --metric eval/win_rate --out docs/smax_3m.png
+# Then: python scripts/plot.py runs='[OUT/3m/*_seed*]' metric=eval/win_rate out=docs/smax_3m
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRAMES=${1:-300000}

@@ -2,7 +2,7 @@
 # ResQ on VMAS balance (return curve) for the env-adapters issue: FRAMES env steps
 # (default 400000), 32 vectorized envs, one update per 4 episodes, seeds $SEEDS (default 0).
 #   bash benchmarks/vmas_balance.sh [FRAMES] [OUT]          (resumable: rerun to continue)
-# Then: python scripts/plot_curves.py OUT/*_seed* --out docs/vmas_balance.png
+# Then: python scripts/plot.py runs='[OUT/*_seed*]' out=docs/vmas_balance
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SEEDS=${SEEDS:-0}

@@ -1,24 +1,77 @@
 """Greedy evaluation of a checkpoint written by scripts/train.py.
 
-python scripts/evaluate.py output_dir=runs/resq_predator_prey_seed0 episodes=64
+    python scripts/evaluate.py output_dir=runs/resq_predator_prey_seed0 episodes=64
+    python scripts/evaluate.py output_dir=runs/resq_predator_prey_seed0 render=true
 
-Prints the result as JSON on stdout and writes nothing.
+Plays ``episodes`` greedy episodes and reports the mean, std and interquartile mean (IQM) of
+their returns with 95% bootstrap intervals of the mean and of the IQM (and the win rate where
+the env has one): a table on stderr, the summary as JSON on stdout, and the full record (with
+every episode's return) in ``output_dir/evaluation.json`` (``json_out=``). ``render=true``
+also writes ``render_episodes`` greedy episodes as ``output_dir/render/episode_<i>.gif``
+(predator-prey, the matrix game, VMAS; ``render_format=mp4`` with ffmpeg).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from resq_torchrl import cli
-from resq_torchrl.training.trainer import evaluate_checkpoint
+from resq_torchrl.training.evaluation import (
+    EVALUATION_JSON,
+    evaluate_run,
+    format_table,
+    load_run,
+)
+
+#: per-episode lists: in the JSON file, left out of the summary on stdout
+PER_EPISODE = ("returns", "lengths", "wins")
 
 
 @cli.main("evaluate", auto_threads={"cpu": 1, "cuda": 1})
 def main(cfg: DictConfig) -> None:
-    result = evaluate_checkpoint(cfg.output_dir, int(cfg.episodes), cfg.device, int(cfg.seed))
-    print(json.dumps(result, indent=2))
+    loaded = load_run(cfg.output_dir, cfg.checkpoint)
+    if cfg.render:  # a render that cannot work fails before the evaluation
+        from resq_torchrl.render import check_render, env_family
+
+        check_render(env_family(loaded[1]["config"]["env"]), cfg.render_format)
+    result = evaluate_run(
+        cfg.output_dir,
+        episodes=int(cfg.episodes),
+        device=cfg.device,
+        seed=int(cfg.seed),
+        n_envs=cfg.n_envs,
+        confidence=float(cfg.confidence),
+        resamples=int(cfg.bootstrap_resamples),
+        loaded=loaded,
+    )
+    out = Path(cfg.json_out or Path(cfg.output_dir) / EVALUATION_JSON)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(format_table(result), file=sys.stderr)
+    print(json.dumps({k: v for k, v in result.items() if k not in PER_EPISODE}, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    if cfg.render:
+        from resq_torchrl.render import render_run
+
+        paths = render_run(
+            cfg.output_dir,
+            episodes=int(cfg.render_episodes),
+            fmt=cfg.render_format,
+            fps=float(cfg.render_fps),
+            device=cfg.device,
+            seed=int(cfg.seed),
+            out_dir=cfg.render_dir,
+            loaded=loaded,
+        )
+        names = ", ".join(p.name for p in paths)
+        print(f"wrote {len(paths)} video(s) to {paths[0].parent}/: {names}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,326 @@
+"""The run's logger (training/loggers.py): each of torchrl's loggers writes under the run's
+directory, and what it wrote reads back, with each tool's own reader, as the values logged."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY_PREDATOR_PREY
+from script_runner import run_in_process
+
+from resq_torchrl.errors import ConfigError, MissingDependencyError
+from resq_torchrl.training.loggers import (
+    LOGGER_EXTRAS,
+    check_logger,
+    close_logger,
+    close_open_loggers,
+    hparams,
+    make_logger,
+)
+
+#: (key, step, value) logged by every test; the values are exact in float32 (tensorboard)
+SCALARS = [
+    ("train/return", 10, 1.5),
+    ("train/epsilon", 10, 0.75),
+    ("train/return", 20, -2.25),
+    ("eval/return", 20, 0.125),
+]
+
+
+def run_cfg(logger: str, **extra) -> dict:
+    return {
+        "logger": logger,
+        "experiment_name": "resq_pp_seed3",
+        "seed": 3,
+        "lr": 0.0005,
+        "agent": {"type": "gru", "hidden_dim": 64},
+        "resume": None,
+        **extra,
+    }
+
+
+def log_all(logger) -> None:
+    for key, step, value in SCALARS:
+        logger.log_scalar(key, value, step=step)
+
+
+def rng_states() -> tuple:
+    """The global random streams a run draws from (exact resume restores these): a logger
+    must leave them as they were."""
+    return torch.get_rng_state(), pickle.dumps(np.random.get_state()), random.getstate()
+
+
+def same_rng(before: tuple) -> bool:
+    after = rng_states()
+    return torch.equal(before[0], after[0]) and before[1:] == after[1:]
+
+
+def expected(key: str) -> list[tuple[int, float]]:
+    return [(step, value) for k, step, value in SCALARS if k == key]
+
+
+def test_hparams_are_plain_and_flat():
+    cfg = {"lr": 0.001, "agent": {"type": "gru", "n": {"deep": 2}}, "resume": None, "d": [1, 2]}
+    assert hparams(cfg) == {
+        "lr": 0.001,
+        "agent.type": "gru",
+        "agent.n.deep": 2,
+        "resume": "None",
+        "d": "[1, 2]",
+    }
+    assert hparams(cfg, nested=True) == {
+        "lr": 0.001,
+        "agent": {"type": "gru", "n": {"deep": 2}},
+        "resume": "None",
+        "d": "[1, 2]",
+    }
+
+
+def test_csv(tmp_path):
+    before = rng_states()
+    logger = make_logger(run_cfg("csv"), tmp_path)
+    log_all(logger)
+    close_logger(logger)
+    assert same_rng(before)
+    run = tmp_path / "resq_pp_seed3"
+    for key in ("train/return", "train/epsilon", "eval/return"):
+        lines = (run / "scalars" / f"{key}.csv").read_text().splitlines()
+        assert [(int(s), float(v)) for s, v in (line.split(",") for line in lines)] == expected(key)
+    text = (run / "texts" / "hparams0.txt").read_text().splitlines()
+    assert "agent.hidden_dim: 64" in text and "lr: 0.0005" in text and "resume: None" in text
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep all
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    before = rng_states()
+    logger = make_logger(run_cfg("tensorboard"), tmp_path)
+    log_all(logger)
+    close_logger(logger)
+    assert same_rng(before)
+    run = tmp_path / "resq_pp_seed3"
+    scalars = tensorboard_scalars(run)
+    assert set(scalars) == {"train/return", "train/epsilon", "eval/return"}
+    for key, values in scalars.items():
+        assert values == expected(key)
+    # add_hparams writes the configuration in a sub-run of its own
+    (sub,) = [p for p in run.iterdir() if p.is_dir()]
+    events = EventAccumulator(str(sub))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hp["lr"].number_value == 0.0005 and hp["agent.type"].string_value == "gru"
+    assert hp["agent.hidden_dim"].number_value == 64 and hp["resume"].string_value == "None"
+
+
+def wandb_records(run_file: Path):
+    """The protobuf records of a wandb run's transaction log ``run-<id>.wandb``: a header
+    (``:W&B``, magic, version), then a LevelDB-style log of 32 KiB blocks whose records are
+    ``crc32 (4) | length (2, little-endian) | type (1)`` and a payload, one wandb ``Record``
+    per FULL chunk or FIRST..MIDDLE..LAST run of chunks."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    block, header, pos, pending = 32768, 7, 7, b""
+    while pos + header <= len(data):
+        if block - pos % block < header:  # a block's tail too short for a header: padding
+            pos += block - pos % block
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        if pos + header + length > len(data):  # still being written
+            return
+        pending += data[pos + header : pos + header + length]
+        pos += header + length
+        if kind in (1, 4):  # FULL, LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """wandb with none of the user's settings, its caches under ``tmp_path``."""
+    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(var, raising=False)  # offline by our setting alone
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # an address nothing answers at: a try at the network would fail, not reach a server
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+
+
+def wandb_run(out: Path) -> tuple[list[dict], dict]:
+    """The history rows and the config of the one offline wandb run under ``out``."""
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    # finish() returns before wandb's service process has written the log out: wait for the
+    # run's exit record (it comes within a second; 30 s on a loaded machine at most)
+    deadline = time.monotonic() + 30
+    while not any(r.HasField("exit") for r in wandb_records(run_file)):
+        assert time.monotonic() < deadline, "the offline run was not written out in 30 s"
+        time.sleep(0.1)
+    history, config = [], {}
+    for record in wandb_records(run_file):
+        if record.HasField("history"):
+            row = {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                for item in record.history.item
+            }
+            history.append(row)
+        if record.HasField("run"):
+            assert record.run.project == "resq_torchrl"
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        if record.HasField("config"):
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+    return history, config
+
+
+def logged(history: list[dict], key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``key`` (torchrl logs the step as ``<group>/step``)."""
+    step_key = key.rpartition("/")[0] + "/step"
+    return [(row[step_key], row[key]) for row in history if key in row]
+
+
+def test_wandb_offline(tmp_path, offline_wandb):
+    out = tmp_path / "run"
+    before = rng_states()
+    logger = make_logger(run_cfg("wandb"), out)
+    log_all(logger)
+    close_logger(logger)
+    assert same_rng(before)
+    history, config = wandb_run(out)
+    for key in ("train/return", "train/epsilon", "eval/return"):
+        assert logged(history, key) == expected(key)
+    assert config["lr"] == 0.0005 and config["agent"] == {"type": "gru", "hidden_dim": 64}
+
+
+def test_a_new_logger_closes_the_one_left_open(tmp_path, offline_wandb):
+    """A run that does not close its logger (a multirun's earlier job) has it closed when the
+    next run's logger is made: wandb would otherwise hand the next run the open one."""
+    first = make_logger(run_cfg("wandb"), tmp_path / "a")
+    first.log_scalar("train/return", 1.5, step=10)
+    second = make_logger(run_cfg("wandb"), tmp_path / "b")
+    assert not first.is_alive
+    second.log_scalar("train/return", -2.25, step=20)
+    close_logger(second)
+    close_logger(first)  # twice: nothing happens
+    assert logged(wandb_run(tmp_path / "a")[0], "train/return") == [(10, 1.5)]
+    assert logged(wandb_run(tmp_path / "b")[0], "train/return") == [(20, -2.25)]
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_mlflow_local_store(tmp_path):
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    before = rng_states()
+    logger = make_logger(run_cfg("mlflow"), out)
+    log_all(logger)
+    close_logger(logger)
+    assert same_rng(before)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("resq_pp_seed3")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+    for key in ("train/return", "train/epsilon", "eval/return"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [(m.step, m.value) for m in history] == expected(key)
+    params = run.data.params
+    assert params["lr"] == "0.0005" and params["agent.hidden_dim"] == "64"
+    assert experiment.artifact_location == (out / "mlartifacts").resolve().as_uri()
+    assert sorted(p.name for p in out.iterdir()) == ["mlflow.db"]  # no artifact logged yet
+
+
+def test_an_mlflow_store_it_cannot_open_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = f"file:{tmp_path / 'mlruns'}"  # the old default store, refused by mlflow 3
+    with pytest.raises(ConfigError) as err:
+        make_logger(run_cfg("mlflow", mlflow_tracking_uri=uri), tmp_path / "run")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"logger=mlflow cannot use mlflow_tracking_uri={uri}: ")
+    assert "filesystem tracking backend" in message
+
+
+def test_every_extra_is_in_pyproject():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11's")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for name, need in LOGGER_EXTRAS.items():
+        if need is not None:
+            module, extra = need
+            assert any(dep.startswith(module) for dep in extras[extra]), name
+
+
+@pytest.mark.parametrize("name", [n for n, need in LOGGER_EXTRAS.items() if need])
+def test_a_missing_package_names_its_extra(name, tmp_path, monkeypatch):
+    module, extra = LOGGER_EXTRAS[name]
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError) as err:
+        make_logger(run_cfg(name), tmp_path / "run")
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"logger={name} needs the {module!r} package" in message
+    assert message.endswith(f"pip install -e '.[{extra}]'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_logger_lists_the_choices():
+    with pytest.raises(ConfigError, match="unknown logger 'tb'; choose one of: ") as err:
+        check_logger("tb")
+    assert str(err.value).endswith("csv, tensorboard, wandb, mlflow")
+
+
+def test_train_script_writes_tensorboard_scalars(tmp_path):
+    """``python scripts/train.py logger=tensorboard``: its train/ and eval/ scalars are in
+    the event file once its logger is closed (at the latest when the process exits), the
+    evaluations those of eval.jsonl."""
+    proc = run_in_process(
+        [
+            "scripts/train.py",
+            "logger=tensorboard",
+            *TINY_PREDATOR_PREY,
+            "total_frames=40",
+            "batch_episodes=2",
+            "eval_interval=20",
+            "eval_episodes=2",
+            "progress=false",
+            f"output_dir={tmp_path}",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    close_open_loggers()  # as at the process's exit
+    scalars = tensorboard_scalars(tmp_path / "resq_predator_prey_seed0")
+    evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [step for step, _ in scalars["eval/return"]] == [e["frames"] for e in evals]
+    assert [v for _, v in scalars["eval/return"]] == pytest.approx(
+        [e["eval/return"] for e in evals], rel=1e-6
+    )
+    steps = [step for step, _ in scalars["train/return"]]  # one per batch, frames so far
+    assert len(steps) >= 2 and steps == sorted(set(steps)) and steps[-1] == evals[-1]["frames"]
+    assert {"train/epsilon", "train/loss_td"} <= set(scalars)
