@@ -24,6 +24,19 @@ class CheckpointNotFoundError(ConfigError, FileNotFoundError):
     """A run was asked to continue from, or to evaluate, a checkpoint that does not exist."""
 
 
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint that cannot be loaded safely: it holds something other than tensors,
+    numbers, strings and plain containers (e.g. a pickled object whose loading would run
+    code), or it is not a checkpoint at all. Refused without running anything
+    (``torch.load(weights_only=True)``)."""
+
+
+class TrainingDivergedError(ValueError):
+    """A loss term or the gradient of an update was not finite: the run stopped before
+    applying that update, after checkpointing the last good state; the message names the
+    update, the term and the frames collected just before it."""
+
+
 def require(module: str, extra: str, needed_by: str) -> ModuleType:
     """Import ``module`` or raise a :class:`MissingDependencyError` saying that ``needed_by``
     (e.g. ``"logger=tensorboard"``) needs the package extra ``extra``."""
@@ -36,4 +49,11 @@ def require(module: str, extra: str, needed_by: str) -> ModuleType:
         ) from err
 
 
-__all__ = ["ConfigError", "MissingDependencyError", "CheckpointNotFoundError", "require"]
+__all__ = [
+    "ConfigError",
+    "MissingDependencyError",
+    "CheckpointNotFoundError",
+    "UnsafeCheckpointError",
+    "TrainingDivergedError",
+    "require",
+]

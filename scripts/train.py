@@ -12,6 +12,7 @@ continues from ``output_dir/checkpoint.pt``. A mistake in the settings ends the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     out = cfg.output_dir
     print(
         f"outputs in {out}/: checkpoint.pt, eval.jsonl, final.json, {cfg.logger} logs"
-        + (", replay/" if cfg.checkpoint_buffer else "")
+        + (", replay/" if (Path(out) / "replay").exists() else "")
     )
     print(
         f"done: {final['frames']} frames (total_frames={cfg.total_frames}), "

@@ -26,6 +26,7 @@ from resq_torchrl.analysis.ro import (
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.envs.predator_prey import CATCH, STAY, PredatorPreyEnv
 from resq_torchrl.training.builders import env_dims, make_env, make_loss
+from resq_torchrl.training.checkpoint import load_checkpoint
 from resq_torchrl.training.trainer import CHECKPOINT, train
 
 SMALL = {"grid_size": 5, "n_predators": 2, "n_prey": 1, "max_steps": 50}
@@ -320,7 +321,7 @@ def test_train_logs_the_capture_diagnostics(tmp_path):
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert all("eval/catch_gap" in e for e in evals[1:])
     assert (csv / "eval" / "catch_gap.csv").exists()
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["capture"]["total"] == counts[-1]
 
 
@@ -330,8 +331,8 @@ def test_capture_diagnostics_leave_training_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(ro.CaptureMonitor, "from_env_cfg", classmethod(lambda cls, *a, **k: None))
     without = train(train_config(tmp_path / "b", "qmix", "predator_prey_small", *cfg))
     assert with_monitor["eval/return"] == without["eval/return"]
-    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=False)["loss"]
-    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["loss"]
+    a = load_checkpoint(tmp_path / "a" / CHECKPOINT)["loss"]
+    b = load_checkpoint(tmp_path / "b" / CHECKPOINT)["loss"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -18,6 +18,7 @@ from torchrl.envs import Transform, TransformedEnv
 
 from resq_torchrl.envs import MatrixGameEnv
 from resq_torchrl.errors import CheckpointNotFoundError
+from resq_torchrl.training.checkpoint import load_checkpoint
 from resq_torchrl.training.evaluation import (
     episode_statistics,
     evaluate_run,
@@ -253,7 +254,7 @@ def test_script_mistakes_get_one_line(pp_run, tmp_path, args, fragment):
 
 def test_render_of_an_env_it_cannot_draw_fails_before_evaluating(pp_run, tmp_path):
     """A checkpoint whose env is SMAX: render=true names the envs it draws, at once."""
-    state = torch.load(pp_run / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(pp_run / "checkpoint.pt")
     state["config"]["env"] = {"family": "smax", "name": "smax_3m", "max_steps": 10}
     run = tmp_path / "other_run"  # not "smax" in argv: script_runner would import jaxmarl
     run.mkdir()

@@ -80,7 +80,10 @@ def tiny(argv: list[str]) -> list[str]:
     if script not in TINY:
         raise AssertionError(f"README runs {script}: give it a tiny budget in TINY")
     budget = dict(TINY[script])
-    if script == "scripts/train.py" and "resume=true" in args:
+    resumes = [
+        a for a in args if a.startswith("resume=") and a not in ("resume=auto", "resume=false")
+    ]
+    if script == "scripts/train.py" and resumes:  # resume=true or resume=PATH
         budget["total_frames"] = str(2 * int(budget["total_frames"]))  # beyond the first run
     if "env=matrix_game" in args:
         del budget["env.max_steps"]  # one-step episodes

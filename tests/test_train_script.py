@@ -8,6 +8,7 @@ import torch
 from conftest import TINY_PREDATOR_PREY, compose_config
 
 from resq_torchrl.data import EpisodeReplayBuffer
+from resq_torchrl.training.checkpoint import load_checkpoint
 from resq_torchrl.training.trainer import CHECKPOINT, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def test_resq_with_the_qatten_main_mixer_trains(tmp_path):
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
     first = train(config("qmix", "predator_prey", tmp_path))
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["frames"] == first["frames"]
     second = train(config("qmix", "predator_prey", tmp_path, "total_frames=400", "resume=true"))
     assert second["frames"] >= 400 and second["episodes"] > first["episodes"]

@@ -26,6 +26,7 @@ from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
 from resq_torchrl.data.priority import TensorPrioritizedSampler
+from resq_torchrl.errors import UnsafeCheckpointError
 
 #: Entries a collector or policy writes that the losses recompute and need not be stored.
 DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
@@ -42,6 +43,47 @@ DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
 #: slots, ``next`` copies of the following step not stored. Copies without it (written
 #: before this layout) hold ``max_len`` slots with every ``next`` entry; ``loads`` converts.
 LAYOUT = "shifted-next"
+
+
+#: pickle opcodes that import or call code: a replay dump's pickles must have none
+_CODE_OPCODES = frozenset(
+    {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+    | {"EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
+)
+#: what a replay dump (``EpisodeReplayBuffer.dumps``: torchrl's ``ReplayBuffer.dumps``, a
+#: memory-mapped TensorDict storage) holds: tensors, JSON, the prioritized sampler's tensor
+#: (loaded with ``weights_only=True``) and torchrl's ``prefetch.pkl``
+_REPLAY_SUFFIXES = (".memmap", ".json", ".pt", ".pkl")
+
+
+def check_replay_dump(path: str | Path) -> None:
+    """Refuse a replay buffer directory that could run code when loaded: torchrl's
+    ``ReplayBuffer.loads`` reads ``prefetch.pkl`` with ``pickle.load``, and a memory-mapped
+    TensorDict may carry pickled non-tensor entries. Every ``*.pkl`` must be plain data (no
+    opcode that imports or calls anything; read with ``pickletools``, never unpickled here)
+    and every other file a tensor, JSON or ``weights_only`` file. Raises
+    :class:`UnsafeCheckpointError` (one line)."""
+    import pickletools
+
+    for file in sorted(Path(path).rglob("*")):
+        if not file.is_file():
+            continue
+        if not file.name.endswith(_REPLAY_SUFFIXES):
+            raise UnsafeCheckpointError(
+                f"refusing to load the replay buffer at {path}: {file.name} is not a file "
+                "EpisodeReplayBuffer.dumps writes (tensors, JSON); it was not read"
+            )
+        if file.suffix == ".pkl":
+            try:
+                ops = {op.name for op, _, _ in pickletools.genops(file.read_bytes())}
+            except Exception:  # not a pickle at all
+                ops = {"unreadable"}
+            if ops & (_CODE_OPCODES | {"unreadable"}):
+                raise UnsafeCheckpointError(
+                    f"refusing to load the replay buffer at {path}: {file.name} is a pickle "
+                    "that imports or calls code, and a replay dump holds plain data only; it "
+                    "was not run"
+                )
 
 
 class EpisodeReplayBuffer:
@@ -279,6 +321,7 @@ class EpisodeReplayBuffer:
         found = self.stored_at(path)
         if found is None:
             raise FileNotFoundError(f"no replay buffer written by dumps() at {path}")
+        check_replay_dump(found)  # before torchrl's loads unpickles anything in it
         meta = json.loads((found / "episodes.json").read_text())
         layout = meta.get("layout", "plain")
         if layout == (LAYOUT if self.shift_next else "plain"):

@@ -136,6 +136,14 @@ class MatrixGameEnv(EnvBase):
         )
         return out
 
+    def simulator_state(self) -> dict:
+        """Nothing: the game is one deterministic step (for checkpoints, which restore the
+        collector's in-flight data only for envs that define this)."""
+        return {}
+
+    def load_simulator_state(self, state) -> None:
+        """Nothing to restore (see :meth:`simulator_state`)."""
+
     def _set_seed(self, seed: int | None) -> None:
         """The game itself is deterministic; ``rand_step`` draws actions from the action spec
         with torch's global generator, so ``torch.manual_seed`` fixes a run."""

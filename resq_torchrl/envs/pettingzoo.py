@@ -12,6 +12,15 @@ run in torchrl's ``SerialEnv`` (or ``ParallelEnv``, one process each). On top of
     "reward"                   [*B, 1]       mean (or sum) of the per-agent rewards
     "done", "terminated", "truncated" [*B, 1] bool
 
+Checkpoints (``resq_torchrl.training.checkpoint``) cannot restore these envs exactly: each
+copy's simulator (positions, velocities, communication, step count) and mpe2's own numpy
+generator live inside the copy of a ``SerialEnv`` or in the worker process of a
+``ParallelEnv``, and the adapter does not reach into them. A resumed run therefore starts
+new episodes, drops the episodes that were in flight at the checkpoint (their steps never
+reach the replay buffer), and from then on differs from the run that was not interrupted;
+the networks, optimizer, replay buffer, counters and torch/numpy/python generators are
+restored.
+
 MPE ends every episode after ``max_cycles`` steps (``max_steps`` in the config) and reports
 it as a truncation: the root ``truncated`` is ``True`` and ``terminated`` ``False`` there, so
 targets bootstrap through the time limit. The per-agent done flags (all equal in MPE) and

@@ -3,7 +3,7 @@ Weighted QMIX and ResQ papers, as a batched TorchRL environment."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -523,6 +523,16 @@ class PredatorPreyEnv(EnvBase):
         out = self._with_flags(self._observation())
         out.set("reward", reward.unsqueeze(-1).float())
         return out
+
+    def simulator_state(self) -> dict:
+        """Everything the env's future depends on: every copy's positions, who is active or
+        alive, step counts, and the generator's state (tensors; for checkpoints)."""
+        return {"buffers": dict(self.state_dict()), "rng": self.rng.get_state()}
+
+    def load_simulator_state(self, state: Mapping) -> None:
+        """Put back a :meth:`simulator_state` (same grid, batch size and options)."""
+        self.load_state_dict(state["buffers"])
+        self.rng.set_state(state["rng"].cpu())
 
     def _set_seed(self, seed: int | None) -> None:
         """Seed the env's generator (reset placements and step draws); ``None`` draws a fresh

@@ -21,6 +21,10 @@ moves, stop, attack enemy ``j``):
   without the battle ending (targets bootstrap through it); ``"battle_won"`` ``[B, 1]``:
   every enemy dead and an ally alive (``win_key: battle_won`` makes it ``eval/win_rate``).
 
+Checkpoints restore it exactly (:meth:`SMAXEnv.simulator_state`: the JAX key, every copy's
+JAX state and current observation) on the same JAX build and device; XLA may compile the
+step differently on another, and a resumed run then diverges in the last bits.
+
 Needs the ``smax`` extra (``pip install -e ".[smax]"``: ``jaxmarl`` with CPU ``jax``).
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Unbounded
@@ -56,6 +61,22 @@ def _import_jax():
 def _to_torch(array, device: torch.device) -> torch.Tensor:
     """JAX array -> torch tensor through DLPack (shares memory on CPU), then to ``device``."""
     return torch.from_dlpack(array).to(device, non_blocking=True)
+
+
+def _array_state(array) -> dict:
+    """A JAX array as plain data: its dtype's name and its bytes as a torch tensor of the
+    signed integer (or float, bool) type of the same width (torch stores no unsigned
+    32-bit tensors in a ``weights_only`` checkpoint)."""
+    data = np.array(array)  # a copy, off JAX's buffers
+    dtype = data.dtype
+    if dtype.kind == "u":
+        data = data.view(f"int{8 * dtype.itemsize}")
+    return {"dtype": dtype.name, "data": torch.from_numpy(data)}
+
+
+def _array_from_state(state: Mapping, jnp):
+    data = state["data"].cpu().numpy()
+    return jnp.asarray(data.view(np.dtype(state["dtype"])))
 
 
 def _world_state_scale(smax, jnp):
@@ -230,6 +251,38 @@ class SMAXEnv(EnvBase):
 
     def _torch(self, arrays: Mapping) -> dict[str, torch.Tensor]:
         return {k: _to_torch(v, self.device) for k, v in arrays.items()}
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def simulator_state(self) -> dict:
+        """Everything the envs' future depends on, for checkpoints: the JAX PRNG key, every
+        copy's JAX state (the leaves of its pytree), the current observations and which envs
+        were reset inside the last step, as tensors. Restored into an env of the same map,
+        options and batch size, the envs continue bit for bit (on the same JAX build and
+        device: XLA may compile differently elsewhere)."""
+        if self._state is None:
+            return {"key": _array_state(self._key), "state": None, "fresh": self._fresh.clone()}
+        return {
+            "key": _array_state(self._key),
+            "state": [_array_state(x) for x in self._jax.tree_util.tree_leaves(self._state)],
+            "out": {k: _array_state(v) for k, v in self._out.items()},
+            "fresh": self._fresh.clone(),
+        }
+
+    def load_simulator_state(self, state: Mapping) -> None:
+        """Put back a :meth:`simulator_state`."""
+        jax = self._jax
+        if state["state"] is None:
+            self._state = self._out = None
+        else:
+            if self._state is None:  # the pytree's structure: from any reset
+                self._state, self._out = self._reset_all(self._split_keys())
+            leaves = [_array_from_state(x, self._jnp) for x in state["state"]]
+            treedef = jax.tree_util.tree_structure(self._state)
+            self._state = jax.tree_util.tree_unflatten(treedef, leaves)
+            self._out = {k: _array_from_state(v, self._jnp) for k, v in state["out"].items()}
+            self._update_spec_mask(_to_torch(self._out["action_mask"], self.device))
+        self._key = _array_from_state(state["key"], self._jnp)  # after the reset above
+        self._fresh = state["fresh"].cpu().clone()
 
     # --- torchrl EnvBase ---------------------------------------------------------------------
     def _set_seed(self, seed: int | None):

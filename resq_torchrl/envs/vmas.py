@@ -22,6 +22,7 @@ tensor they write stay on the GPU. Needs the ``vmas`` extra (``pip install -e ".
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 
 import torch
@@ -53,7 +54,101 @@ def _vmas_env_class():
                     tensordict = TensorDict({"_reset": none}, batch_size=envs.shape)
             return super()._reset(tensordict, **kwargs)
 
+        def simulator_state(self) -> dict:
+            """Everything the simulation's future depends on, for checkpoints: every tensor
+            and number held by the VMAS objects (environment, world, entities and their
+            states, scenario), by attribute path, and VMAS's own random state (a class-level
+            torch/numpy/python generator triple that every VMAS env steps and resets with)."""
+            from vmas.simulator.environment.environment import Environment
+
+            torch_rng, (_, keys, pos, has_gauss, gauss), (version, internal, gauss_next) = (
+                Environment.vmas_random_state
+            )
+            return {
+                "values": dict(_vmas_values(self._env)),
+                "random": {
+                    "torch": torch_rng.clone(),
+                    "numpy": [torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
+                    "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
+                },
+            }
+
+        def load_simulator_state(self, state) -> None:
+            """Put back a :meth:`simulator_state` (same scenario, options and batch size)."""
+            from vmas.simulator.environment.environment import Environment
+
+            saved = state["values"]
+            for path, (owner, name, value) in _vmas_attributes(self._env):
+                if path not in saved:
+                    continue
+                new = saved[path]
+                if isinstance(value, torch.Tensor) and isinstance(new, torch.Tensor):
+                    try:  # in place: other VMAS objects may hold the same tensor
+                        value.copy_(new)
+                        continue
+                    except RuntimeError:  # an expanded view, a changed shape
+                        new = new.clone().to(value.device)
+                _set(owner, name, new)
+            rnd = state["random"]
+            keys, pos, has_gauss, gauss = rnd["numpy"]
+            version, internal, gauss_next = rnd["python"]
+            Environment.vmas_random_state[:] = [
+                rnd["torch"].cpu().clone(),
+                ("MT19937", keys.cpu().numpy().astype("uint32"), pos, has_gauss, gauss),
+                (version, tuple(internal.tolist()), gauss_next),
+            ]
+
     return BatchedResetVmasEnv
+
+
+def _vmas_attributes(root):
+    """``(path, (owner, name, value))`` for every tensor, int, float and bool attribute of
+    the VMAS objects reachable from ``root`` (objects of the ``vmas`` package, lists,
+    tuples and dicts of them), each object once, in a fixed order."""
+    seen, stack = set(), [("", root)]
+    while stack:
+        path, obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        items = (
+            obj.items()
+            if isinstance(obj, dict)
+            else enumerate(obj)
+            if isinstance(obj, (list, tuple))
+            else vars(obj).items()
+            if hasattr(obj, "__dict__") and not isinstance(obj, enum.Enum)
+            else ()
+        )
+        children = []
+        for i, (name, value) in enumerate(items):
+            # a dict keyed by objects (entity -> force): by position, not by address
+            where = f"{path}/{name if isinstance(name, (str, int)) else f'#{i}'}"
+            if isinstance(value, (torch.Tensor, bool, int, float)):
+                yield where, (obj, name, value)
+            elif isinstance(value, (list, tuple, dict)) or _is_vmas_object(value):
+                children.append((where, value))
+        stack.extend(reversed(children))
+
+
+def _is_vmas_object(value) -> bool:
+    """An object of the ``vmas`` package, or a scenario (VMAS loads scenario modules from
+    their files, under a module name outside the package)."""
+    from vmas.simulator.scenario import BaseScenario
+
+    return type(value).__module__.startswith("vmas.") or isinstance(value, BaseScenario)
+
+
+def _vmas_values(root):
+    for path, (_, _, value) in _vmas_attributes(root):
+        yield path, value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+def _set(owner, name, value) -> None:
+    if isinstance(owner, (list, dict)):
+        owner[name] = value
+    elif not isinstance(owner, tuple):
+        setattr(owner, name, value)
 
 
 def make_vmas(

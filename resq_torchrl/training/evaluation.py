@@ -29,6 +29,7 @@ from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
 from resq_torchrl.training.builders import check_device, env_dims, make_env, make_loss
+from resq_torchrl.training.checkpoint import load_checkpoint
 from resq_torchrl.training.trainer import CHECKPOINT, add_agent_transforms, make_policies
 
 #: where :func:`evaluate_run` writes its record, relative to the run's output_dir
@@ -38,17 +39,10 @@ DEFAULT_MAX_ENVS = 256
 
 
 def _load_checkpoint(path: Path) -> dict:
-    """The checkpoint at ``path`` as a dict (``config``, ``loss``, ``frames``, ...), on CPU.
-
-    Through ``resq_torchrl.training.checkpoint.load_checkpoint`` (``weights_only=True``:
-    refuses anything but tensors, numbers, strings and plain containers). Until that module
-    exists, falls back to the trainer's old ``torch.load(weights_only=False)``."""
-    try:
-        from resq_torchrl.training.checkpoint import load_checkpoint
-    except ModuleNotFoundError as err:
-        if err.name != "resq_torchrl.training.checkpoint":
-            raise
-        return torch.load(path, weights_only=False, map_location="cpu")  # fallback, see above
+    """The checkpoint at ``path`` as a dict (``config``, ``loss``, ``frames``, ...), on CPU,
+    read with ``weights_only=True``: anything but tensors, numbers, strings and plain
+    containers is refused with a one-line error
+    (:func:`resq_torchrl.training.checkpoint.load_checkpoint`)."""
     return load_checkpoint(path, map_location="cpu")
 
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from tensordict.nn import TensorDictSequential
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
@@ -27,8 +30,9 @@ from tqdm.auto import tqdm
 
 from resq_torchrl.analysis.ro import CaptureMonitor
 from resq_torchrl.data import EpisodeReplayBuffer
-from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
+from resq_torchrl.errors import CheckpointNotFoundError, ConfigError, TrainingDivergedError
 from resq_torchrl.modules.rnn import LastActionWriter
+from resq_torchrl.training import checkpoint
 from resq_torchrl.training.builders import (
     check_device,
     env_dims,
@@ -38,12 +42,9 @@ from resq_torchrl.training.builders import (
     make_optimizer,
     make_target_updater,
 )
+from resq_torchrl.training.checkpoint import CHECKPOINT, REPLAY, Progress, RunState
 from resq_torchrl.training.collectors import make_collector
-from resq_torchrl.training.loggers import check_logger, make_logger
-
-CHECKPOINT = "checkpoint.pt"
-#: with ``checkpoint_buffer=true``, the replay buffer's directory next to the checkpoint
-REPLAY = "replay"
+from resq_torchrl.training.loggers import check_logger, close_logger, make_logger
 
 
 def make_policies(
@@ -102,31 +103,6 @@ def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -
         won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
         out["eval/win_rate"] = float(won.any(-1).float().mean())
     return out
-
-
-def _env_rng_state(env: EnvBase) -> torch.Tensor | None:
-    """State of the env's own ``torch.Generator`` (``rng`` of the base env), if it has one."""
-    rng = _env_rng(env)
-    return rng.get_state() if isinstance(rng, torch.Generator) else None
-
-
-def _env_rng(env: EnvBase):
-    """The base env's own ``rng`` attribute, read from its ``__dict__``: a closed
-    ``SerialEnv``/``ParallelEnv`` recurses forever on a missing attribute lookup."""
-    return vars(getattr(env, "base_env", env)).get("rng")
-
-
-def _set_env_rng_state(env: EnvBase, state: torch.Tensor | None) -> None:
-    rng = _env_rng(env)
-    if state is not None and isinstance(rng, torch.Generator):
-        rng.set_state(state)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
@@ -194,27 +170,98 @@ def warn_if_no_update(cfg: Mapping, frames: int = 0, stored: int = 0, credit: fl
     )
 
 
+def resume_path(cfg: Mapping, out_dir: Path) -> Path | None:
+    """The checkpoint a run continues from: ``resume=true``: ``out_dir/checkpoint.pt`` (a
+    :class:`CheckpointNotFoundError` when there is none); ``resume=auto``: that one if it
+    exists, else ``None`` (a new run); ``resume=PATH``: that file; ``false``: ``None``."""
+    resume = cfg.get("resume", False)
+    latest = out_dir / CHECKPOINT
+    if resume is None or resume is False or str(resume).lower() == "false":
+        return None
+    if resume is True or str(resume).lower() == "true":
+        if not latest.exists():
+            raise CheckpointNotFoundError(
+                f"resume=true but there is no checkpoint at {latest}: drop resume=true to "
+                "start a new run, use resume=auto to start one when there is none, or set "
+                "output_dir= to the directory of the run to continue"
+            )
+        return latest
+    if str(resume) == "auto":
+        if latest.exists():
+            return latest
+        print(f"resume=auto: no checkpoint at {latest}, starting a new run", flush=True)
+        return None
+    path = Path(str(resume))
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"resume={resume}: no checkpoint file there; give true, auto or the path of a "
+            "checkpoint.pt (or checkpoints/frames_<N>.pt)"
+        )
+    return path
+
+
+class _NonFinite(Exception):
+    """Raised by :class:`NonFiniteGuard` inside an update; carries what was not finite."""
+
+
+class NonFiniteGuard:
+    """While entered (``with guard:``), stops an update before it changes anything: a
+    forward hook on the loss raises when one of its ``loss_*`` terms is not finite (before
+    backward), a step pre-hook on the optimizer when a gradient is not finite (before the
+    step). One device-to-host read per check, so two per update."""
+
+    def __init__(self, loss: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.active = False
+        loss.register_forward_hook(self._check_loss)
+        optimizer.register_step_pre_hook(self._check_gradients)
+
+    def __enter__(self) -> NonFiniteGuard:
+        self.active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active = False
+
+    def _check_loss(self, module, args, losses) -> None:
+        if not self.active:
+            return
+        terms = {k: v.detach() for k, v in losses.items() if k.startswith("loss_")}
+        if bool(torch.stack([v.sum() for v in terms.values()]).isfinite().all()):
+            return
+        values = ", ".join(f"{k}={float(v.sum())}" for k, v in terms.items())
+        bad = [k for k, v in terms.items() if not bool(v.isfinite().all())]
+        raise _NonFinite(f"{' and '.join(bad)} not finite ({values})")
+
+    def _check_gradients(self, optimizer, args, kwargs) -> None:
+        if not self.active:
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([g.abs().amax() for g in grads]).isfinite().all()):
+            raise _NonFinite("the gradient is not finite (every loss term was)")
+
+
 def train(cfg: Mapping) -> dict:
-    """Train ``cfg["algorithm"]`` on ``cfg["env"]``; returns the final evaluation."""
+    """Train ``cfg["algorithm"]`` on ``cfg["env"]``; returns the final evaluation.
+
+    ``resume`` (``true``, ``auto`` or a path, see :func:`resume_path`) continues a run from
+    a checkpoint (:mod:`~resq_torchrl.training.checkpoint`: what a run's future depends on).
+    ``kill_after_checkpoint=k`` (tests only) SIGKILLs the process right after its k-th
+    periodic checkpoint."""
     out_dir = Path(cfg["output_dir"])
-    torch.manual_seed(int(cfg["seed"]))
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
     device = check_device(cfg["device"])
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     max_len = int(env_cfg["max_steps"])
     check_budget(cfg)
     check_logger(cfg["logger"])
-    ckpt_path = out_dir / CHECKPOINT
-    if cfg.get("resume") and not ckpt_path.exists():
-        raise CheckpointNotFoundError(
-            f"resume=true but there is no checkpoint at {ckpt_path}: drop resume=true to start "
-            "a new run, or set output_dir= to the directory of the run to continue"
-        )
+    start_from = resume_path(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # some simulators seed torch's global generator in set_seed (VMAS): keep the run's own
     # stream (networks, exploration, replay sampling) seeded by cfg.seed alone
     with torch.random.fork_rng(devices=_cuda_devices(device)):
-        env = make_env(env_cfg, int(cfg["n_envs"]), device, seed=int(cfg["seed"]))
+        env = make_env(env_cfg, int(cfg["n_envs"]), device, seed=seed)
     dims = env_dims(env)
     loss = make_loss(algo, agent_cfg, dims, device)
     if float(algo.get("td_lambda", 0.0)) > 0:
@@ -223,8 +270,11 @@ def train(cfg: Mapping) -> dict:
         )
     add_agent_transforms(env, loss)
     with torch.random.fork_rng(devices=_cuda_devices(device)):
-        eval_env = make_env(env_cfg, int(cfg["eval_episodes"]), device, seed=int(cfg["seed"]) + 1)
+        eval_env = make_env(env_cfg, int(cfg["eval_episodes"]), device, seed=seed + 1)
     add_agent_transforms(eval_env, loss)
+    # after the envs' first imports, which draw from these generators (jax, jaxmarl)
+    np.random.seed(seed)
+    random.seed(seed)
 
     policy, egreedy = make_policies(loss, env, cfg["exploration"])
     optimizer = make_optimizer(loss, cfg["optimizer"], float(cfg["lr"]), float(cfg["optim_eps"]))
@@ -239,134 +289,125 @@ def train(cfg: Mapping) -> dict:
         beta=float(cfg.get("priority_beta", 0.4)),
     )
     # predator-prey: count the collected capture steps, catch gap at the buffer's captures
-    capture = CaptureMonitor.from_env_cfg(env_cfg, seed=int(cfg["seed"]))
+    capture = CaptureMonitor.from_env_cfg(env_cfg, seed=seed)
     logger = make_logger(cfg, out_dir)
-
-    frames, episodes, last_target, updates, credit = 0, 0, 0, 0, 0.0
-    if cfg.get("resume"):
-        state = torch.load(ckpt_path, weights_only=False, map_location=device)
-        loss.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        egreedy.load_state_dict(state["egreedy"])
-        frames, episodes = state["frames"], state["episodes"]
-        last_target, updates = state["last_target"], state["updates"]
-        torch.set_rng_state(state["rng"])
-        _set_env_rng_state(env, state.get("env_rng"))
-        credit = state.get("credit", 0.0)
-        if capture is not None:
-            capture.load_state_dict(state.get("capture"))
-        _drop_evaluations_after(out_dir / "eval.jsonl", frames)
-        if cfg.get("checkpoint_buffer", False):
-            tag = EpisodeReplayBuffer.tag_at(out_dir / REPLAY)
-            if tag == frames:
-                buffer.loads(out_dir / REPLAY)
-            else:  # none saved, or saved by a run that died before its checkpoint
-                print(
-                    f"checkpoint_buffer: no replay buffer saved with the checkpoint at {frames} "
-                    f"frames (found: {tag}); starting with an empty buffer"
-                )
-        print(
-            f"resumed from {ckpt_path} at {frames} frames ({episodes} episodes, "
-            f"{len(buffer)} in the replay buffer)"
-        )
-
-    total_frames = int(cfg["total_frames"])
-    if frames >= total_frames:
-        raise ConfigError(f"nothing to do: {frames} frames done >= total_frames={total_frames}")
-    warn_if_no_update(cfg, frames, len(buffer), credit)
     collector = make_collector(cfg, env, policy, device)
+    run = RunState(loss, optimizer, egreedy, buffer, env, eval_env, collector, capture, Progress())
+    p = run.progress  # frames, episodes, updates, last_target, credit
+
+    if start_from is not None:
+        checkpoint.restore(start_from, run, cfg, device)
+        _drop_evaluations_after(out_dir / "eval.jsonl", p.frames)
+        print(
+            f"resumed from {start_from} at {p.frames} frames ({p.episodes} episodes, "
+            f"{len(buffer)} in the replay buffer)",
+            flush=True,
+        )
+    total_frames = int(cfg["total_frames"])
+    if p.frames >= total_frames:
+        collector.shutdown()
+        raise ConfigError(f"nothing to do: {p.frames} frames done >= total_frames={total_frames}")
+    warn_if_no_update(cfg, p.frames, len(buffer), p.credit)
     grad_clip = float(cfg["grad_clip"])
     target_every = int(cfg["target_update_episodes"])
     updates_per_episode = float(cfg["updates_per_episode"])
     eval_every, ckpt_every = int(cfg["eval_interval"]), int(cfg["checkpoint_interval"])
-    next_eval = (frames // eval_every + 1) * eval_every
-    next_ckpt = (frames // ckpt_every + 1) * ckpt_every
+    next_eval = (p.frames // eval_every + 1) * eval_every
+    next_ckpt = (p.frames // ckpt_every + 1) * ckpt_every
+    keep = int(cfg.get("keep_checkpoints", 0))
+    kill_after, checkpoints_written = int(cfg.get("kill_after_checkpoint", 0)), 0
     history_path = out_dir / "eval.jsonl"
+    guard = NonFiniteGuard(loss, optimizer)
 
     def run_eval() -> dict:
         result = evaluate(eval_env, policy, max_len, env_cfg.get("win_key"))
         if capture is not None:
             result.update(capture.evaluate(loss, buffer))
-        result.update({"frames": frames, "episodes": episodes, "updates": updates})
+        result.update({"frames": p.frames, "episodes": p.episodes, "updates": p.updates})
         for k, v in result.items():
             if k.startswith("eval/"):
-                logger.log_scalar(k, v, step=frames)
+                logger.log_scalar(k, v, step=p.frames)
         with history_path.open("a") as f:
             f.write(json.dumps(result) + "\n")
         return result
 
-    def save() -> None:
-        if cfg.get("checkpoint_buffer", False):  # before the checkpoint that refers to it
-            buffer.dumps(out_dir / REPLAY, tag=frames)
-        _save_checkpoint(
-            ckpt_path,
-            {
-                "loss": loss.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "egreedy": egreedy.state_dict(),
-                "frames": frames,
-                "episodes": episodes,
-                "last_target": last_target,
-                "updates": updates,
-                "rng": torch.get_rng_state(),
-                "env_rng": _env_rng_state(env),
-                "credit": credit,
-                "capture": None if capture is None else capture.state_dict(),
-                "config": dict(cfg),
-            },
-        )
-
+    latest: dict | None = None  # the last periodic evaluation
     start = time.time()
-    bar = tqdm(total=total_frames, initial=frames, unit="frames", disable=not cfg["progress"])
+    bar = tqdm(total=total_frames, initial=p.frames, unit="frames", disable=not cfg["progress"])
     for batch in collector:
         n_frames = int(batch.get(("collector", "mask")).sum())
-        frames += n_frames
+        p.frames += n_frames
         egreedy.step(n_frames)
-        episodes += buffer.extend(batch)
+        p.episodes += buffer.extend(batch)
         done = batch.get(("next", "done")).squeeze(-1) & batch.get(("collector", "mask"))
         returns = batch.get(("next", "episode_reward"))[done]
         metrics = {"train/return": float(returns.mean()), "train/epsilon": float(egreedy.eps)}
         if capture is not None:
             metrics["train/capture_steps"] = capture.update(batch)
         # no credit piles up before the buffer can fill a batch (no burst of updates later)
-        credit = (
-            credit + batch.shape[0] * updates_per_episode
+        p.credit = (
+            p.credit + batch.shape[0] * updates_per_episode
             if len(buffer) >= buffer.batch_size
             else 0.0
         )
         last = None
-        while credit >= 1.0:
-            credit -= 1.0
+        while p.credit >= 1.0:
+            p.credit -= 1.0
             sample = buffer.sample().to(device)
-            last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
-            updates += 1
+            try:
+                with guard:
+                    last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
+            except _NonFinite as bad:
+                p.credit += 1.0  # the last good state: this update not done
+                path = checkpoint.save(out_dir, run, cfg)
+                collector.shutdown()
+                close_logger(logger)
+                raise TrainingDivergedError(
+                    f"update {p.updates + 1}: {bad}, on a replay batch sampled after "
+                    f"collecting frames {p.frames - n_frames}-{p.frames}; the run stopped "
+                    f"before applying it, {path} holds the state before it ({p.updates} "
+                    "updates): lower lr or grad_clip, or resume from an earlier checkpoint"
+                ) from None
+            p.updates += 1
         if last is not None:  # read back once per batch, not once per update
             metrics["train/grad_norm"] = last[1].item()
             metrics.update({f"train/{k}": v.item() for k, v in last[0].items()})
-        if episodes - last_target >= target_every:
+        if p.episodes - p.last_target >= target_every:
             target_updater.step()
-            last_target = episodes
+            p.last_target = p.episodes
         for k, v in metrics.items():
-            logger.log_scalar(k, v, step=frames)
-        if frames >= next_eval:
-            run_eval()
+            logger.log_scalar(k, v, step=p.frames)
+        if p.frames >= next_eval:
+            latest = run_eval()
             next_eval += eval_every
-        if frames >= next_ckpt:
-            save()
+        if p.frames >= next_ckpt:
+            checkpoint.save(out_dir, run, cfg, keep)
             next_ckpt += ckpt_every
+            checkpoints_written += 1
+            if checkpoints_written == kill_after:  # fault injection for the resume tests
+                os.kill(os.getpid(), signal.SIGKILL)
         bar.update(n_frames)
         bar.set_postfix(
             ret=f"{metrics['train/return']:.2f}",
             eps=f"{metrics['train/epsilon']:.3f}",
             refresh=False,
         )
-        if frames >= total_frames:  # the budget, exceeded by less than this batch
+        if p.frames >= total_frames:  # the budget, exceeded by less than this batch
             break
-    collector.shutdown()
     bar.close()
-    save()
-    final = run_eval()
+    checkpoint.save(out_dir, run, cfg, keep)
+    collector.shutdown()
+    # the last periodic evaluation may have been made at these very frames: not twice
+    final = dict(latest) if latest and latest["frames"] == p.frames else run_eval()
+    close_logger(logger)
     final["seconds"] = time.time() - start
+    final["trained"] = p.updates > 0
+    if not final["trained"]:
+        final["note"] = (
+            "no update was made: this evaluates the networks as initialised, not a trained "
+            f"policy (updates start once the replay holds batch_episodes={buffer.batch_size})"
+        )
+        print(f"warning: {final['note']}", flush=True)
     (out_dir / "final.json").write_text(json.dumps(final, indent=2))
     if not math.isfinite(final["eval/return"]):
         raise FloatingPointError(f"final evaluation return is not finite: {final}")
@@ -377,13 +418,14 @@ def evaluate_checkpoint(
     out_dir: str | Path, episodes: int = 32, device: str | None = None, seed: int = 0
 ) -> dict:
     """Greedy evaluation of ``episodes`` episodes (one per env of a batched env) with the
-    networks of ``out_dir/checkpoint.pt``, built from the config stored in it."""
+    networks of ``out_dir/checkpoint.pt``, built from the config stored in it (read by
+    :func:`~resq_torchrl.training.checkpoint.load_checkpoint`: plain data only)."""
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
         raise CheckpointNotFoundError(
             f"no checkpoint at {path}: train with output_dir={out_dir} first"
         )
-    state = torch.load(path, weights_only=False, map_location="cpu")
+    state = checkpoint.load_checkpoint(path, map_location="cpu")
     cfg = state["config"]
     device = check_device(device or cfg["device"])
     env = make_env(cfg["env"], episodes, device, seed=seed)
@@ -406,6 +448,10 @@ def last_eval(out_dir: str | Path) -> dict | None:
 
 
 __all__ = [
+    "CHECKPOINT",
+    "REPLAY",
+    "NonFiniteGuard",
+    "resume_path",
     "train",
     "evaluate",
     "evaluate_checkpoint",

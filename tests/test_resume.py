@@ -1,0 +1,329 @@
+"""Exact resume: a run killed with SIGKILL right after a checkpoint and resumed ends bit for
+bit where an uninterrupted run of the same length ends (parameters, optimizer, replay
+contents, eval.jsonl); resume=true/auto/PATH, keep_checkpoints, checkpoints of the earlier
+format, and the guard rails (non-finite loss, a run without updates)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_PREDATOR_PREY, compose_config
+from script_runner import run_in_process
+
+from resq_torchrl.data import EpisodeReplayBuffer
+from resq_torchrl.errors import CheckpointNotFoundError, TrainingDivergedError
+from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, load_checkpoint
+from resq_torchrl.training.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: tiny predator-prey, 4-step polls of 10-step episodes: checkpoints fall mid-episode
+PREDATOR_PREY = [
+    "algorithm=resq",
+    "env=predator_prey",
+    *TINY_PREDATOR_PREY,
+    "rollout_steps=4",
+    "agent.hidden_dim=16",
+    "batch_episodes=4",
+    "eval_episodes=2",
+    "eval_interval=40",
+    "checkpoint_interval=60",
+    "total_frames=200",
+]
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return [
+        "seed=3",
+        "progress=false",
+        "checkpoint_buffer=true",
+        "target_update_episodes=4",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def _killed_run(args: list[str]) -> subprocess.CompletedProcess:
+    """``scripts/train.py`` in a new process, killed right after its first checkpoint."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "kill_after_checkpoint=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RL_WARNINGS": "False", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _assert_same_tensors(a, b, where: str) -> None:
+    """Bitwise equality of two nested containers of tensors and numbers."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+def _replay(path: Path) -> EpisodeReplayBuffer:
+    buffer = EpisodeReplayBuffer(capacity=5000, max_len=10)
+    buffer.loads(path)
+    return buffer
+
+
+def _check_kill_and_resume(tmp_path: Path, settings: list[str], min_frames: int) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = run_in_process(["scripts/train.py", *settings, *_args(whole)])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = _killed_run([*settings, *_args(killed)])
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert not (killed / "final.json").exists()
+    saved = load_checkpoint(killed / CHECKPOINT)
+    assert saved["frames"] >= min_frames and saved["updates"] > 0
+    resumed = run_in_process(["scripts/train.py", *settings, *_args(killed, "resume=true")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {killed / CHECKPOINT} at {saved['frames']} frames" in resumed.stdout
+
+    a, b = load_checkpoint(whole / CHECKPOINT), load_checkpoint(killed / CHECKPOINT)
+    for key in ("loss", "optimizer", "egreedy", "rng", "env", "eval_env", "collector"):
+        _assert_same_tensors(a[key], b[key], key)
+    for key in ("frames", "episodes", "updates", "last_target", "credit"):
+        assert a[key] == b[key], key
+    ra, rb = _replay(whole / REPLAY), _replay(killed / REPLAY)
+    assert len(ra) == len(rb) == a["episodes"]
+    stored_a, stored_b = ra.buffer.storage[: len(ra)], rb.buffer.storage[: len(rb)]
+    assert set(stored_a.keys(True, True)) == set(stored_b.keys(True, True))
+    for key in stored_a.keys(True, True):
+        assert torch.equal(stored_a[key], stored_b[key]), key
+    assert (whole / "eval.jsonl").read_text() == (killed / "eval.jsonl").read_text()
+    final_a = json.loads((whole / "final.json").read_text())
+    final_b = json.loads((killed / "final.json").read_text())
+    final_a.pop("seconds"), final_b.pop("seconds")
+    assert final_a == final_b
+    return saved
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact_on_predator_prey(tmp_path):
+    saved = _check_kill_and_resume(tmp_path, PREDATOR_PREY, min_frames=60)
+    # the checkpoint was taken mid-episode: steps in flight were carried over, not dropped
+    assert saved["collector"]["partial"], "no episode was in flight at the checkpoint"
+
+
+#: a qmix run of 12-step episodes small enough to kill and resume in seconds (any env)
+SMALL_RECURRENT = [
+    "algorithm=qmix",
+    "env.max_steps=12",
+    "n_envs=2",
+    "rollout_steps=5",
+    "episodes_per_batch=2",
+    "agent.hidden_dim=16",
+    "batch_episodes=4",
+    "eval_episodes=2",
+    "eval_interval=48",
+    "checkpoint_interval=60",
+]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_exact_on_the_matrix_game(tmp_path):
+    settings = [
+        "algorithm=qmix",
+        "env=matrix_game",
+        "n_envs=4",
+        "rollout_steps=1",
+        "episodes_per_batch=4",
+        "agent.type=mlp",
+        "batch_episodes=8",
+        "eval_episodes=2",
+        "eval_interval=40",
+        "checkpoint_interval=60",
+        "total_frames=200",
+    ]
+    _check_kill_and_resume(tmp_path, settings, min_frames=60)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_exact_on_vmas(tmp_path):
+    pytest.importorskip("vmas")
+    settings = ["env=vmas/balance", *SMALL_RECURRENT, "total_frames=200"]
+    _check_kill_and_resume(tmp_path, settings, min_frames=60)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_exact_on_smax(tmp_path):
+    pytest.importorskip("jaxmarl")
+    settings = ["env=smax/3m", *SMALL_RECURRENT, "total_frames=160"]
+    _check_kill_and_resume(tmp_path, settings, min_frames=60)
+
+
+@pytest.mark.slow
+def test_pettingzoo_resumes_but_says_it_is_not_exact(tmp_path):
+    pytest.importorskip("mpe2")
+    settings = [
+        "algorithm=qmix",
+        "env=pettingzoo/simple_spread",
+        "env.max_steps=10",
+        "n_envs=2",
+        "rollout_steps=4",
+        "episodes_per_batch=2",
+        "agent.hidden_dim=16",
+        "batch_episodes=4",
+        "eval_episodes=2",
+        "eval_interval=40",
+        "checkpoint_interval=40",
+    ]
+    out = tmp_path / "run"
+    first = run_in_process(["scripts/train.py", *settings, *_args(out), "total_frames=60"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert load_checkpoint(out / CHECKPOINT)["collector"] is None
+    again = run_in_process(
+        ["scripts/train.py", *settings, *_args(out, "resume=true"), "total_frames=100"]
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "simulator's state cannot be saved" in again.stdout and "not exact" in again.stdout
+
+
+def _config(out: Path, *extra: str) -> dict:
+    return compose_config("train", *PREDATOR_PREY, *_args(out), *extra)
+
+
+def test_resume_true_auto_and_path(tmp_path, capsys):
+    with pytest.raises(CheckpointNotFoundError, match="resume=true but there is no checkpoint"):
+        train(_config(tmp_path / "none", "resume=true"))
+    with pytest.raises(CheckpointNotFoundError, match="resume=.*nope.pt: no checkpoint file"):
+        train(_config(tmp_path / "none", f"resume={tmp_path / 'nope.pt'}"))
+    # auto without a checkpoint starts a new run, keeping the newest 2 numbered checkpoints
+    first = train(_config(tmp_path / "a", "resume=auto", "keep_checkpoints=2"))
+    assert "resume=auto: no checkpoint" in capsys.readouterr().out
+    kept = sorted(p.name for p in (tmp_path / "a" / KEPT).iterdir())
+    # periodic checkpoints at 60, 120, 180 frames (+ the final one): the newest two remain
+    frames = sorted(int(name[len("frames_") : -len(".pt")]) for name in kept)
+    assert len(frames) == 2 and frames[-1] == first["frames"]
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    # auto with a checkpoint continues it
+    second = train(_config(tmp_path / "a", "resume=auto", "total_frames=260"))
+    assert f"resumed from {tmp_path / 'a' / CHECKPOINT} at {first['frames']}" in (
+        capsys.readouterr().out
+    )
+    assert second["updates"] > first["updates"]
+    # PATH: continue an older numbered checkpoint, writing into another output_dir
+    older = tmp_path / "a" / KEPT / f"frames_{frames[0]}.pt"
+    third = train(_config(tmp_path / "b", f"resume={older}", "checkpoint_buffer=false"))
+    assert f"resumed from {older} at {frames[0]} frames" in capsys.readouterr().out
+    assert third["frames"] == first["frames"] and (tmp_path / "b" / CHECKPOINT).exists()
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes_with_a_warning(tmp_path, capsys):
+    """The earlier trainer saved plain dicts, ``dict(cfg)`` of an OmegaConf ``DictConfig``
+    and no env or collector state, with ``torch.save``: such a file still resumes."""
+    from omegaconf import OmegaConf
+
+    first = train(_config(tmp_path, "total_frames=120", "checkpoint_buffer=false"))
+    new = load_checkpoint(tmp_path / CHECKPOINT)
+    cfg = OmegaConf.create(_config(tmp_path))
+    old = {  # the keys of the earlier trainer's save()
+        "loss": new["loss"],
+        "optimizer": new["optimizer"],
+        "egreedy": new["egreedy"],
+        "frames": new["frames"],
+        "episodes": new["episodes"],
+        "last_target": new["last_target"],
+        "updates": new["updates"],
+        "rng": new["rng"]["torch"],
+        "env_rng": new["env"]["simulator"]["rng"],
+        "credit": new["credit"],
+        "capture": new["capture"],
+        "config": dict(cfg),
+    }
+    assert type(old["config"]["env"]).__name__ == "DictConfig"
+    torch.save(old, tmp_path / CHECKPOINT)
+    loaded = load_checkpoint(tmp_path / CHECKPOINT)
+    assert loaded["config"]["env"]["name"] == "predator_prey"
+    assert type(loaded["config"]["env"]) is dict
+    capsys.readouterr()
+    second = train(_config(tmp_path, "total_frames=200", "resume=true", "checkpoint_buffer=false"))
+    out = capsys.readouterr().out
+    assert "checkpoint of the earlier format" in out and "not exactly" in out
+    assert second["frames"] >= 200 and second["updates"] > first["updates"]
+
+
+def test_a_non_finite_loss_stops_the_run_after_checkpointing_the_last_good_state(tmp_path):
+    cfg = _config(tmp_path, "checkpoint_buffer=false")
+    calls = {"n": 0}
+    from resq_torchrl.objectives import ResQLoss
+
+    forward = ResQLoss.forward
+
+    def poisoned(self, tensordict):
+        out = forward(self, tensordict)
+        calls["n"] += 1
+        if calls["n"] == 5:  # the 5th update's central loss
+            out.set("loss_central", torch.tensor(float("nan")))
+        return out
+
+    ResQLoss.forward = poisoned
+    try:
+        with pytest.raises(TrainingDivergedError) as err:
+            train(cfg)
+    finally:
+        ResQLoss.forward = forward
+    message = str(err.value)
+    assert message.startswith("update 5: loss_central not finite")
+    assert "collecting frames" in message and "\n" not in message
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["updates"] == 4  # the bad update was not applied
+    params = [v for k, v in state["loss"].items() if v.is_floating_point()]
+    assert all(bool(v.isfinite().all()) for v in params)
+    first, last = message.split("collecting frames ")[1].split(";")[0].split("-")
+    assert int(last) == state["frames"] and int(first) < int(last)
+
+
+def test_a_run_without_updates_says_so(tmp_path, capsys):
+    final = train(_config(tmp_path, "batch_episodes=100", "buffer_episodes=100"))
+    assert final["updates"] == 0 and final["trained"] is False
+    assert "no update was made" in final["note"]
+    assert "warning: no update was made" in capsys.readouterr().out
+    assert json.loads((tmp_path / "final.json").read_text())["trained"] is False
+
+
+def test_the_guard_stops_a_non_finite_gradient_before_the_optimizer_step():
+    from resq_torchrl.training.trainer import NonFiniteGuard, _NonFinite
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return {"loss_a": (self.w * x).sum(), "diagnostic": torch.tensor(float("nan"))}
+
+    toy = Toy()
+    optimizer = torch.optim.SGD(toy.parameters(), lr=0.5)
+    guard = NonFiniteGuard(toy, optimizer)
+    with guard:  # finite: the step is taken (w - 0.5 * x); diagnostics are not checked
+        toy(torch.tensor([1.0, 2.0, 4.0]))["loss_a"].backward()
+        optimizer.step()
+    assert toy.w.tolist() == [0.5, 0.0, -1.0]
+    optimizer.zero_grad()
+    toy.w.register_hook(lambda g: g * torch.tensor([1.0, float("inf"), 1.0]))
+    with pytest.raises(_NonFinite, match="gradient is not finite"), guard:
+        toy(torch.tensor([1.0, 1.0, 1.0]))["loss_a"].backward()
+        optimizer.step()
+    assert toy.w.tolist() == [0.5, 0.0, -1.0]  # not stepped
+    with pytest.raises(_NonFinite, match="loss_a not finite"), guard:
+        toy(torch.tensor([1.0, float("nan"), 1.0]))
+    optimizer.zero_grad()
+    toy(torch.tensor([1.0, float("nan"), 1.0]))["loss_a"].backward()  # outside: not checked
