@@ -5,6 +5,7 @@ JSON and markdown it promises. No timing is checked: only structure."""
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,44 @@ def test_throughput_benchmark_against_a_worktree(tmp_path):
     assert row["ratio_now_vs_against"] > 0
     assert "| method | ms now | ms at HEAD | now / HEAD |" in md
     assert _worktrees() == before  # the worktree is gone
+
+
+def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
+    """benchmarks/collect_runs.py: a resumed run's redone evaluations replace the ones past
+    its checkpoint, the session log is kept by the frames it resumed from, and the table
+    between the markers is rebuilt (the text around it kept)."""
+    run = tmp_path / "runs" / "resq_seed0"
+    (run / "resq_pp_seed0" / "scalars" / "train").mkdir(parents=True)
+    (run / "resq_pp_seed0" / "scalars" / "train" / "capture_steps.csv").write_text("100,3\n200,7\n")
+    evals = [(100, 0.0, -4.0), (200, 1.0, -3.0), (200, 2.0, -2.0), (300, 5.0, 1.0)]
+    (run / "eval.jsonl").write_text(
+        "".join(
+            json.dumps({"frames": f, "updates": f // 10, "eval/return": r, "eval/catch_gap": g})
+            + "\n"
+            for f, r, g in evals
+        )
+    )
+    (tmp_path / "runs" / "resq_seed0.log").write_text("resumed from x/checkpoint.pt at 200 frames")
+    docs = tmp_path / "docs"
+    script = ROOT / "benchmarks" / "collect_runs.py"
+    for args in (
+        [tmp_path / "runs", docs / "set", "--rename", "resq_seed=resq_x_seed"],
+        ["--table", docs, tmp_path / "results.md"],
+    ):
+        if args[0] == "--table":
+            (tmp_path / "results.md").write_text(
+                "before\n<!-- runs-table -->\nold\n<!-- /runs-table -->\nafter\n"
+            )
+        proc = subprocess.run(
+            [sys.executable, str(script), *map(str, args)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+    out = docs / "set" / "resq_x_seed0"
+    assert (out / "train_from_200.log").exists() and (out / "eval.jsonl").exists()
+    assert (out / "resq_pp_seed0" / "scalars" / "train" / "capture_steps.csv").exists()
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    row = next(line for line in text.splitlines() if "resq_x_seed0" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:7] == ["set", "resq_x_seed0", "300", "30", "5", "5", "7"]
+    assert cells[7] == "0, 2, 5" and cells[8] == "-4.0, -2.0, 1.0"

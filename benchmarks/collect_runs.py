@@ -1,0 +1,117 @@
+"""Copy the logs of long learning runs into docs/ (they live in the git-ignored runs/) and
+rebuild the runs table of docs/results.md between ``<!-- runs-table -->`` markers.
+
+    python benchmarks/collect_runs.py runs/predator_prey_eps100000 docs/predator_prey_ref/eps100000
+    python benchmarks/collect_runs.py runs/predator_prey_eps100000_totcw \\
+        docs/predator_prey_ref/eps100000_totcw --rename resq_seed=resq_totcw_seed
+    python benchmarks/collect_runs.py --table docs/predator_prey_ref docs/results.md
+
+Per run it copies ``eval.jsonl``, ``final.json``, the csv logger's ``scalars/`` and the run's
+log (``<run>.log`` beside the run directory, overwritten by each resumed session, so it is
+kept as ``train_from_<frames>.log``, named by the frames the session resumed from). Nothing
+else: checkpoints and replay dumps stay in runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+MARK, END = "<!-- runs-table -->", "<!-- /runs-table -->"
+
+
+def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
+    copied = []
+    for run in sorted(p for p in src.iterdir() if p.is_dir() and (p / "eval.jsonl").exists()):
+        name = run.name
+        for old, new in renames:
+            name = name.replace(old, new)
+        out = dst / name
+        out.mkdir(parents=True, exist_ok=True)
+        for file in ("eval.jsonl", "final.json"):
+            if (run / file).exists():
+                shutil.copy2(run / file, out / file)
+        for scalars in run.glob("*/scalars"):
+            shutil.copytree(scalars, out / scalars.parent.name / "scalars", dirs_exist_ok=True)
+        log = run.with_name(run.name + ".log")
+        if log.exists():
+            text = log.read_text(errors="replace")
+            resumed = re.search(r"resumed from \S+ at (\d+) frames", text)
+            shutil.copy2(log, out / f"train_from_{resumed.group(1) if resumed else 0}.log")
+        copied.append(out)
+    return copied
+
+
+def _last_csv_value(path: Path) -> str:
+    if not path.exists():
+        return "-"
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return str(int(float(lines[-1].split(",")[-1]))) if lines else "-"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def table(root: Path) -> str:
+    rows = [
+        "| run set | run | env steps reached | updates | last greedy return | best | capture "
+        "steps collected | greedy return every 20k | catch gap every 20k |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted(root.glob("*/*_seed*")):
+        lines = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines() if x]
+        if not lines:
+            continue
+        by_frames: dict[int, dict] = {}
+        for line in lines:  # a resumed run redoes evaluations past its checkpoint: last wins
+            by_frames = {f: v for f, v in by_frames.items() if f < line["frames"]}
+            by_frames[line["frames"]] = line
+        evals = [by_frames[f] for f in sorted(by_frames)]
+        returns = [e["eval/return"] for e in evals]
+        gaps = [e.get("eval/catch_gap") for e in evals]
+        capture = _last_csv_value(
+            next(iter(run.glob("*/scalars/train/capture_steps.csv")), Path("-"))
+        )
+        last = evals[-1]
+        rows.append(
+            f"| {run.parent.name} | {run.name} | {last['frames']:,} | {last['updates']} | "
+            f"{_num(returns[-1])} | {_num(max(returns))} | {capture} | "
+            f"{', '.join(_num(r) for r in returns)} | "
+            f"{', '.join('-' if g is None else f'{g:.1f}' for g in gaps)} |"
+        )
+    return "\n".join(rows)
+
+
+def write_table(root: Path, markdown: Path) -> None:
+    text = markdown.read_text()
+    if MARK not in text or END not in text:
+        raise SystemExit(f"error: {markdown} has no {MARK} ... {END} markers")
+    head, rest = text.split(MARK, 1)
+    _, tail = rest.split(END, 1)
+    markdown.write_text(f"{head}{MARK}\n{table(root)}\n{END}{tail}")
+    print(f"wrote the runs table of {root} into {markdown}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", type=Path, help="runs directory (or, with --table, docs root)")
+    parser.add_argument("dst", type=Path, help="docs directory (or, with --table, results.md)")
+    parser.add_argument("--rename", action="append", default=[], help="OLD=NEW in run names")
+    parser.add_argument("--table", action="store_true", help="rebuild the runs table instead")
+    args = parser.parse_args()
+    if args.table:
+        write_table(args.src, args.dst)
+        return
+    if not args.src.is_dir():
+        raise SystemExit(f"error: {args.src} is not a directory of runs")
+    renames = [tuple(r.split("=", 1)) for r in args.rename]
+    for out in collect(args.src, args.dst, renames):
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
