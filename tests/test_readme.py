@@ -94,6 +94,8 @@ def tiny(argv: list[str]) -> list[str]:
 def expected_failure(argv: list[str]) -> str | None:
     """The one-line error a README command must give on this machine, if any."""
     args = " ".join(argv)
+    if "hydra/launcher=slurm" in args and shutil.which("sbatch") is None:
+        pytest.skip("needs a SLURM cluster (sbatch); tests/test_scaling.py composes the preset")
     if ("device=cuda" in args or "gpu=true" in args) and not torch.cuda.is_available():
         return "device=cuda was asked for"
     for family in ("smacv2", "smac"):
@@ -119,6 +121,8 @@ SLOW = {
     "env=smax/": "SMAX's JIT compilation alone takes 1-2 minutes on 2 cores",
     "hydra/launcher=joblib": "its worker processes each import torch (30-50 s on 2 cores)",
     "logger=mlflow": "mlflow's import and store take ~20 s (tests/test_loggers.py covers it)",
+    "collector=multi": "its worker processes each import torch (tests/test_scaling.py)",
+    "collector=ray": "starting Ray and its actors takes 20-60 s (tests/test_scaling.py)",
 }
 
 

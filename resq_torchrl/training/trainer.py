@@ -334,66 +334,69 @@ def train(cfg: Mapping) -> dict:
     latest: dict | None = None  # the last periodic evaluation
     start = time.time()
     bar = tqdm(total=total_frames, initial=p.frames, unit="frames", disable=not cfg["progress"])
-    for batch in collector:
-        n_frames = int(batch.get(("collector", "mask")).sum())
-        p.frames += n_frames
-        egreedy.step(n_frames)
-        p.episodes += buffer.extend(batch)
-        done = batch.get(("next", "done")).squeeze(-1) & batch.get(("collector", "mask"))
-        returns = batch.get(("next", "episode_reward"))[done]
-        metrics = {"train/return": float(returns.mean()), "train/epsilon": float(egreedy.eps)}
-        if capture is not None:
-            metrics["train/capture_steps"] = capture.update(batch)
-        # no credit piles up before the buffer can fill a batch (no burst of updates later)
-        p.credit = (
-            p.credit + batch.shape[0] * updates_per_episode
-            if len(buffer) >= buffer.batch_size
-            else 0.0
-        )
-        last = None
-        while p.credit >= 1.0:
-            p.credit -= 1.0
-            sample = buffer.sample().to(device)
-            try:
-                with guard:
-                    last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
-            except _NonFinite as bad:
-                p.credit += 1.0  # the last good state: this update not done
-                path = checkpoint.save(out_dir, run, cfg)
-                collector.shutdown()
-                close_logger(logger)
-                raise TrainingDivergedError(
-                    f"update {p.updates + 1}: {bad}, on a replay batch sampled after "
-                    f"collecting frames {p.frames - n_frames}-{p.frames}; the run stopped "
-                    f"before applying it, {path} holds the state before it ({p.updates} "
-                    "updates): lower lr or grad_clip, or resume from an earlier checkpoint"
-                ) from None
-            p.updates += 1
-        if last is not None:  # read back once per batch, not once per update
-            metrics["train/grad_norm"] = last[1].item()
-            metrics.update({f"train/{k}": v.item() for k, v in last[0].items()})
-        if p.episodes - p.last_target >= target_every:
-            target_updater.step()
-            p.last_target = p.episodes
-        for k, v in metrics.items():
-            logger.log_scalar(k, v, step=p.frames)
-        if p.frames >= next_eval:
-            latest = run_eval()
-            next_eval += eval_every
-        if p.frames >= next_ckpt:
-            checkpoint.save(out_dir, run, cfg, keep)
-            next_ckpt += ckpt_every
-            checkpoints_written += 1
-            if checkpoints_written == kill_after:  # fault injection for the resume tests
-                os.kill(os.getpid(), signal.SIGKILL)
-        bar.update(n_frames)
-        bar.set_postfix(
-            ret=f"{metrics['train/return']:.2f}",
-            eps=f"{metrics['train/epsilon']:.3f}",
-            refresh=False,
-        )
-        if p.frames >= total_frames:  # the budget, exceeded by less than this batch
-            break
+    try:
+        for batch in collector:
+            n_frames = int(batch.get(("collector", "mask")).sum())
+            p.frames += n_frames
+            egreedy.step(n_frames)
+            p.episodes += buffer.extend(batch)
+            done = batch.get(("next", "done")).squeeze(-1) & batch.get(("collector", "mask"))
+            returns = batch.get(("next", "episode_reward"))[done]
+            metrics = {"train/return": float(returns.mean()), "train/epsilon": float(egreedy.eps)}
+            if capture is not None:
+                metrics["train/capture_steps"] = capture.update(batch)
+            # no credit piles up before the buffer can fill a batch (no burst of updates later)
+            p.credit = (
+                p.credit + batch.shape[0] * updates_per_episode
+                if len(buffer) >= buffer.batch_size
+                else 0.0
+            )
+            last = None
+            while p.credit >= 1.0:
+                p.credit -= 1.0
+                sample = buffer.sample().to(device)
+                try:
+                    with guard:
+                        last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
+                except _NonFinite as bad:
+                    p.credit += 1.0  # the last good state: this update not done
+                    path = checkpoint.save(out_dir, run, cfg)  # the collector: see except
+                    close_logger(logger)
+                    raise TrainingDivergedError(
+                        f"update {p.updates + 1}: {bad}, on a replay batch sampled after "
+                        f"collecting frames {p.frames - n_frames}-{p.frames}; the run stopped "
+                        f"before applying it, {path} holds the state before it ({p.updates} "
+                        "updates): lower lr or grad_clip, or resume from an earlier checkpoint"
+                    ) from None
+                p.updates += 1
+            if last is not None:  # read back once per batch, not once per update
+                metrics["train/grad_norm"] = last[1].item()
+                metrics.update({f"train/{k}": v.item() for k, v in last[0].items()})
+            if p.episodes - p.last_target >= target_every:
+                target_updater.step()
+                p.last_target = p.episodes
+            for k, v in metrics.items():
+                logger.log_scalar(k, v, step=p.frames)
+            if p.frames >= next_eval:
+                latest = run_eval()
+                next_eval += eval_every
+            if p.frames >= next_ckpt:
+                checkpoint.save(out_dir, run, cfg, keep)
+                next_ckpt += ckpt_every
+                checkpoints_written += 1
+                if checkpoints_written == kill_after:  # fault injection for the resume tests
+                    os.kill(os.getpid(), signal.SIGKILL)
+            bar.update(n_frames)
+            bar.set_postfix(
+                ret=f"{metrics['train/return']:.2f}",
+                eps=f"{metrics['train/epsilon']:.3f}",
+                refresh=False,
+            )
+            if p.frames >= total_frames:  # the budget, exceeded by less than this batch
+                break
+    except BaseException:  # worker processes and a local Ray never outlive an error
+        collector.shutdown()
+        raise
     bar.close()
     checkpoint.save(out_dir, run, cfg, keep)
     collector.shutdown()
