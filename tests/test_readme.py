@@ -74,6 +74,9 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
+RESUMED: list[list[str]] = []  # the README's resuming train.py commands run so far
+
+
 def tiny(argv: list[str]) -> list[str]:
     """``argv`` with the budget settings of :data:`TINY` put in place of the README's."""
     script, *args = argv
@@ -84,7 +87,9 @@ def tiny(argv: list[str]) -> list[str]:
         a for a in args if a.startswith("resume=") and a not in ("resume=auto", "resume=false")
     ]
     if script == "scripts/train.py" and resumes:  # resume=true or resume=PATH
-        budget["total_frames"] = str(2 * int(budget["total_frames"]))  # beyond the first run
+        # each continuation goes beyond every run before it (the README chains them)
+        RESUMED.append(argv)
+        budget["total_frames"] = str((1 + len(RESUMED)) * int(budget["total_frames"]))
     if "env=matrix_game" in args:
         del budget["env.max_steps"]  # one-step episodes
     kept = [a for a in args if a.partition("=")[0] not in budget]

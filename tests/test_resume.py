@@ -224,6 +224,28 @@ def test_resume_true_auto_and_path(tmp_path, capsys):
     third = train(_config(tmp_path / "b", f"resume={older}", "checkpoint_buffer=false"))
     assert f"resumed from {older} at {frames[0]} frames" in capsys.readouterr().out
     assert third["frames"] == first["frames"] and (tmp_path / "b" / CHECKPOINT).exists()
+    # auto on a finished run (a sweep launched again): nothing to do, its final result
+    again = train(_config(tmp_path / "b", "resume=auto", "checkpoint_buffer=false"))
+    assert again == third and "is done" in capsys.readouterr().out
+
+
+def test_resuming_an_earlier_kept_checkpoint_sets_the_later_ones_aside(tmp_path):
+    """keep_checkpoints after resume=checkpoints/frames_<N>.pt in the same output_dir: the
+    checkpoints past N belong to a future that did not happen; they are moved to
+    checkpoints/superseded/ (not deleted) and never displace N or the new run's own."""
+    out = tmp_path / "a"
+    train(_config(out, "keep_checkpoints=3", "checkpoint_buffer=false"))
+    kept = sorted((out / KEPT).glob("frames_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    assert len(kept) == 3
+    start = int(kept[0].stem.split("_")[1])
+    later = {p.name for p in kept[1:]}
+    train(_config(out, f"resume={kept[0]}", "keep_checkpoints=3", "checkpoint_buffer=false"))
+    # the first save past N sets them all aside; the resumed run (exact: same frame counts)
+    # then writes its own checkpoints at the frames it reaches
+    aside = {p.name for p in (out / KEPT / "superseded").iterdir()}
+    assert aside and aside <= later
+    now = [int(p.stem.split("_")[1]) for p in (out / KEPT).glob("frames_*.pt")]
+    assert start in now and len(now) == 3
 
 
 def test_a_checkpoint_of_the_earlier_format_resumes_with_a_warning(tmp_path, capsys):

@@ -201,6 +201,8 @@ class EpisodeReplayBuffer:
         mask = episodes.get(self.mask_key)
         follows = mask[:, 1:] & mask[:, :-1]
         keys = []
+        if self.max_len > 1 and not bool(follows.any()):
+            return ()  # nothing to compare yet (one-step episodes only): store every key
         for key in episodes.keys(True, True):
             key = key if isinstance(key, tuple) else (key,)
             if (
@@ -226,9 +228,12 @@ class EpisodeReplayBuffer:
         for key in self.shifted:
             root, nxt = episodes.get(key), episodes.get(("next", *key))
             if not torch.equal(nxt[:, :-1][follows], root[:, 1:][follows]):
+                name = "/".join(key)
                 raise RuntimeError(
-                    f"('next', {key}) differs from {key} one step later in a stored episode, "
-                    "unlike the first batch: build the buffer with shift_next=False"
+                    f"next/{name} differs from {name} one step later in an episode, unlike in "
+                    "the first batch stored: this env's next entries cannot be rebuilt by "
+                    "shifting (EpisodeReplayBuffer(shift_next=False) stores them; please "
+                    "report the env)"
                 )
             root = root.clone()
             root[rows, length] = nxt[rows, length - 1]

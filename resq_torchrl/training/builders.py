@@ -412,17 +412,18 @@ def gradient_step(
     grad_clip: float,
     buffer=None,
 ) -> tuple[TensorDictBase, torch.Tensor]:
-    """One update, the same in every training loop: loss on ``batch``, backward, the
-    replay's priorities from the TD errors the loss wrote into ``batch`` (``buffer``, when
-    given), gradient clipping at ``grad_clip``, optimizer step.
+    """One update, the same in every training loop: loss on ``batch``, backward, gradient
+    clipping at ``grad_clip``, optimizer step, then the replay's priorities from the TD
+    errors the loss wrote into ``batch`` (``buffer``, when given; after the step, so an
+    update stopped before its step changes nothing in the replay either).
 
     Returns the loss output (detached) and the gradient norm before clipping.
     """
     losses = loss(batch)
     optimizer.zero_grad()
     total_loss(losses).backward()
-    if buffer is not None:
-        buffer.update_priority(batch)
     grad_norm = torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
     optimizer.step()
+    if buffer is not None:
+        buffer.update_priority(batch)
     return losses.detach(), grad_norm

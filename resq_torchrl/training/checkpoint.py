@@ -68,6 +68,8 @@ from resq_torchrl.errors import CheckpointNotFoundError, UnsafeCheckpointError
 CHECKPOINT = "checkpoint.pt"
 #: with ``keep_checkpoints=K``: the newest K as ``checkpoints/frames_<N>.pt``
 KEPT = "checkpoints"
+#: kept checkpoints past the one a run was resumed from (``checkpoints/superseded/``)
+SUPERSEDED = "superseded"
 #: with ``checkpoint_buffer=true``, the replay buffer's directory next to the checkpoint
 REPLAY = "replay"
 #: the checkpoint format: 2 holds the envs' and the collector's state (legacy ones: none)
@@ -166,7 +168,14 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
         shutil.copyfile(tmp, kept_tmp)
         os.replace(kept_tmp, kept)
         by_frames = sorted(kept_dir.glob("frames_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for old in by_frames[:-keep]:
+        # a run resumed from an earlier checkpoint: the ones past it belong to a future that
+        # did not happen; moved aside (never deleted, never counted), not pruned in its place
+        superseded = [p for p in by_frames if int(p.stem.split("_")[1]) > frames]
+        if superseded:
+            (kept_dir / SUPERSEDED).mkdir(exist_ok=True)
+            for old in superseded:
+                os.replace(old, kept_dir / SUPERSEDED / old.name)
+        for old in [p for p in by_frames if p not in superseded][:-keep]:
             old.unlink()
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
     return path
@@ -219,7 +228,7 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
             run.buffer.loads(replay)
         else:  # none saved, or saved by a run that died before its checkpoint
             print(
-                f"checkpoint_buffer: no replay buffer saved with the checkpoint at "
+                f"warning: checkpoint_buffer: no replay buffer saved with the checkpoint at "
                 f"{run.progress.frames} frames (found: {tag}); starting with an empty buffer",
                 flush=True,
             )

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensordict.nn import TensorDictSequential
+from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueModule
 from torchrl.objectives import ValueEstimators
@@ -296,7 +297,14 @@ def train(cfg: Mapping) -> dict:
     p = run.progress  # frames, episodes, updates, last_target, credit
 
     if start_from is not None:
-        checkpoint.restore(start_from, run, cfg, device)
+        try:
+            checkpoint.restore(start_from, run, cfg, device)
+        except BaseException:  # worker processes and a local Ray never outlive an error
+            collector.shutdown()
+            close_logger(logger)
+            raise
+        if not isinstance(collector, Collector):  # workers got the weights as built: resend
+            collector.update_policy_weights_()
         _drop_evaluations_after(out_dir / "eval.jsonl", p.frames)
         print(
             f"resumed from {start_from} at {p.frames} frames ({p.episodes} episodes, "
@@ -306,6 +314,11 @@ def train(cfg: Mapping) -> dict:
     total_frames = int(cfg["total_frames"])
     if p.frames >= total_frames:
         collector.shutdown()
+        close_logger(logger)
+        done = out_dir / "final.json"
+        if str(cfg.get("resume")) == "auto" and done.exists():  # a sweep launched again
+            print(f"resume=auto: {out_dir} is done ({p.frames} frames): nothing to do")
+            return json.loads(done.read_text())
         raise ConfigError(f"nothing to do: {p.frames} frames done >= total_frames={total_frames}")
     warn_if_no_update(cfg, p.frames, len(buffer), p.credit)
     grad_clip = float(cfg["grad_clip"])
