@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tensordict import TensorDictBase, pad
+from tensordict import TensorDict, TensorDictBase, pad
 from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
@@ -348,13 +348,18 @@ class EpisodeReplayBuffer:
             prioritized=self.prioritized,
             shift_next=layout == LAYOUT,
         )
-        other.buffer.loads(found)
         if other.shift_next:
             other.shifted = tuple(tuple(k) for k in meta["shifted"])
-        n = len(other.buffer)
+        # torchrl's loads would copy the whole dump into memory first (several GB for a
+        # full predator-prey replay): read it memory-mapped, one chunk at a time
+        stored = TensorDict.load_memmap(found / "storage")
+        n = json.loads((found / "storage" / "storage_metadata.json").read_text())["len"]
+        other.buffer._writer.loads(found / "writer")
+        if (found / "sampler").exists():
+            other.buffer._sampler.loads(found / "sampler")
         for start in range(0, n, 256):
             index = torch.arange(start, min(start + 256, n))
-            chunk = other.episodes(index)  # [k, max_len], every next entry
+            chunk = other._unfold_next(stored[index], self.max_len)  # every next entry
             if self.shifted is None:
                 self.shifted = self._shiftable(chunk)
             if self.shift_next:
