@@ -254,6 +254,20 @@ def test_mlflow_local_store(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["mlflow.db"]  # no artifact logged yet
 
 
+def test_a_failed_run_is_marked_failed_in_mlflow(tmp_path):
+    """A run stopped by an error (a non-finite loss) closes its mlflow run as FAILED."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    logger = make_logger(run_cfg("mlflow"), out)
+    log_all(logger)
+    close_logger(logger, failed=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("resq_pp_seed3").experiment_id])
+    assert run.info.status == RunStatus.to_string(RunStatus.FAILED)
+
+
 def test_an_mlflow_store_it_cannot_open_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     uri = f"file:{tmp_path / 'mlruns'}"  # the old default store, refused by mlflow 3

@@ -138,18 +138,22 @@ def _global_rng_kept():
             np.random.set_state(numpy)
 
 
-def close_logger(logger: Logger) -> None:
+def close_logger(logger: Logger, failed: bool = False) -> None:
     """Flush and close ``logger``: the tensorboard event file, the wandb run and the mlflow
-    run are complete afterwards. Closing it twice does nothing."""
+    run are complete afterwards; with ``failed`` (a run stopped by an error) the wandb and
+    mlflow runs are marked failed instead of finished. Closing it twice does nothing."""
     if logger in _OPEN:
         _OPEN.remove(logger)
+    if failed and type(logger).__name__ == "WandbLogger":
+        with contextlib.suppress(Exception):  # already finished
+            logger.experiment.finish(exit_code=1)
     logger.shutdown()  # flush, then finish (wandb) or close (tensorboard); idempotent
     if isinstance(logger, MLFlowLogger):
         import mlflow
 
         active = mlflow.active_run()
         if active is not None and active.info.run_id == logger.experiment.info.run_id:
-            mlflow.end_run()
+            mlflow.end_run(status="FAILED" if failed else "FINISHED")
 
 
 def close_open_loggers() -> None:

@@ -301,7 +301,7 @@ def train(cfg: Mapping) -> dict:
             checkpoint.restore(start_from, run, cfg, device)
         except BaseException:  # worker processes and a local Ray never outlive an error
             collector.shutdown()
-            close_logger(logger)
+            close_logger(logger, failed=True)
             raise
         if not isinstance(collector, Collector):  # workers got the weights as built: resend
             collector.update_policy_weights_()
@@ -374,7 +374,7 @@ def train(cfg: Mapping) -> dict:
                 except _NonFinite as bad:
                     p.credit += 1.0  # the last good state: this update not done
                     path = checkpoint.save(out_dir, run, cfg)  # the collector: see except
-                    close_logger(logger)
+                    close_logger(logger, failed=True)
                     raise TrainingDivergedError(
                         f"update {p.updates + 1}: {bad}, on a replay batch sampled after "
                         f"collecting frames {p.frames - n_frames}-{p.frames}; the run stopped "
