@@ -61,7 +61,6 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
 from resq_torchrl.data import EpisodeReplayBuffer
-from resq_torchrl.data.episodes import check_replay_dump
 from resq_torchrl.errors import CheckpointNotFoundError, UnsafeCheckpointError
 
 #: the latest checkpoint of a run, in its ``output_dir``
@@ -224,7 +223,6 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
         replay = Path(path).parent / REPLAY
         tag = EpisodeReplayBuffer.tag_at(replay)
         if tag == run.progress.frames:
-            check_replay_dump(EpisodeReplayBuffer.stored_at(replay))
             run.buffer.loads(replay)
         else:  # none saved, or saved by a run that died before its checkpoint
             print(
@@ -495,6 +493,5 @@ __all__ = [
     "save",
     "restore",
     "load_checkpoint",
-    "check_replay_dump",
     "plain_config",
 ]

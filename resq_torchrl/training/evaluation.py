@@ -38,14 +38,6 @@ EVALUATION_JSON = "evaluation.json"
 DEFAULT_MAX_ENVS = 256
 
 
-def _load_checkpoint(path: Path) -> dict:
-    """The checkpoint at ``path`` as a dict (``config``, ``loss``, ``frames``, ...), on CPU,
-    read with ``weights_only=True``: anything but tensors, numbers, strings and plain
-    containers is refused with a one-line error
-    (:func:`resq_torchrl.training.checkpoint.load_checkpoint`)."""
-    return load_checkpoint(path, map_location="cpu")
-
-
 def checkpoint_path(output_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
     """``checkpoint`` if given, else ``output_dir/checkpoint.pt``; a
     :class:`CheckpointNotFoundError` when the file is not there."""
@@ -61,7 +53,7 @@ def checkpoint_path(output_dir: str | Path, checkpoint: str | Path | None = None
 def load_run(output_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, dict]:
     """(path, state) of the run's checkpoint (:func:`checkpoint_path`), loaded on CPU."""
     path = checkpoint_path(output_dir, checkpoint)
-    return path, _load_checkpoint(path)
+    return path, load_checkpoint(path, map_location="cpu")  # weights_only: plain data
 
 
 # ------------------------------------------------------------------------------- statistics
