@@ -175,3 +175,29 @@ def test_losses_agree_when_the_fast_path_declines(algorithm):
         torch.testing.assert_close(fast[key], plain[key], atol=1e-6, rtol=1e-6, msg=key)
     for name in plain_grads:
         torch.testing.assert_close(fast_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
+
+
+def test_shared_inputs_are_rebuilt_when_the_batch_changes_in_place():
+    """The time-major inputs built once per batch (shared by a loss's networks) are reused
+    only while the source tensors are unmodified: an in-place change of the observations,
+    or of a last action, gives the plain path's new utilities, never the stale ones."""
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
+    td = episodes(b=3, t=5, seed=5, garbage_padding=False)
+
+    def fast_and_plain():
+        with set_recurrent_mode(True):
+            out, _ = gru.forward_with_next(td.copy(), None)
+            plain = gru(td.copy())
+        return out["agents", "action_value"], plain["agents", "action_value"]
+
+    first, plain = fast_and_plain()
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=0)
+    for key in (("agents", "observation"), ("agents", "last_action")):
+        # the same edit on both sides keeps step t+1 the "next" of step t
+        td[key][:, 2].add_(0.5)
+        td["next", *key][:, 1].add_(0.5)
+        again, plain = fast_and_plain()
+        torch.testing.assert_close(again, plain, atol=1e-5, rtol=0)
+        assert not torch.allclose(again, first)
+        first = again

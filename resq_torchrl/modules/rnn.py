@@ -51,10 +51,13 @@ class _GRUSequence(torch.autograd.Function):
 
     torch's CPU GRU records every step's gates for autograd, and its backward concatenates
     the three gate gradients of every step and accumulates the weight gradients one step at
-    a time. Here the forward keeps the gates in three ``[T, M, .]`` buffers; the backward
-    walks the steps with two small products each and computes the weight and bias gradients
-    as one product over all ``T * M`` rows at the end. Written by hand because torch has no
-    such kernel for the CPU (cuDNN's fused GRU is used on CUDA); tested against ``nn.GRU``.
+    a time. Here the forward keeps the gates in ``[T, M, .]`` buffers; the backward walks the
+    steps with a few small products each, writes the gate gradients straight into the input
+    gradient (no concatenation of ``[T, M, 3H]`` tensors) and computes the weight and bias
+    gradients as products over all ``T * M`` rows at the end. The states are kept in one
+    ``[T + 1, M, H]`` buffer whose first row is ``h0``, so the previous states of every step
+    are a view, not a copy. Written by hand because torch has no such kernel for the CPU
+    (cuDNN's fused GRU is used on CUDA); tested against ``nn.GRU``.
 
     Gates as in ``nn.GRU`` (order r, z, n): ``r, z = sigmoid(gi_rz + gh_rz)``,
     ``n = tanh(gi_n + r * gh_n)``, ``h' = n + z * (h - n)`` with ``gh = W_hh h + b_hh``.
@@ -67,49 +70,55 @@ class _GRUSequence(torch.autograd.Function):
     def forward(ctx, gi, h0, w_hh, b_hh):
         steps, rows, three_h = gi.shape
         hd = three_h // 3
-        out = gi.new_empty(steps, rows, hd)
+        hs = gi.new_empty(steps + 1, rows, hd)  # hs[0] = h0, hs[t + 1] = the state after t
+        hs[0] = h0
         gh = gi.new_empty(steps, rows, three_h)  # W_hh h + b_hh of every step
         rz = gi.new_empty(steps, rows, 2 * hd)
         n = gi.new_empty(steps, rows, hd)
         w_t = w_hh.t()
-        h = h0
+        h = hs[0]
         for t in range(steps):
             gh_t = torch.addmm(b_hh, h, w_t, out=gh[t])
             rz_t = torch.add(gi[t, :, : 2 * hd], gh_t[:, : 2 * hd], out=rz[t]).sigmoid_()
             n_t = torch.addcmul(gi[t, :, 2 * hd :], rz_t[:, :hd], gh_t[:, 2 * hd :], out=n[t])
             n_t.tanh_()
-            h = torch.addcmul(n_t, rz_t[:, hd:], h - n_t, out=out[t])
-        ctx.save_for_backward(h0, w_hh, out, gh, rz, n)
-        return out
+            h = torch.addcmul(n_t, rz_t[:, hd:], h - n_t, out=hs[t + 1])
+        ctx.save_for_backward(w_hh, hs, gh, rz, n)
+        return hs[1:]
 
     @staticmethod
     def backward(ctx, grad_out):
-        h0, w_hh, out, gh, rz, n = ctx.saved_tensors
-        steps, rows, hd = out.shape
-        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]], 0)  # [T, M, H]
-        z = rz[..., hd:]
+        w_hh, hs, gh, rz, n = ctx.saved_tensors
+        steps, rows, hd = n.shape
+        h_prev = hs[:-1]  # [T, M, H], a view
+        z, r = rz[..., hd:], rz[..., :hd]
         # step-independent factors, for all steps at once
         d_n = (1 - z) * (1 - n * n)  # d h' / d (pre-activation of n), given d h'
         h_minus_n = h_prev - n
         d_rz = rz * (1 - rz)  # sigmoid'
-        r = rz[..., :hd]
         gh_n = gh[..., 2 * hd :]
-        g_gh = torch.empty_like(gh)  # gradient of W_hh h + b_hh: [r, z, n] parts
-        g_in = torch.empty_like(out)  # gradient of the n pre-activation (input side)
+        # the input side's gradient: [r and z pre-activations, n pre-activation]; the hidden
+        # side shares the r, z part and has a_n * r for its n part (g_hn)
+        grad_gi = grad_out.new_empty(steps, rows, 3 * hd)
+        g_hn = grad_out.new_empty(steps, rows, hd)
+        w_rz, w_n = w_hh[: 2 * hd], w_hh[2 * hd :]
         dh = grad_out.new_zeros(rows, hd)  # autograd always hands a tensor (zeros if unused)
         for t in range(steps - 1, -1, -1):
             dh = dh + grad_out[t]
-            g = g_gh[t]
-            a_n = torch.mul(dh, d_n[t], out=g_in[t])
+            g = grad_gi[t]
+            a_n = torch.mul(dh, d_n[t], out=g[:, 2 * hd :])
             torch.mul(a_n, gh_n[t], out=g[:, :hd])
             torch.mul(dh, h_minus_n[t], out=g[:, hd : 2 * hd])
-            g[:, : 2 * hd].mul_(d_rz[t])
-            torch.mul(a_n, r[t], out=g[:, 2 * hd :])
-            dh = torch.addmm(dh * z[t], g, w_hh)
-        flat = g_gh.reshape(steps * rows, 3 * hd)
-        grad_w = flat.t() @ h_prev.reshape(steps * rows, hd)
-        grad_b = flat.sum(0)
-        grad_gi = torch.cat([g_gh[..., : 2 * hd], g_in], -1)
+            g_rz = g[:, : 2 * hd].mul_(d_rz[t])
+            g_n = torch.mul(a_n, r[t], out=g_hn[t])
+            dh = torch.addmm(dh * z[t], g_rz, w_rz).addmm_(g_n, w_n)
+        flat_rz = grad_gi[..., : 2 * hd].reshape(steps * rows, 2 * hd)  # a strided view
+        flat_n = g_hn.reshape(steps * rows, hd)
+        flat_h = h_prev.reshape(steps * rows, hd)
+        grad_w = w_hh.new_empty(3 * hd, hd)
+        torch.mm(flat_rz.t(), flat_h, out=grad_w[: 2 * hd])
+        torch.mm(flat_n.t(), flat_h, out=grad_w[2 * hd :])
+        grad_b = torch.cat([flat_rz.sum(0), flat_n.sum(0)])
         return grad_gi, dh, grad_w, grad_b
 
 
@@ -178,7 +187,13 @@ class AgentGRU(nn.Module):
     def trunk(self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int) -> torch.Tensor:
         """``x [*B, T, N, in_dim]`` (time at ``time_dim``) from states ``[*B, N, H]`` -> the
         state after every step ``[*B, T, N, H]``."""
-        xt = x.movedim(time_dim, 0)  # [T, *B, N, in]: one copy of the (small) inputs
+        h = self.trunk_time_major(x.movedim(time_dim, 0), hidden)  # one copy of the inputs
+        # contiguous in the caller's layout: heads that broadcast over it (IQN) would otherwise
+        # work on, and then copy, a transposed [*B, T, N, K, H] product
+        return h.movedim(0, time_dim).contiguous()
+
+    def trunk_time_major(self, xt: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`trunk` on time-major inputs ``[T, *B, N, in_dim]`` -> ``[T, *B, N, H]``."""
         steps, batch = xt.shape[0], xt.shape[1:-1]
         z = torch.relu(self.fc1(xt.reshape(steps, -1, xt.shape[-1])))  # [T, M, H]
         h0 = hidden.reshape(1, -1, self.hidden_dim).to(z.dtype).contiguous()
@@ -188,9 +203,7 @@ class AgentGRU(nn.Module):
             out = _GRUSequence.apply(gi, h0[0], rnn.weight_hh_l0, rnn.bias_hh_l0)
         else:
             out, _ = self.rnn(z, h0)
-        # contiguous in the caller's layout: heads that broadcast over it (IQN) would otherwise
-        # work on, and then copy, a transposed [*B, T, N, K, H] product
-        return out.reshape(steps, *batch, self.hidden_dim).movedim(0, time_dim).contiguous()
+        return out.reshape(steps, *batch, self.hidden_dim)
 
     def unroll(
         self, x: torch.Tensor, hidden: torch.Tensor, time_dim: int
@@ -361,18 +374,10 @@ class MultiAgentGRU(TensorDictModuleBase):
             return None
         is_init = tensordict.get(self.is_init_key, None)
         next_init = nxt.get(self.is_init_key, None)
-        # continues[..., t]: step t + 1 is the "next" of step t (checked where t + 1 is real)
-        continues = torch.ones(
-            tensordict.shape[:t_dim] + (steps - 1,), dtype=torch.bool, device=cur[0].device
-        )
-        for x, y in zip(cur, nex, strict=True):
-            same = x.narrow(t_dim, 1, steps - 1) == y.narrow(t_dim, 0, steps - 1)
-            continues &= same.flatten(t_dim + 1).all(-1)
-        if is_init is not None:
-            continues &= ~is_init.reshape(tensordict.shape).narrow(t_dim, 1, steps - 1)
-        ok = continues
+        shared = _extended_inputs(self.net, cur, nex, is_init, t_dim)
+        ok = shared.continues
         if valid is not None:
-            ok = continues | ~valid.reshape(tensordict.shape).bool().narrow(t_dim, 1, steps - 1)
+            ok = ok | ~valid.reshape(tensordict.shape).bool().narrow(t_dim, 1, steps - 1)
         if next_init is not None:
             real = True if valid is None else valid.reshape(tensordict.shape).bool()
             if (next_init.reshape(tensordict.shape) & real).any():
@@ -380,28 +385,100 @@ class MultiAgentGRU(TensorDictModuleBase):
         if not bool(ok.all()):
             return None
 
-        ext = [torch.cat([x.narrow(t_dim, 0, 1), y], t_dim) for x, y in zip(cur, nex, strict=True)]
-        x = self.net.inputs(ext[0], ext[1] if len(ext) > 1 else None)  # [*B, T+1, N, in]
         hidden = tensordict.get(self.hidden_key, None)
         obs0 = cur[0].select(t_dim, 0)
         h = self._zero_state(obs0) if hidden is None else hidden.select(t_dim, 0)
         if is_init is not None:
             init0 = is_init.reshape(tensordict.shape).select(t_dim, 0)
             h = h.masked_fill(init0.reshape(*h.shape[:-2], 1, 1), 0.0)
-        h = self.net.trunk(x, h, t_dim)  # [*B, T+1, N, H]
+        h_tm = self.net.trunk_time_major(shared.x, h)  # [T+1, *B, N, H]
+        out, out_next = tensordict, nxt.copy()  # the head reads its own inputs (IQN: fractions)
+        if type(self)._head is MultiAgentGRU._head and self.features_key is None:
+            # the plain head runs time-major too: only the [.., A] utilities change layout
+            q = self.net.head(h_tm).movedim(0, t_dim)  # [*B, T+1, N, A], a view
+            h = h_tm.movedim(0, t_dim)
+            out.set(self.out_key, q.narrow(t_dim, 0, steps))
+            set_next(out, self.hidden_key, h.narrow(t_dim, 0, steps))
+            out_next.set(self.out_key, q.narrow(t_dim, 1, steps).detach())
+            return out, out_next
+        # contiguous in the caller's layout: heads that broadcast over it (IQN) would otherwise
+        # work on, and then copy, a transposed [*B, T, N, K, H] product
+        h = h_tm.movedim(0, t_dim).contiguous()
         h_cur = h.narrow(t_dim, 0, steps)
-        out = tensordict
         out.set(self.out_key, self._head(h_cur, out))
         if self.features_key is not None:
             out.set(self.features_key, h_cur)
         set_next(out, self.hidden_key, h_cur)
-        out_next = nxt.copy()  # the head reads its own inputs there (IQN: the fractions)
         h_next = h.narrow(t_dim, 1, steps).detach()
         with torch.no_grad():
             out_next.set(self.out_key, self._head(h_next, out_next))
         if self.features_key is not None:
             out_next.set(self.features_key, h_next)
         return out, out_next
+
+
+class _Extended:
+    """The inputs of :meth:`MultiAgentGRU.forward_with_next`, built once per batch:
+    ``x`` ``[T + 1, *B, N, in]`` time-major (``x_0`` then the ``"next"`` inputs of every
+    step) and ``continues`` ``[*B, T - 1]`` (step ``t + 1`` holds the ``"next"`` inputs of
+    step ``t`` and is no episode start)."""
+
+    __slots__ = ("key", "sources", "x", "continues")
+
+
+#: the last :class:`_Extended` built: a loss runs several networks of one architecture
+#: (ResQ: main, residual, central, target central) on the same batch, and they share it
+_LAST_EXTENDED: list[_Extended] = []
+
+
+def _extended_inputs(net, cur, nex, is_init, t_dim: int) -> _Extended:
+    """The time-major inputs of ``net`` over ``[x_0, next_x_0, ..., next_x_{T-1}]``, written
+    in place into one buffer (no concatenation), and the continuity check, reused while the
+    source tensors are the same objects, unmodified, and carry no gradient."""
+    sources = [*cur, *nex] + ([] if is_init is None else [is_init])
+    key = (
+        tuple((id(x), x._version) for x in sources),
+        net.obs_dim,
+        net.n_actions,
+        net.n_agents,
+        net.use_last_action,
+        net.use_agent_id,
+        net.fc1.weight.dtype,
+    )
+    if _LAST_EXTENDED and _LAST_EXTENDED[0].key == key:
+        return _LAST_EXTENDED[0]
+    steps = cur[0].shape[t_dim]
+    continues = torch.ones(
+        cur[0].shape[:t_dim] + (steps - 1,), dtype=torch.bool, device=cur[0].device
+    )
+    for x, y in zip(cur, nex, strict=True):
+        same = x.narrow(t_dim, 1, steps - 1) == y.narrow(t_dim, 0, steps - 1)
+        continues &= same.flatten(t_dim + 1).all(-1)
+    if is_init is not None:
+        continues &= ~is_init.reshape(cur[0].shape[: t_dim + 1]).narrow(t_dim, 1, steps - 1)
+    obs, next_obs = cur[0], nex[0]
+    if obs.shape[-2:] != (net.n_agents, net.obs_dim):
+        net.inputs(obs, None if len(cur) < 2 else cur[1])  # raises the usual error
+    lead = obs.shape[:t_dim]
+    dtype = net.fc1.weight.dtype
+    in_dim = net.fc1.in_features
+    x = obs.new_empty(steps + 1, *lead, net.n_agents, in_dim, dtype=dtype)
+    parts = [(obs, next_obs, net.obs_dim)]
+    if net.use_last_action:
+        parts.append((cur[1], nex[1], net.n_actions))
+    at = 0
+    for first, rest, width in parts:
+        x[0, ..., at : at + width] = first.select(t_dim, 0)
+        x[1:, ..., at : at + width] = rest.movedim(t_dim, 0)
+        at += width
+    if net.use_agent_id:
+        x[..., at:] = torch.eye(net.n_agents, dtype=dtype, device=x.device)
+    entry = _Extended()
+    entry.key, entry.x, entry.continues = key, x, continues
+    entry.sources = sources  # held, so that the ids in the key stay theirs
+    if not any(t.requires_grad for t in sources):
+        _LAST_EXTENDED[:] = [entry]
+    return entry
 
 
 class LastActionWriter(TensorDictModuleBase):
