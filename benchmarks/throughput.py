@@ -339,11 +339,10 @@ def measure_matrix(workers: dict[str, UpdateWorker], cfg: DictConfig) -> dict:
 
 def training_collector(env_cfg: dict, n_envs: int, episodes: int, train: dict, algo: str, device):
     """The collection side of ``train()`` (env with the agents' primer, masked greedy +
-    epsilon-greedy policy, torchrl ``Collector`` with train.py's arguments); returns
-    ``(collector, egreedy, env)``."""
-    from torchrl.collectors import Collector
-
+    epsilon-greedy policy, the run's ``single`` collector: torchrl ``Collector`` and
+    ``EpisodeAssembler`` with train.py's arguments); returns ``(collector, egreedy, env)``."""
     from resq_torchrl.training.builders import env_dims, make_env, make_loss
+    from resq_torchrl.training.collectors import make_collector
     from resq_torchrl.training.trainer import add_agent_transforms, make_policies
 
     seed = int(train["seed"])
@@ -353,17 +352,14 @@ def training_collector(env_cfg: dict, n_envs: int, episodes: int, train: dict, a
     loss = make_loss(load_config("algorithm", algo), train["agent"], env_dims(env), device)
     add_agent_transforms(env, loss)
     policy, egreedy = make_policies(loss, env, train["exploration"])
-    collector = Collector(
-        env,
-        policy,
-        frames_per_batch=n_envs * int(train["rollout_steps"]),
-        total_frames=-1,
-        trajs_per_batch=episodes,
-        traj_format="padded",
-        device=device,
-        use_buffers=False,
-    )
-    return collector, egreedy, env
+    cfg = {
+        "n_envs": n_envs,
+        "rollout_steps": int(train["rollout_steps"]),
+        "episodes_per_batch": episodes,
+        "env": env_cfg,
+        "collector": {"type": "single"},
+    }
+    return make_collector(cfg, env, policy, device), egreedy, env
 
 
 def measure_collection_case(env_name: str, n_envs: int, cfg: DictConfig, train: dict) -> dict:
@@ -754,7 +750,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "Times are medians over rounds, with the best (min time, max rate) in brackets; "
         "candidates run interleaved round by round (A, B, C, A, B, C, ...), one at a time, so "
         "ratios are measured within one run. Ratios are medians over rounds of the ratio of "
-        "the two values measured in the same round.",
+        "the two values measured in the same round. What bounds these numbers, and what "
+        "was tried, is in `docs/speed.md` (written by hand).",
         "",
         f"    {result['command']}",
         "",
@@ -848,7 +845,7 @@ def write_markdown(result: dict, path: Path) -> None:
             "env-only: random available actions, `step_and_maybe_reset` (auto-reset), the env "
             "with train.py's transforms. Collection: the training collector of `train()` "
             f"({co['algorithm']}'s agents, masked greedy + epsilon-greedy, torchrl `Collector` "
-            "with `trajs_per_batch`, padded episodes, `rollout_steps` from train.yaml), no "
+            "and `EpisodeAssembler` (padded episodes), `rollout_steps` from train.yaml), no "
             "updates; one collector batch per round. '+ store' adds "
             "`EpisodeReplayBuffer.extend`.",
             "",

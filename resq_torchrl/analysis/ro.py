@@ -652,7 +652,8 @@ def save_plot(result: Mapping, path: str | Path) -> None:
         if any(e.get(key) is not None for e in log):  # Q_jt dashed: often equal to Q_tot
             axes[0].plot(updates, series(key), style, label=label)
     axes[0].set_title("values of the taken capture action")
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # no capture state: nothing to label
+        axes[0].legend()
     axes[1].plot(updates, series("catch_gap"), color="C3")
     axes[1].axhline(0.0, color="grey", lw=0.8)
     axes[1].set_title("catch gap Q_i(catch) - max other")

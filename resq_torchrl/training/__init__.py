@@ -1,5 +1,6 @@
 """Builders from config and training loops."""
 
+from resq_torchrl.training.assembler import EpisodeAssembler
 from resq_torchrl.training.builders import (
     LOSS_BUILDERS,
     EnvDims,
@@ -11,6 +12,7 @@ from resq_torchrl.training.builders import (
 from resq_torchrl.training.matrix_game import train_matrix_game, train_matrix_game_seeds
 
 __all__ = [
+    "EpisodeAssembler",
     "LOSS_BUILDERS",
     "EnvDims",
     "make_loss",

@@ -10,9 +10,10 @@ strings and plain containers only (it loads with ``torch.load(weights_only=True)
   predator-prey capture monitor's;
 - the state of the training and evaluation envs (each simulator's ``simulator_state``);
 - the torchrl ``Collector``'s runtime: its carried TensorDict (the envs' current
-  observations, recurrent states, last actions, episode returns), its trajectory counter and
-  the trajectories it is assembling (episodes in flight and complete ones not yet handed
-  out), so that nothing in flight is lost;
+  observations, recurrent states, last actions, episode returns) and its trajectory
+  counter, and the episodes its :class:`EpisodeAssembler` holds (in flight and complete
+  ones not yet handed out), so that nothing in flight is lost (a checkpoint written before
+  the assembler holds torchrl's own trajectories instead: they are taken over);
 - the config, as plain data.
 
 The replay buffer is written beside it (``output_dir/replay/``, tagged with the checkpoint's
@@ -62,6 +63,7 @@ from torchrl.envs import EnvBase
 
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.errors import CheckpointNotFoundError, UnsafeCheckpointError
+from resq_torchrl.training.assembler import EpisodeAssembler
 
 #: the latest checkpoint of a run, in its ``output_dir``
 CHECKPOINT = "checkpoint.pt"
@@ -427,60 +429,63 @@ def td_from_plain(plain: Mapping) -> TensorDict:
     return TensorDict(data, batch_size=plain["batch_size"], device=plain["device"])
 
 
+def _single(collector) -> tuple[Collector | None, EpisodeAssembler | None]:
+    """The single-process torchrl ``Collector`` of a run (``None`` for the other types) and
+    the :class:`EpisodeAssembler` around it (``None`` when used bare)."""
+    assembler = collector if isinstance(collector, EpisodeAssembler) else None
+    inner = assembler.collector if assembler is not None else collector
+    return (inner if type(inner) is Collector else None), assembler
+
+
 def collector_state(collector) -> dict | None:
     """The runtime of a single-process torchrl ``Collector`` (torchrl 0.14) that its own
-    ``state_dict`` leaves out: the carried TensorDict, the frame, iteration and trajectory
-    counters, and the trajectories being assembled for ``trajs_per_batch`` (episodes in
-    flight, per trajectory id, and complete ones not yet handed out). ``None`` for other
-    collectors (their envs live in other processes)."""
-    if type(collector) is not Collector:
+    ``state_dict`` leaves out - the carried TensorDict, the frame, iteration and trajectory
+    counters - and the episodes its :class:`EpisodeAssembler` holds (in flight, and complete
+    ones not yet handed out). ``None`` for other collectors (their envs live in other
+    processes)."""
+    inner, assembler = _single(collector)
+    if inner is None:
         return None
-    partial, complete = getattr(collector, "_traj_assembly", ({}, []))
-    return {
-        "carrier": td_to_plain(collector._carrier),
-        "frames": int(collector._frames),
-        "iter": int(collector._iter),
-        "traj_pool": collector._traj_pool.state_dict(),
-        "partial": {int(t): [td_to_plain(c) for c in chunks] for t, chunks in partial.items()},
-        "complete": [td_to_plain(t) for t in complete],
+    state = {
+        "carrier": td_to_plain(inner._carrier),
+        "frames": int(inner._frames),
+        "iter": int(inner._iter),
+        "traj_pool": inner._traj_pool.state_dict(),
     }
+    if assembler is not None:
+        episodes = assembler.state_dict()
+        state["episodes"] = None if episodes is None else {
+            k: td_to_plain(v) if is_tensor_collection(v) else v for k, v in episodes.items()
+        }
+    return state
 
 
 def load_collector_state(collector, state: Mapping | None) -> bool:
     """Put back what :func:`collector_state` saved into a freshly built collector that has
-    not been iterated yet; returns whether the collector's runtime was restored."""
-    if state is None or type(collector) is not Collector:
+    not been iterated yet; returns whether the collector's runtime was restored. A state
+    written before :class:`EpisodeAssembler` (torchrl's ``trajs_per_batch`` trajectories:
+    ``partial`` per trajectory id, ``complete``) is handed to its ``load_trajectories``."""
+    inner, assembler = _single(collector)
+    if state is None or inner is None or assembler is None:
         return False
-    collector._carrier = td_from_plain(state["carrier"])
-    collector._frames, collector._iter = state["frames"], state["iter"]
-    collector._traj_pool.load_state_dict(state["traj_pool"])
-    partial = {t: [td_from_plain(c) for c in chunks] for t, chunks in state["partial"].items()}
-    complete = [td_from_plain(t) for t in state["complete"]]
-    _resume_assembly(collector, partial, complete)
+    inner._carrier = td_from_plain(state["carrier"])
+    inner._frames, inner._iter = state["frames"], state["iter"]
+    inner._traj_pool.load_state_dict(state["traj_pool"])
+    if "episodes" in state:
+        episodes = state["episodes"]
+        if episodes is not None:
+            episodes = {
+                k: td_from_plain(v) if isinstance(v, Mapping) else v for k, v in episodes.items()
+            }
+        assembler.load_state_dict(episodes)
+    else:
+        partial = {
+            t: torch.cat([td_from_plain(c) for c in chunks], 0)
+            for t, chunks in state["partial"].items()
+        }
+        complete = [td_from_plain(t) for t in state["complete"]]
+        assembler.load_trajectories(partial, complete, inner._carrier)
     return True
-
-
-def _resume_assembly(collector: Collector, partial: dict, complete: list) -> None:
-    """Hand the saved trajectories to the collector's trajectory loop when it starts.
-
-    ``Collector.__iter__`` makes fresh assembly containers, registers them as
-    ``collector._traj_assembly``, then pulls rollouts from ``collector.iterator()``. This
-    shadows ``iterator`` once: the first call fills the containers, and when the saved
-    complete trajectories already make a batch, first yields an empty rollout so that the
-    loop hands that batch out before collecting (as the saved run would have)."""
-    rollouts = collector.iterator
-
-    def iterator():
-        del collector.iterator  # later calls reach the class's own method
-        assembling, ready = collector._traj_assembly
-        assembling.update(partial)
-        ready.extend(complete)
-        if len(ready) >= collector.trajs_per_batch:
-            no_steps = torch.zeros(0, dtype=torch.int64)
-            yield TensorDict({("collector", "traj_ids"): no_steps}, batch_size=[0])
-        yield from rollouts()
-
-    collector.iterator = iterator
 
 
 __all__ = [

@@ -9,7 +9,9 @@ episode's last real step and ``("next", "episode_reward")`` its running return.
 
 ==============  ============================================================================
 ``single``      one torchrl ``Collector`` in the training process, stepping the trainer's
-                batched env of ``n_envs`` copies.
+                batched env of ``n_envs`` copies; its flat rollouts are assembled into
+                episodes by :class:`~resq_torchrl.training.assembler.EpisodeAssembler`
+                (vectorised; the other types use torchrl's ``trajs_per_batch``).
 ``multi_sync``  ``MultiSyncCollector``: ``collector.num_workers`` processes, each stepping
                 its own batched env of ``n_envs`` copies ``rollout_steps`` steps per poll;
                 the training process waits for all of them, then trains while they wait.
@@ -45,6 +47,7 @@ from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollecto
 from torchrl.envs import EnvBase, RewardSum, Transform, TransformedEnv
 
 from resq_torchrl.errors import ConfigError, MissingDependencyError
+from resq_torchrl.training.assembler import EpisodeAssembler
 
 #: collector types ``collector.type`` accepts
 COLLECTORS = ("single", "multi_sync", "multi_async", "ray")
@@ -255,7 +258,7 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device):
         return _make_multi(cfg, env, policy, device, sync=False)
     if kind == "ray":
         return _make_ray(cfg, env, policy, device)
-    return Collector(
+    rollouts = Collector(
         env,
         policy,
         frames_per_batch=int(cfg["n_envs"]) * int(cfg["rollout_steps"]),
@@ -264,7 +267,12 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device):
         # and so stopped up to a whole batch of episodes short of it.
         total_frames=-1,
         device=device,
-        **_episode_options(cfg),
+        use_buffers=_episode_options(cfg)["use_buffers"],
+    )
+    # flat rollouts, assembled into episodes with tensor operations (torchrl's own
+    # trajs_per_batch loop works one trajectory at a time: see training/assembler.py)
+    return EpisodeAssembler(
+        rollouts, int(cfg["episodes_per_batch"]), int(cfg["env"]["max_steps"])
     )
 
 

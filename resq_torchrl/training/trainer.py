@@ -4,7 +4,7 @@ checkpoint. A reader can follow one run from top to bottom in :func:`train`.
 Data flow (every arrow a torchrl/tensordict object)::
 
     env (batched) -> policy: agents -> masked greedy (QValueModule) -> EGreedyModule
-      -> Collector(trajs_per_batch) -> EpisodeReplayBuffer -> loss (agents unrolled over T,
+      -> Collector + EpisodeAssembler -> EpisodeReplayBuffer -> loss (agents unrolled over T,
       mixers, double-Q TD(lambda)) -> optimizer -> HardUpdate every N episodes
       -> torchrl logger, greedy evaluation, atomic checkpoint
 """
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensordict.nn import TensorDictSequential
-from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueModule
 from torchrl.objectives import ValueEstimators
@@ -44,6 +43,7 @@ from resq_torchrl.training.builders import (
     make_target_updater,
 )
 from resq_torchrl.training.checkpoint import CHECKPOINT, REPLAY, Progress, RunState
+from resq_torchrl.training.assembler import EpisodeAssembler
 from resq_torchrl.training.collectors import make_collector
 from resq_torchrl.training.loggers import check_logger, close_logger, make_logger
 
@@ -303,7 +303,7 @@ def train(cfg: Mapping) -> dict:
             collector.shutdown()
             close_logger(logger, failed=True)
             raise
-        if not isinstance(collector, Collector):  # workers got the weights as built: resend
+        if not isinstance(collector, EpisodeAssembler):  # workers got the weights as built
             collector.update_policy_weights_()
         _drop_evaluations_after(out_dir / "eval.jsonl", p.frames)
         print(
