@@ -200,7 +200,8 @@ def collected_episodes(n_batches=3, max_steps=12, episodes_per_batch=4):
     loss = make_loss(algo, agent, env_dims(env), "cpu")
     add_agent_transforms(env, loss)
     policy, _ = make_policies(loss, env, {"eps_init": 0.5, "eps_end": 0.5, "anneal_frames": 1})
-    cfg = {"n_envs": 3, "rollout_steps": 5, "episodes_per_batch": episodes_per_batch, "env": env_cfg}
+    cfg = {"n_envs": 3, "rollout_steps": 5, "episodes_per_batch": episodes_per_batch}
+    cfg["env"] = env_cfg
     collector = make_collector(cfg, env, policy, torch.device("cpu"))
     batches = []
     for batch in collector:

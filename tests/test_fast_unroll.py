@@ -196,7 +196,7 @@ def test_shared_inputs_are_rebuilt_when_the_batch_changes_in_place():
     for key in (("agents", "observation"), ("agents", "last_action")):
         # the same edit on both sides keeps step t+1 the "next" of step t
         td[key][:, 2].add_(0.5)
-        td["next", *key][:, 1].add_(0.5)
+        td[("next", *key)][:, 1].add_(0.5)
         again, plain = fast_and_plain()
         torch.testing.assert_close(again, plain, atol=1e-5, rtol=0)
         assert not torch.allclose(again, first)

@@ -25,6 +25,7 @@ from resq_torchrl.training.collectors import (
     make_collector,
     ray_init_config,
     worker_env_factories,
+    worker_seed,
 )
 from resq_torchrl.training.trainer import add_agent_transforms, make_policies, train
 
@@ -86,6 +87,44 @@ def test_worker_envs_are_the_trainers_env_seeded_per_worker():
     assert not torch.equal(factories[1]().reset()["state"], again)
     mlp = compose_config("train", "algorithm=qmix", *TIMED, "agent.type=mlp")
     assert agent_transforms(trainer_parts(mlp)[0]) == []
+
+
+def test_a_resumed_run_seeds_its_workers_anew(tmp_path, monkeypatch):
+    """The workers' envs and exploration cannot be restored: a resume must not reseed them as
+    at the start (replaying random streams the run already used). Fresh: seed + 1000 (i + 1);
+    resumed at N frames: seeds that differ from those, per worker and per N, and repeat
+    for the same N (a resume is reproducible)."""
+    fresh = [worker_seed(3, i) for i in range(2)]
+    assert fresh == [3 + WORKER_SEED_STRIDE, 3 + 2 * WORKER_SEED_STRIDE]
+    at_100 = [worker_seed(3, i, resumed_at=100) for i in range(2)]
+    at_200 = [worker_seed(3, i, resumed_at=200) for i in range(2)]
+    assert len(set(fresh + at_100 + at_200)) == 6
+    assert at_100 == [worker_seed(3, i, resumed_at=100) for i in range(2)]
+    cfg = compose_config("train", "algorithm=qmix", *TIMED, "seed=3")
+    env, _, _, _ = trainer_parts(cfg)
+    factories = worker_env_factories(cfg, env, "cpu", 2, resumed_at=100)
+    assert [f.seed for f in factories] == at_100
+
+    # train() reads the checkpoint's frames and hands them to make_collector
+    out = tmp_path / "run"
+    base = ["algorithm=qmix", *TIMED, f"output_dir={out}", "progress=false", "eval_episodes=2"]
+    first = compose_config("train", *base, "total_frames=40", "checkpoint_interval=20")
+    train(first)
+    seen = []
+
+    def stop(cfg, env, policy, device, resumed_at=0):
+        seen.append((cfg["collector"]["type"], resumed_at))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("resq_torchrl.training.trainer.make_collector", stop)
+    for kind in ("multi_sync", "single"):
+        again = compose_config(
+            "train", *base, "total_frames=80", "resume=true", f"collector={kind}"
+        )
+        with pytest.raises(KeyboardInterrupt):
+            train(again)
+    frames = json.loads((out / "final.json").read_text())["frames"]
+    assert seen == [("multi_sync", frames), ("single", 0)] and frames >= 40
 
 
 def test_ray_init_config_starts_a_small_local_instance_or_joins_a_cluster():

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 
 from resq_torchrl.errors import ConfigError
 
@@ -55,8 +55,7 @@ class EpisodeAssembler:
     def __init__(self, collector, episodes_per_batch: int, max_len: int) -> None:
         if episodes_per_batch < 1 or max_len < 1:
             raise ValueError(
-                f"episodes_per_batch and max_len must be >= 1, got {episodes_per_batch}, "
-                f"{max_len}"
+                f"episodes_per_batch and max_len must be >= 1, got {episodes_per_batch}, {max_len}"
             )
         self.collector = collector
         self.episodes_per_batch = int(episodes_per_batch)
@@ -76,7 +75,7 @@ class EpisodeAssembler:
 
     # ------------------------------------------------------------------ assembling
     def _allocate(self, step: TensorDictBase) -> None:
-        """A pool for ``n_envs`` episodes in flight and a batch waiting, from a step ``[n_envs]``."""
+        """A pool for the episodes in flight and one batch waiting; ``step`` is ``[n_envs]``."""
         n_envs = step.batch_size[0]
         size = n_envs + self.episodes_per_batch
         self._pool = step[:1].unsqueeze(1).expand(size, self.max_len).clone().zero_()

@@ -182,6 +182,11 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
     return path
 
 
+def saved_frames(path: Path) -> int:
+    """The frame count of the checkpoint at ``path`` (read safely, like :func:`restore`)."""
+    return int(load_checkpoint(path, map_location="cpu").get("frames", 0))
+
+
 def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> dict:
     """Load the checkpoint at ``path`` into ``run`` (built as for a new run, collector
     included) and, with ``cfg["checkpoint_buffer"]``, the replay buffer saved with it
@@ -454,9 +459,11 @@ def collector_state(collector) -> dict | None:
     }
     if assembler is not None:
         episodes = assembler.state_dict()
-        state["episodes"] = None if episodes is None else {
-            k: td_to_plain(v) if is_tensor_collection(v) else v for k, v in episodes.items()
-        }
+        state["episodes"] = (
+            None
+            if episodes is None
+            else {k: td_to_plain(v) if is_tensor_collection(v) else v for k, v in episodes.items()}
+        )
     return state
 
 
@@ -497,6 +504,7 @@ __all__ = [
     "RunState",
     "save",
     "restore",
+    "saved_frames",
     "load_checkpoint",
     "plain_config",
 ]

@@ -29,13 +29,15 @@ make_env`) plus copies of the agent transforms the trainer appended to its own e
 recurrent agents' primer of hidden state and last action, see
 :func:`~resq_torchrl.training.trainer.add_agent_transforms`), so each worker's envs carry their
 own recurrent state and last action. Worker ``i`` seeds its env and its torch generator (its
-epsilon-greedy draws) with ``seed + 1000 * (i + 1)``. The policy's weights, including the
-epsilon of its ``EGreedyModule``, are sent to the workers before each of their polls
+epsilon-greedy draws) with ``seed + 1000 * (i + 1)``; a resumed run seeds them anew
+(:func:`worker_seed`). The policy's weights, including the epsilon of its ``EGreedyModule``,
+are sent to the workers before each of their polls
 (``update_at_each_batch`` / ``update_after_each_batch``): the trainer needs no call of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Mapping
@@ -113,8 +115,19 @@ def num_workers(cfg: Mapping) -> int:
     return n
 
 
-def worker_env_factories(cfg: Mapping, env: EnvBase, device, workers: int):
-    """One :class:`WorkerEnvFactory` per worker, seeded ``seed + 1000 * (i + 1)``."""
+def worker_seed(seed: int, worker: int, resumed_at: int = 0) -> int:
+    """Worker ``worker``'s seed: ``seed + 1000 * (worker + 1)`` in a fresh run. A run resumed
+    at ``resumed_at`` frames gets other seeds, derived from all three numbers: the workers'
+    envs and exploration cannot be restored, and reseeding them as at the start would replay
+    the random streams the run already used."""
+    if resumed_at <= 0:
+        return seed + WORKER_SEED_STRIDE * (worker + 1)
+    digest = hashlib.sha256(f"{seed}/{worker}/{resumed_at}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def worker_env_factories(cfg: Mapping, env: EnvBase, device, workers: int, resumed_at: int = 0):
+    """One :class:`WorkerEnvFactory` per worker, seeded by :func:`worker_seed`."""
     extra = agent_transforms(env)
     seed = int(cfg["seed"])
     return [
@@ -122,7 +135,7 @@ def worker_env_factories(cfg: Mapping, env: EnvBase, device, workers: int):
             dict(cfg["env"]),
             int(cfg["n_envs"]),
             str(device),
-            seed + WORKER_SEED_STRIDE * (i + 1),
+            worker_seed(seed, i, resumed_at),
             extra,
         )
         for i in range(workers)
@@ -149,14 +162,14 @@ def _use_a_standard_start_method() -> None:
         mp.set_start_method("spawn", force=True)
 
 
-def _make_multi(cfg: Mapping, env: EnvBase, policy, device, sync: bool):
+def _make_multi(cfg: Mapping, env: EnvBase, policy, device, sync: bool, resumed_at: int):
     workers = num_workers(cfg)
     _use_a_standard_start_method()
     per_worker = int(cfg["n_envs"]) * int(cfg["rollout_steps"])
     cls = MultiSyncCollector if sync else MultiAsyncCollector
     extra = {"cat_results": "stack"} if sync else {}
     return cls(
-        worker_env_factories(cfg, env, device, workers),
+        worker_env_factories(cfg, env, device, workers, resumed_at),
         policy,
         # a poll of n_envs x rollout_steps frames in every worker, as the single collector's
         frames_per_batch=per_worker * workers,
@@ -198,7 +211,7 @@ class RayWorkerCollector(Collector):
         return f"RayWorkerCollector(worker={self.worker_idx})"
 
 
-def _make_ray(cfg: Mapping, env: EnvBase, policy, device):
+def _make_ray(cfg: Mapping, env: EnvBase, policy, device, resumed_at: int):
     try:
         from torchrl.collectors.distributed import RayCollector
     except ImportError as err:  # pragma: no cover - torchrl without its distributed module
@@ -214,7 +227,7 @@ def _make_ray(cfg: Mapping, env: EnvBase, policy, device):
     workers = num_workers(cfg)
     coll = cfg.get("collector", {})
     collector = RayCollector(
-        worker_env_factories(cfg, env, device, workers),
+        worker_env_factories(cfg, env, device, workers, resumed_at),
         policy,
         frames_per_batch=int(cfg["n_envs"]) * int(cfg["rollout_steps"]),
         # endless (RayCollector reads -1 as a budget already spent)
@@ -236,7 +249,7 @@ def _make_ray(cfg: Mapping, env: EnvBase, policy, device):
     return collector
 
 
-def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device):
+def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device, resumed_at: int = 0):
     """The collector of a run: polls of ``cfg["n_envs"] * cfg["rollout_steps"]`` frames
     (per worker), yielding ``cfg["episodes_per_batch"]`` complete episodes per batch, endless
     (the trainer stops it at ``total_frames`` and calls its ``shutdown()``).
@@ -248,16 +261,18 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device):
             by ``single``, a template of the workers' envs otherwise.
         policy: the collection policy (agents, masked greedy, epsilon-greedy).
         device: where the policy and the collected batches live.
+        resumed_at: the frames of the checkpoint a resumed run continues from (0: a fresh
+            run): the multi-process types then seed their workers anew (:func:`worker_seed`).
     """
     kind = str(cfg.get("collector", {}).get("type", "single"))
     if kind not in COLLECTORS:
         raise ConfigError(f"unknown collector {kind!r}; choose one of: {', '.join(COLLECTORS)}")
     if kind == "multi_sync":
-        return _make_multi(cfg, env, policy, device, sync=True)
+        return _make_multi(cfg, env, policy, device, sync=True, resumed_at=resumed_at)
     if kind == "multi_async":
-        return _make_multi(cfg, env, policy, device, sync=False)
+        return _make_multi(cfg, env, policy, device, sync=False, resumed_at=resumed_at)
     if kind == "ray":
-        return _make_ray(cfg, env, policy, device)
+        return _make_ray(cfg, env, policy, device, resumed_at)
     rollouts = Collector(
         env,
         policy,
@@ -271,9 +286,7 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device):
     )
     # flat rollouts, assembled into episodes with tensor operations (torchrl's own
     # trajs_per_batch loop works one trajectory at a time: see training/assembler.py)
-    return EpisodeAssembler(
-        rollouts, int(cfg["episodes_per_batch"]), int(cfg["env"]["max_steps"])
-    )
+    return EpisodeAssembler(rollouts, int(cfg["episodes_per_batch"]), int(cfg["env"]["max_steps"]))
 
 
 __all__ = [
@@ -285,4 +298,5 @@ __all__ = [
     "num_workers",
     "ray_init_config",
     "worker_env_factories",
+    "worker_seed",
 ]

@@ -33,6 +33,7 @@ from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.errors import CheckpointNotFoundError, ConfigError, TrainingDivergedError
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.training import checkpoint
+from resq_torchrl.training.assembler import EpisodeAssembler
 from resq_torchrl.training.builders import (
     check_device,
     env_dims,
@@ -43,7 +44,6 @@ from resq_torchrl.training.builders import (
     make_target_updater,
 )
 from resq_torchrl.training.checkpoint import CHECKPOINT, REPLAY, Progress, RunState
-from resq_torchrl.training.assembler import EpisodeAssembler
 from resq_torchrl.training.collectors import make_collector
 from resq_torchrl.training.loggers import check_logger, close_logger, make_logger
 
@@ -292,7 +292,10 @@ def train(cfg: Mapping) -> dict:
     # predator-prey: count the collected capture steps, catch gap at the buffer's captures
     capture = CaptureMonitor.from_env_cfg(env_cfg, seed=seed)
     logger = make_logger(cfg, out_dir)
-    collector = make_collector(cfg, env, policy, device)
+    # workers of a resumed run are seeded anew (their envs cannot be restored): see worker_seed
+    single = str(cfg.get("collector", {}).get("type", "single")) == "single"
+    resumed_at = 0 if start_from is None or single else checkpoint.saved_frames(start_from)
+    collector = make_collector(cfg, env, policy, device, resumed_at)
     run = RunState(loss, optimizer, egreedy, buffer, env, eval_env, collector, capture, Progress())
     p = run.progress  # frames, episodes, updates, last_target, credit
 
