@@ -230,6 +230,39 @@ def test_resume_true_auto_and_path(tmp_path, capsys):
     assert again == third and "is done" in capsys.readouterr().out
 
 
+def test_a_crash_between_the_replay_and_the_checkpoint_keeps_the_replay(
+    tmp_path, capsys, monkeypatch
+):
+    """A checkpoint writes the replay first, then the checkpoint file. A crash between the two
+    leaves the previous checkpoint as the latest; the replay copy it refers to is kept (as
+    ``replay.prev``) until the new checkpoint is in place, so the resume loads it instead of
+    starting with an empty buffer."""
+    import resq_torchrl.training.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    real, calls = checkpoint.env_state, []
+
+    def crash_on_second_checkpoint(env):  # called after the replay dump, before torch.save
+        calls.append(1)
+        if len(calls) == 3:  # 2 calls (train env, eval env) per checkpoint
+            raise KeyboardInterrupt("crash between the replay and the checkpoint")
+        return real(env)
+
+    monkeypatch.setattr(checkpoint, "env_state", crash_on_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(out))
+    monkeypatch.setattr(checkpoint, "env_state", real)
+    saved = load_checkpoint(out / CHECKPOINT)["frames"]
+    assert EpisodeReplayBuffer.tag_at(out / REPLAY) > saved  # the newer replay, swapped in
+    assert EpisodeReplayBuffer.stored_at(out / REPLAY, tag=saved) == out / "replay.prev"
+    capsys.readouterr()
+    train(_config(out, "resume=true"))
+    log = capsys.readouterr().out
+    assert "starting with an empty buffer" not in log
+    assert f"at {saved} frames" in log and " 0 in the replay buffer" not in log
+    assert not (out / "replay.prev").exists(), "the kept copy outlived the next checkpoint"
+
+
 def test_resuming_an_earlier_kept_checkpoint_sets_the_later_ones_aside(tmp_path):
     """keep_checkpoints after resume=checkpoints/frames_<N>.pt in the same output_dir: the
     checkpoints past N belong to a future that did not happen; they are moved to

@@ -280,11 +280,14 @@ class EpisodeReplayBuffer:
         index = sample.get("index")  # [B, T]: the episode's index, repeated along time
         self.buffer.update_priority(index.reshape(sample.shape)[:, 0], priority)
 
-    def dumps(self, path: str | Path, tag: int | None = None) -> None:
+    def dumps(self, path: str | Path, tag: int | None = None, keep_previous: bool = False) -> None:
         """Write the stored episodes (torchrl's ``ReplayBuffer.dumps``: storage, sampler and
         writer state) to the directory ``path``, with ``tag`` (the trainer's frame count, to
         match it with its checkpoint). Crash-safe: the new copy is written beside ``path``
-        and swapped in; until the swap ends, :meth:`loads` finds the previous copy."""
+        and swapped in; until the swap ends, :meth:`loads` finds the previous copy. With
+        ``keep_previous`` the previous copy stays as ``<path>.prev`` (the checkpoint that
+        refers to it may still be the latest one; the trainer removes it once the next
+        checkpoint is written: :meth:`drop_previous`)."""
         path = Path(path)
         tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -300,15 +303,35 @@ class EpisodeReplayBuffer:
             shutil.rmtree(old, ignore_errors=True)  # a leftover of a crash mid-swap
             os.replace(path, old)
         os.replace(tmp, path)
+        if keep_previous and old.exists():
+            prev = self._previous(path)
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(old, prev)
         shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
-    def stored_at(path: str | Path) -> Path | None:
+    def _previous(path: Path) -> Path:
+        return path.with_name(path.name + ".prev")
+
+    @staticmethod
+    def drop_previous(path: str | Path) -> None:
+        """Remove the copy :meth:`dumps` kept with ``keep_previous`` at ``<path>.prev``."""
+        shutil.rmtree(EpisodeReplayBuffer._previous(Path(path)), ignore_errors=True)
+
+    @staticmethod
+    def stored_at(path: str | Path, tag: int | None = None) -> Path | None:
         """The complete copy :meth:`dumps` left at ``path`` (or, after a crash mid-swap, the
-        previous one beside it); ``None`` if there is none."""
+        previous one beside it); with ``tag``, the copy written with that tag among ``path``,
+        ``<path>.old`` and ``<path>.prev``. ``None`` if there is none."""
         path = Path(path)
-        for candidate in (path, path.with_name(path.name + ".old")):
-            if (candidate / "episodes.json").exists():
+        candidates = [path, path.with_name(path.name + ".old")]
+        if tag is not None:
+            candidates.append(EpisodeReplayBuffer._previous(path))
+        for candidate in candidates:
+            meta = candidate / "episodes.json"
+            if not meta.exists():
+                continue
+            if tag is None or json.loads(meta.read_text()).get("tag") == tag:
                 return candidate
         return None
 

@@ -142,7 +142,9 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
     out_dir = Path(out_dir)
     frames = run.progress.frames
     if saves_buffer(cfg, run):
-        run.buffer.dumps(out_dir / REPLAY, tag=frames)
+        # the copy the current checkpoint refers to is kept until the new checkpoint is in
+        # place: a crash between the two writes resumes with the replay of the old one
+        run.buffer.dumps(out_dir / REPLAY, tag=frames, keep_previous=True)
     env = env_state(run.env)
     state = {
         "format": FORMAT,
@@ -179,6 +181,7 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
         for old in [p for p in by_frames if p not in superseded][:-keep]:
             old.unlink()
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    EpisodeReplayBuffer.drop_previous(out_dir / REPLAY)
     return path
 
 
@@ -228,10 +231,11 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
         )
     if str(cfg.get("checkpoint_buffer", "auto")).lower() not in ("false", "0"):
         replay = Path(path).parent / REPLAY
-        tag = EpisodeReplayBuffer.tag_at(replay)
-        if tag == run.progress.frames:
-            run.buffer.loads(replay)
+        source = EpisodeReplayBuffer.stored_at(replay, tag=run.progress.frames)
+        if source is not None:  # replay/, or the copy kept while a newer one was written
+            run.buffer.loads(source)
         else:  # none saved, or saved by a run that died before its checkpoint
+            tag = EpisodeReplayBuffer.tag_at(replay)
             print(
                 f"warning: checkpoint_buffer: no replay buffer saved with the checkpoint at "
                 f"{run.progress.frames} frames (found: {tag}); starting with an empty buffer",
