@@ -24,6 +24,7 @@ from resq_torchrl.training.loggers import (
     close_open_loggers,
     hparams,
     make_logger,
+    resume_logger,
 )
 
 #: (key, step, value) logged by every test; the values are exact in float32 (tensorboard)
@@ -130,6 +131,29 @@ def test_tensorboard(tmp_path):
     hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hp["lr"].number_value == 0.0005 and hp["agent.type"].string_value == "gru"
     assert hp["agent.hidden_dim"].number_value == 64 and hp["resume"].string_value == "None"
+
+
+@pytest.mark.parametrize("kind", ["csv", "tensorboard"])
+def test_a_resumed_run_does_not_log_the_steps_past_its_checkpoint_twice(tmp_path, kind):
+    """An interrupted run logged steps 10 and 20; resumed from a checkpoint at 10, it logs 20
+    and 30 again with new values: each step is read back once, with the resumed value."""
+    first = make_logger(run_cfg(kind), tmp_path)
+    log_all(first)  # steps 10, 20
+    close_logger(first)
+    again = make_logger(run_cfg(kind), tmp_path)
+    resume_logger(again, frames=10)
+    again.log_scalar("train/return", 7.5, step=20)
+    again.log_scalar("train/return", 8.5, step=30)
+    close_logger(again)
+    run = tmp_path / "resq_pp_seed3"
+    if kind == "csv":
+        lines = (run / "scalars" / "train" / "return.csv").read_text().splitlines()
+        read = [(int(s), float(v)) for s, v in (line.split(",") for line in lines)]
+        # a key the resumed run has not logged yet keeps only the steps up to 10
+        assert (run / "scalars" / "eval" / "return.csv").read_text() == ""
+    else:
+        read = tensorboard_scalars(run)["train/return"]
+    assert read == [(10, 1.5), (20, 7.5), (30, 8.5)]
 
 
 def wandb_records(run_file: Path):

@@ -261,6 +261,12 @@ def test_a_crash_between_the_replay_and_the_checkpoint_keeps_the_replay(
     assert "starting with an empty buffer" not in log
     assert f"at {saved} frames" in log and " 0 in the replay buffer" not in log
     assert not (out / "replay.prev").exists(), "the kept copy outlived the next checkpoint"
+    # what the interrupted run logged past the checkpoint was dropped, then logged again
+    logged = list(out.glob("*/scalars/train/*.csv"))
+    assert logged
+    for path in logged:
+        steps = [int(line.split(",")[0]) for line in path.read_text().splitlines()]
+        assert steps == sorted(set(steps)), f"{path.name} logs a step twice: {steps}"
 
 
 def test_resuming_an_earlier_kept_checkpoint_sets_the_later_ones_aside(tmp_path):

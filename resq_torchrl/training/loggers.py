@@ -156,6 +156,41 @@ def close_logger(logger: Logger, failed: bool = False) -> None:
             mlflow.end_run(status="FAILED" if failed else "FINISHED")
 
 
+def resume_logger(logger: Logger, frames: int) -> None:
+    """Prepare ``logger`` for a run resumed at ``frames``: what the interrupted run logged
+    after its checkpoint is logged again by the resumed one, so it is dropped first.
+
+    - ``csv``: lines of ``step > frames`` are removed from every ``scalars/**.csv`` (atomic
+      rewrites; the files are opened only at the first scalar logged afterwards);
+    - ``tensorboard``: the event writer is reopened with ``purge_step=frames + 1``, which
+      makes TensorBoard discard the earlier events past the checkpoint;
+    - ``wandb``, ``mlflow``: a resumed run logs into a new run of theirs (said on stdout);
+      the interrupted run keeps its scalars up to where it stopped.
+    """
+    name = type(logger).__name__
+    if name == "CSVLogger":
+        for path in Path(logger.experiment.log_dir, "scalars").rglob("*.csv"):
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if line and int(line.split(",", 1)[0]) <= frames]
+            if len(kept) < len(lines):
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.replace(path)
+    elif name == "TensorboardLogger":
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = logger.experiment.log_dir
+        logger.experiment.close()
+        logger.experiment = SummaryWriter(log_dir=log_dir, purge_step=frames + 1)
+    elif name in ("WandbLogger", "MLFlowLogger"):
+        print(
+            f"note: logger={name[: -len('Logger')].lower()} logs this resumed run as a new run "
+            f"(the interrupted one keeps all it logged, past the checkpoint at {frames} frames "
+            "too)",
+            flush=True,
+        )
+
+
 def close_open_loggers() -> None:
     """Close every logger :func:`make_logger` made that is still open (what happens when
     the process exits)."""
@@ -202,5 +237,6 @@ __all__ = [
     "make_logger",
     "close_logger",
     "close_open_loggers",
+    "resume_logger",
     "hparams",
 ]

@@ -45,7 +45,12 @@ from resq_torchrl.training.builders import (
 )
 from resq_torchrl.training.checkpoint import CHECKPOINT, REPLAY, Progress, RunState
 from resq_torchrl.training.collectors import make_collector
-from resq_torchrl.training.loggers import check_logger, close_logger, make_logger
+from resq_torchrl.training.loggers import (
+    check_logger,
+    close_logger,
+    make_logger,
+    resume_logger,
+)
 
 
 def make_policies(
@@ -309,6 +314,7 @@ def train(cfg: Mapping) -> dict:
         if not isinstance(collector, EpisodeAssembler):  # workers got the weights as built
             collector.update_policy_weights_()
         _drop_evaluations_after(out_dir / "eval.jsonl", p.frames)
+        resume_logger(logger, p.frames)  # what was logged past the checkpoint is redone
         print(
             f"resumed from {start_from} at {p.frames} frames ({p.episodes} episodes, "
             f"{len(buffer)} in the replay buffer)",
