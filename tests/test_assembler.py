@@ -106,6 +106,14 @@ def test_state_round_trip_continues_identically():
     assert a.ready() == b.ready() >= 2
     while a.ready() >= 2:
         assert (a.pop() == b.pop()).all()
+    # only the steps written so far are saved; a run with a shorter max_len refuses them
+    state = a.state_dict()
+    longest = int(torch.cat([state["length"], state["ready_length"]]).max())
+    assert state["inflight"].batch_size[1] == max(1, longest) <= MAX_STEPS
+    if longest > 1:
+        short = EpisodeAssembler(iter([]), 2, max_len=longest - 1)
+        with pytest.raises(ConfigError, match=f"episodes of {longest} steps, more than max_len"):
+            short.load_state_dict(state)
 
 
 def test_takes_over_torchrl_trajectories_from_an_older_checkpoint():

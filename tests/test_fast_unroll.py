@@ -201,3 +201,50 @@ def test_shared_inputs_are_rebuilt_when_the_batch_changes_in_place():
         torch.testing.assert_close(again, plain, atol=1e-5, rtol=0)
         assert not torch.allclose(again, first)
         first = again
+
+
+def test_shared_inputs_handle_inference_tensors_and_end_with_the_loss_call():
+    """Data made under ``torch.inference_mode`` (no version counter) takes the fast path
+    uncached, and a loss call lets go of the inputs its networks shared."""
+    from resq_torchrl.modules import rnn
+
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
+    with torch.inference_mode():
+        td = episodes(b=2, t=4, seed=6, garbage_padding=False)
+        with set_recurrent_mode(True):
+            out, _ = gru.forward_with_next(td.copy(), None)
+            plain = gru(td.copy())
+    torch.testing.assert_close(out["agents", "action_value"], plain["agents", "action_value"])
+    assert not rnn._LAST_EXTENDED
+    loss = build("resq", seed=0, td_lambda=0.6)
+    run(loss, episodes(b=3, t=5, seed=7), fast=True)
+    assert not rnn._LAST_EXTENDED, "a batch outlived the loss call that used it"
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_direct_feedforward_agents_equal_the_tensordict_path(algorithm):
+    """Property: with MLP agents, calling a plain TensorDictModule's module on its input
+    (``direct_feedforward``) gives every loss term, priority and gradient of the TensorDict
+    path, on one-step data with a "next" entry (the matrix game's layout)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(f"configs/algorithm/{algorithm}.yaml"))
+    mlp = {"type": "mlp", "hidden": [16], "agent_id": True}
+    torch.manual_seed(0)
+    loss = make_loss(cfg, mlp, EnvDims(N, A, OBS, S), "cpu")
+    td = episodes(b=6, t=1, seed=8, garbage_padding=False).squeeze(1)
+    # the plain agents take the direct path (IQN agents and QTRAN's, with features, do not)
+    plain = algorithm not in ("qtran", "ddn", "dmix", "resz")
+    assert loss._is_direct(loss._bound("agent_network")) == plain
+    results = {}
+    for direct in (True, False):
+        loss.direct_feedforward = direct
+        results[direct] = run(loss, td, fast=True)
+    (a, pa, ga), (b, pb, gb) = results[True], results[False]
+    for key in b.keys():
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-6, msg=key)
+    torch.testing.assert_close(pa, pb)
+    assert ga.keys() == gb.keys() and ga
+    for name in gb:
+        torch.testing.assert_close(ga[name], gb[name], atol=1e-6, rtol=1e-6, msg=name)

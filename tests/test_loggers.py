@@ -147,6 +147,13 @@ def test_a_resumed_run_does_not_log_the_steps_past_its_checkpoint_twice(tmp_path
     close_logger(again)
     run = tmp_path / "resq_pp_seed3"
     if kind == "csv":
+        # a header line is kept, and a line cut short by a kill (no newline) is dropped
+        cut = run / "scalars" / "train" / "epsilon.csv"
+        cut.write_text("step,value\n10,0.75\n20,0.7")
+        third = make_logger(run_cfg(kind), tmp_path)
+        resume_logger(third, frames=30)
+        close_logger(third)
+        assert cut.read_text() == "step,value\n10,0.75\n"
         lines = (run / "scalars" / "train" / "return.csv").read_text().splitlines()
         read = [(int(s), float(v)) for s, v in (line.split(",") for line in lines)]
         # a key the resumed run has not logged yet keeps only the steps up to 10

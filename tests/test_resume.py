@@ -240,11 +240,11 @@ def test_a_crash_between_the_replay_and_the_checkpoint_keeps_the_replay(
     import resq_torchrl.training.checkpoint as checkpoint
 
     out = tmp_path / "run"
-    real, calls = checkpoint.env_state, []
+    real, calls, crash_at = checkpoint.env_state, [], [3]
 
     def crash_on_second_checkpoint(env):  # called after the replay dump, before torch.save
         calls.append(1)
-        if len(calls) == 3:  # 2 calls (train env, eval env) per checkpoint
+        if len(calls) == crash_at[0]:  # 2 calls (train env, eval env) per checkpoint
             raise KeyboardInterrupt("crash between the replay and the checkpoint")
         return real(env)
 
@@ -255,6 +255,18 @@ def test_a_crash_between_the_replay_and_the_checkpoint_keeps_the_replay(
     saved = load_checkpoint(out / CHECKPOINT)["frames"]
     assert EpisodeReplayBuffer.tag_at(out / REPLAY) > saved  # the newer replay, swapped in
     assert EpisodeReplayBuffer.stored_at(out / REPLAY, tag=saved) == out / "replay.prev"
+    # resumed, it crashes again at its first checkpoint, between the replay and the
+    # checkpoint file: the checkpoint's copy must survive this second crash too (it became
+    # replay/ again at the resume, so the new save keeps it as replay.prev)
+    capsys.readouterr()
+    calls.clear()
+    crash_at[0] = 1
+    monkeypatch.setattr(checkpoint, "env_state", crash_on_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(out, "resume=true"))
+    monkeypatch.setattr(checkpoint, "env_state", real)
+    saved = load_checkpoint(out / CHECKPOINT)["frames"]
+    assert EpisodeReplayBuffer.stored_at(out / REPLAY, tag=saved) is not None
     capsys.readouterr()
     train(_config(out, "resume=true"))
     log = capsys.readouterr().out

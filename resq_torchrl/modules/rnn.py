@@ -399,7 +399,8 @@ class MultiAgentGRU(TensorDictModuleBase):
             h = h_tm.movedim(0, t_dim)
             out.set(self.out_key, q.narrow(t_dim, 0, steps))
             set_next(out, self.hidden_key, h.narrow(t_dim, 0, steps))
-            out_next.set(self.out_key, q.narrow(t_dim, 1, steps).detach())
+            # a copy: an in-place edit of one must not change the other (nor its gradient)
+            out_next.set(self.out_key, q.narrow(t_dim, 1, steps).detach().clone())
             return out, out_next
         # contiguous in the caller's layout: heads that broadcast over it (IQN) would otherwise
         # work on, and then copy, a transposed [*B, T, N, K, H] product
@@ -427,8 +428,15 @@ class _Extended:
 
 
 #: the last :class:`_Extended` built: a loss runs several networks of one architecture
-#: (ResQ: main, residual, central, target central) on the same batch, and they share it
+#: (ResQ: main, residual, central, target central) on the same batch, and they share it;
+#: the losses clear it at the end of their forward (:func:`clear_shared_inputs`), so it
+#: never keeps a batch alive between updates
 _LAST_EXTENDED: list[_Extended] = []
+
+
+def clear_shared_inputs() -> None:
+    """Forget the inputs shared by the networks of one loss call (see ``_extended_inputs``)."""
+    _LAST_EXTENDED.clear()
 
 
 def _extended_inputs(net, cur, nex, is_init, t_dim: int) -> _Extended:
@@ -436,8 +444,12 @@ def _extended_inputs(net, cur, nex, is_init, t_dim: int) -> _Extended:
     in place into one buffer (no concatenation), and the continuity check, reused while the
     source tensors are the same objects, unmodified, and carry no gradient."""
     sources = [*cur, *nex] + ([] if is_init is None else [is_init])
+    # reused only for tensors whose in-place changes are counted: not for inference tensors
+    # (no version counter) nor for tensors with a graph (the buffer would carry it along)
+    cacheable = not any(t.requires_grad or t.is_inference() for t in sources)
     key = (
-        tuple((id(x), x._version) for x in sources),
+        tuple((id(x), x._version, x.shape, x.device) for x in sources) if cacheable else None,
+        t_dim,
         net.obs_dim,
         net.n_actions,
         net.n_agents,
@@ -445,7 +457,7 @@ def _extended_inputs(net, cur, nex, is_init, t_dim: int) -> _Extended:
         net.use_agent_id,
         net.fc1.weight.dtype,
     )
-    if _LAST_EXTENDED and _LAST_EXTENDED[0].key == key:
+    if cacheable and _LAST_EXTENDED and _LAST_EXTENDED[0].key == key:
         return _LAST_EXTENDED[0]
     steps = cur[0].shape[t_dim]
     continues = torch.ones(
@@ -476,7 +488,7 @@ def _extended_inputs(net, cur, nex, is_init, t_dim: int) -> _Extended:
     entry = _Extended()
     entry.key, entry.x, entry.continues = key, x, continues
     entry.sources = sources  # held, so that the ids in the key stay theirs
-    if not any(t.requires_grad for t in sources):
+    if cacheable:
         _LAST_EXTENDED[:] = [entry]
     return entry
 

@@ -9,15 +9,17 @@ work grows with the number of trajectories: on VMAS balance with 256 envs it too
 the collection time (profiled: 5.1 of 14.9 s), and with thousands of envs on a GPU it
 would be most of it. torchrl has no vectorised alternative, so this module is one.
 
-:class:`EpisodeAssembler` keeps one in-flight episode per env in a preallocated
-``[n_envs, max_len]`` TensorDict. Each step of a rollout ``[n_envs, T]`` is written into it
-with one indexed assignment (at each env's current length), whatever the number of envs;
-envs whose episode ended at that step hand their row over as a complete episode (one
-gather), and the row is cleared. Complete episodes wait in a queue until ``episodes_per_batch``
-of them make a batch: ``[episodes_per_batch, L]`` (``L`` the longest of them), zero-padded,
-with ``("collector", "mask")`` marking the real steps, in the order the episodes ended
-(env index within one step) - the same content as torchrl's padded ``trajs_per_batch``
-batches, in completion order rather than trajectory-id order within a rollout (tested).
+:class:`EpisodeAssembler` keeps the episodes in a pool of slots ``[S, max_len]`` (the
+structure of a rollout step), one slot per env in flight. A rollout ``[n_envs, T]`` is cut
+into segments at the steps where some episode ends; each segment is one indexed write into
+the envs' slots, whatever the number of envs. An ended episode's slot joins the queue of
+complete episodes as it is (no copy) and its env takes a free slot; once
+``episodes_per_batch`` are queued, a batch ``[episodes_per_batch, L]`` (``L`` the longest of
+them) is one gather of the oldest slots, zero-padded, with ``("collector", "mask")`` marking
+the real steps, after which the slots are cleared and free again (the pool grows when more
+episodes wait than it holds). The content is torchrl's padded ``trajs_per_batch`` batches',
+bit for bit; the order is the order the episodes ended (env index within one step) rather
+than torchrl's trajectory-id order within a rollout (tested).
 """
 
 from __future__ import annotations
@@ -187,26 +189,41 @@ class EpisodeAssembler:
         if self._pool is None:
             return None
         ready = torch.tensor(self._ready, dtype=torch.long, device=self._length.device)
+        length, ready_length = self._length[self._slot], self._length[ready]
+        # only the steps written so far: the padding after them is zeros
+        width = max(1, int(torch.cat([length, ready_length]).max()))
         return {
-            "inflight": self._pool[self._slot],
-            "length": self._length[self._slot],
-            "ready": self._pool[ready],
-            "ready_length": self._length[ready],
+            "inflight": self._pool[self._slot, :width],
+            "length": length,
+            "ready": self._pool[ready, :width],
+            "ready_length": ready_length,
         }
 
     def load_state_dict(self, state: Mapping | None) -> None:
         if state is None:
             return
         inflight, ready = state["inflight"], state["ready"]
-        n_envs, r = inflight.batch_size[0], ready.batch_size[0]
+        (n_envs, width), r = inflight.batch_size, ready.batch_size[0]
+        longest = int(torch.cat([state["length"], state["ready_length"]]).max())
+        if longest > self.max_len:
+            raise ConfigError(
+                f"the checkpoint holds episodes of {longest} steps, more than max_len="
+                f"{self.max_len}: resume with the env's max_steps of the run that wrote it"
+            )
+        carried = getattr(self.collector, "_carrier", None)
+        if carried is not None and carried.batch_size[:1] != inflight.batch_size[:1]:
+            raise ConfigError(
+                f"the checkpoint holds episodes of {n_envs} envs, this run has "
+                f"{carried.batch_size[0]}: resume with the n_envs of the run that wrote it"
+            )
         self._allocate(inflight[:, 0])
         if r + n_envs > self._pool.batch_size[0]:
             self._grow(r + n_envs - self._pool.batch_size[0])
-        self._pool[:n_envs] = inflight
+        self._pool[:n_envs, :width] = inflight
         self._length[:n_envs] = state["length"]
         ready_slots = torch.arange(n_envs, n_envs + r, device=self._length.device)
         if r:
-            self._pool[ready_slots] = ready
+            self._pool[ready_slots, :width] = ready
             self._length[ready_slots] = state["ready_length"]
         self._ready = ready_slots.tolist()
         self._free = [s for s in range(self._pool.batch_size[0]) if s >= n_envs + r]

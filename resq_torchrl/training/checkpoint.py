@@ -185,6 +185,23 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
     return path
 
 
+def _replay_of(path: Path, frames: int) -> tuple[Path, Path | None]:
+    """The replay directory beside the checkpoint ``path`` (for a kept checkpoint
+    ``checkpoints/frames_<N>.pt``, the run's own ``replay/``) and the copy in it written at
+    ``frames`` (``None`` if there is none)."""
+    for directory in (path.parent, path.parent.parent):
+        replay = directory / REPLAY
+        found = EpisodeReplayBuffer.stored_at(replay, tag=frames)
+        if found is not None:
+            return replay, found
+    return path.parent / REPLAY, None
+
+
+def run_dir(cfg: Mapping) -> Path:
+    """The run's ``output_dir``."""
+    return Path(str(cfg["output_dir"]))
+
+
 def saved_frames(path: Path) -> int:
     """The frame count of the checkpoint at ``path`` (read safely, like :func:`restore`)."""
     return int(load_checkpoint(path, map_location="cpu").get("frames", 0))
@@ -230,9 +247,15 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
             flush=True,
         )
     if str(cfg.get("checkpoint_buffer", "auto")).lower() not in ("false", "0"):
-        replay = Path(path).parent / REPLAY
-        source = EpisodeReplayBuffer.stored_at(replay, tag=run.progress.frames)
+        replay, source = _replay_of(Path(path), run.progress.frames)
         if source is not None:  # replay/, or the copy kept while a newer one was written
+            if source != replay and replay.parent.resolve() == run_dir(cfg).resolve():
+                # a crash left a newer replay than the checkpoint: it belongs to a future that
+                # did not happen; the checkpoint's copy becomes replay/ again, so the next save
+                # keeps it (as replay.prev) until the next checkpoint is in place
+                shutil.rmtree(replay, ignore_errors=True)
+                os.replace(source, replay)
+                source = replay
             run.buffer.loads(source)
         else:  # none saved, or saved by a run that died before its checkpoint
             tag = EpisodeReplayBuffer.tag_at(replay)

@@ -160,8 +160,9 @@ def resume_logger(logger: Logger, frames: int) -> None:
     """Prepare ``logger`` for a run resumed at ``frames``: what the interrupted run logged
     after its checkpoint is logged again by the resumed one, so it is dropped first.
 
-    - ``csv``: lines of ``step > frames`` are removed from every ``scalars/**.csv`` (atomic
-      rewrites; the files are opened only at the first scalar logged afterwards);
+    - ``csv``: lines of ``step > frames`` are removed from every ``scalars/**.csv``, and a
+      last line the kill cut short (no newline) with them (atomic rewrites; the files are
+      opened only at the first scalar logged afterwards);
     - ``tensorboard``: the event writer is reopened with ``purge_step=frames + 1``, which
       makes TensorBoard discard the earlier events past the checkpoint;
     - ``wandb``, ``mlflow``: a resumed run logs into a new run of theirs (said on stdout);
@@ -170,9 +171,11 @@ def resume_logger(logger: Logger, frames: int) -> None:
     name = type(logger).__name__
     if name == "CSVLogger":
         for path in Path(logger.experiment.log_dir, "scalars").rglob("*.csv"):
-            lines = path.read_text().splitlines()
-            kept = [line for line in lines if line and int(line.split(",", 1)[0]) <= frames]
-            if len(kept) < len(lines):
+            text = path.read_text()
+            lines = text.split("\n")
+            lines.pop()  # "" after a final newline; else a line cut short by the kill
+            kept = [line for line in lines if _csv_step(line) <= frames]
+            if len(kept) < len(lines) or not text.endswith("\n"):
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text("".join(line + "\n" for line in kept))
                 tmp.replace(path)
@@ -189,6 +192,15 @@ def resume_logger(logger: Logger, frames: int) -> None:
             "too)",
             flush=True,
         )
+
+
+def _csv_step(line: str) -> float:
+    """The step of a ``step,value`` line; a line without one (a header) counts as step
+    ``-inf``: kept."""
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return float("-inf")
 
 
 def close_open_loggers() -> None:
