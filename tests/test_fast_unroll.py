@@ -208,6 +208,7 @@ def test_shared_inputs_handle_inference_tensors_and_end_with_the_loss_call():
     uncached, and a loss call lets go of the inputs its networks shared."""
     from resq_torchrl.modules import rnn
 
+    rnn.clear_shared_inputs()  # what an earlier direct call of forward_with_next kept
     torch.manual_seed(0)
     gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
     with torch.inference_mode():
