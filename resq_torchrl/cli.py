@@ -5,8 +5,9 @@
 
 **Errors.** A user mistake ends the script with ``error: <message>`` on one line of stderr
 and exit code 2, no traceback: an unknown ``env=``/``algorithm=`` choice (checked against
-``configs/`` before Hydra composes, listing the valid choices of that family), a missing
-mandatory value, and any :class:`~resq_torchrl.errors.ConfigError` or ``ValueError`` /
+``configs/`` before Hydra composes, listing the valid choices of that family), an override
+Hydra refuses (an unknown key, a malformed override: composed once before Hydra runs), a
+missing mandatory value, and any :class:`~resq_torchrl.errors.ConfigError` or ``ValueError`` /
 ``ImportError`` raised by this package's own checks. ``--debug`` (or
 ``HYDRA_FULL_ERROR=1``) keeps the full traceback. Errors raised inside third-party code
 keep theirs.
@@ -127,6 +128,38 @@ def check_choices(args: list[str], configs: Path = CONFIGS) -> None:
             check_choice(key, choice, configs)
 
 
+def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) -> None:
+    """Compose ``configs/<config_name>`` with the command line's overrides as Hydra would, and
+    raise a :class:`ConfigError` of one line for one it refuses (an unknown key, a malformed
+    override), where Hydra would print several. Sweeps (``-m``), flags and ``hydra``'s own
+    overrides are left to Hydra."""
+    if any(a in ("-m", "--multirun") for a in args):
+        return
+    overrides = [
+        a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
+    ]
+    if not overrides:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except HydraException as err:
+        unknown = re.match(r"Could not override '([^']+)'", str(err))
+        if unknown and type(err.__cause__).__name__ == "ConfigAttributeError":
+            key = unknown.group(1)
+            value = next((a.split("=", 1)[1] for a in overrides if a.startswith(f"{key}=")), "")
+            raise ConfigError(
+                f"unknown config key {key!r} (configs/{config_name}.yaml): check its spelling, "
+                f"or add it with +{key}={value}"
+            ) from err
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        message = " ".join(line for line in lines if not line.startswith("See https://"))
+        raise ConfigError(f"{message} (configs/{config_name}.yaml)") from err
+
+
 # ----------------------------------------------------------------------------------- threads
 
 
@@ -217,6 +250,7 @@ def main(
                 os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
                 check_choices(sys.argv[1:])
+                check_overrides(config_name, sys.argv[1:])
             except ConfigError as err:
                 if _debug():
                     raise
@@ -228,4 +262,12 @@ def main(
     return decorate
 
 
-__all__ = ["main", "fail", "check_choice", "check_choices", "use_threads", "resolve_threads"]
+__all__ = [
+    "main",
+    "fail",
+    "check_choice",
+    "check_choices",
+    "check_overrides",
+    "use_threads",
+    "resolve_threads",
+]

@@ -62,6 +62,13 @@ def one_error_line(result) -> str:
             "scripts/train.py logger=nope output_dir={out}",
             ["unknown logger 'nope'", "tensorboard"],
         ),
+        # overrides Hydra refuses: one line instead of Hydra's several
+        (
+            "scripts/train.py agent.hiden_dim=32 output_dir={out}",
+            ["unknown config key 'agent.hiden_dim'", "+agent.hiden_dim=32", "train.yaml"],
+        ),
+        ("scripts/matrix_game.py lr", ["Error parsing override 'lr'"]),
+        ("scripts/matrix_game.py +lr=0.1", ["An item is already at 'lr'", "++lr=0.1"]),
     ],
 )
 def test_a_mistake_gets_one_line_and_exit_code_2(command, fragments, tmp_path):
