@@ -327,6 +327,8 @@ def test_set_keys_renames_every_key(make_table_qnet, make_transition):
             1, 3, 2, in_key=("team", "obs"), out_key=("team", "q")
         ),
     )
+    before = renamed.in_keys  # read (and cached) before the renaming: must not go stale
+    assert "state" in before and "gstate" not in before
     renamed.set_keys(
         action=("team", "act"),
         action_value=("team", "q"),
@@ -338,6 +340,7 @@ def test_set_keys_renames_every_key(make_table_qnet, make_transition):
         padding_mask=("meta", "valid"),
         priority="prio",
     )
+    assert "gstate" in renamed.in_keys and "state" not in renamed.in_keys
     renamed.load_state_dict(default.state_dict())
     td = make_transition(torch.randint(3, (8, 2)), torch.randn(8), torch.zeros(8))
     td2 = _rename(td)

@@ -274,6 +274,19 @@ class ValueFactorizationLoss(LossModule):
     # ----------------------------------------------------------------- validation
     @property
     def in_keys(self) -> list[NestedKey]:
+        # read at every call (torchrl's dispatch, the input check): computed once per
+        # set of accepted keys, a tenth of a matrix-game update otherwise
+        signature = tuple(sorted((k, str(v)) for k, v in vars(self.tensor_keys).items()))
+        cached = self.__dict__.get("_in_keys_cache")
+        if cached is not None and cached[0] == signature:
+            return list(cached[1])
+        keys = self._required_keys()
+        self.__dict__["_in_keys_cache"] = (signature, keys)
+        return list(keys)
+
+    def _required_keys(self) -> list[NestedKey]:
+        """What :attr:`in_keys` lists: the accepted keys and the agent networks' inputs, at
+        the root and under ``"next"`` (optional network inputs left out)."""
         keys = {self.tensor_keys.action, self.tensor_keys.state, ("next", self.tensor_keys.state)}
         for k in (self.tensor_keys.reward, self.tensor_keys.done, self.tensor_keys.terminated):
             keys.add(("next", k))
