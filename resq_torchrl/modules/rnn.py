@@ -164,20 +164,33 @@ class AgentGRU(nn.Module):
 
     def inputs(self, observation: torch.Tensor, last_action: torch.Tensor | None) -> torch.Tensor:
         """``[*B, N, obs_dim]`` (+ ``[*B, N, A]``) -> network input ``[*B, N, in_dim]``."""
+        x = observation.new_empty(
+            *observation.shape[:-1], self.fc1.in_features, dtype=self.fc1.weight.dtype
+        )
+        self.write_inputs(x, observation, last_action)
+        return x
+
+    def write_inputs(
+        self, x: torch.Tensor, observation: torch.Tensor, last_action: torch.Tensor | None
+    ) -> None:
+        """Write the network input of ``observation`` ``[..., N, obs_dim]`` (and
+        ``last_action`` ``[..., N, A]``) into ``x`` ``[..., N, in_dim]`` (any layout of the
+        leading dimensions, e.g. a time-major buffer): ``[observation, one-hot last action,
+        one-hot agent id]``, the one definition of the input's layout."""
         if observation.shape[-2:] != (self.n_agents, self.obs_dim):
             raise ValueError(
                 f"AgentGRU was built for {self.n_agents} agents with {self.obs_dim} observation "
                 f"features, got observation of shape {tuple(observation.shape)}"
             )
-        x = [observation.to(self.fc1.weight.dtype)]
+        x[..., : self.obs_dim] = observation
+        at = self.obs_dim
         if self.use_last_action:
             if last_action is None:
                 raise KeyError("AgentGRU uses the last action but none was given")
-            x.append(last_action.to(x[0].dtype))
+            x[..., at : at + self.n_actions] = last_action
+            at += self.n_actions
         if self.use_agent_id:
-            eye = torch.eye(self.n_agents, device=observation.device, dtype=x[0].dtype)
-            x.append(eye.expand(*observation.shape[:-1], self.n_agents))
-        return torch.cat(x, dim=-1)
+            x[..., at:] = torch.eye(self.n_agents, device=x.device, dtype=x.dtype)
 
     def step(self, x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on prepared inputs ``[*B, N, in_dim]`` and states ``[*B, N, H]``."""
@@ -468,23 +481,19 @@ def _extended_inputs(net, cur, nex, is_init, t_dim: int) -> _Extended:
         continues &= same.flatten(t_dim + 1).all(-1)
     if is_init is not None:
         continues &= ~is_init.reshape(cur[0].shape[: t_dim + 1]).narrow(t_dim, 1, steps - 1)
-    obs, next_obs = cur[0], nex[0]
-    if obs.shape[-2:] != (net.n_agents, net.obs_dim):
-        net.inputs(obs, None if len(cur) < 2 else cur[1])  # raises the usual error
-    lead = obs.shape[:t_dim]
-    dtype = net.fc1.weight.dtype
-    in_dim = net.fc1.in_features
-    x = obs.new_empty(steps + 1, *lead, net.n_agents, in_dim, dtype=dtype)
-    parts = [(obs, next_obs, net.obs_dim)]
-    if net.use_last_action:
-        parts.append((cur[1], nex[1], net.n_actions))
-    at = 0
-    for first, rest, width in parts:
-        x[0, ..., at : at + width] = first.select(t_dim, 0)
-        x[1:, ..., at : at + width] = rest.movedim(t_dim, 0)
-        at += width
-    if net.use_agent_id:
-        x[..., at:] = torch.eye(net.n_agents, dtype=dtype, device=x.device)
+    obs = cur[0]
+    x = obs.new_empty(
+        steps + 1,
+        *obs.shape[:t_dim],
+        *obs.shape[t_dim + 1 : -1],
+        net.fc1.in_features,
+        dtype=net.fc1.weight.dtype,
+    )  # [T + 1, *B, N, in]
+    last, next_last = (cur[1], nex[1]) if len(cur) > 1 else (None, None)
+    net.write_inputs(x[0], obs.select(t_dim, 0), None if last is None else last.select(t_dim, 0))
+    net.write_inputs(
+        x[1:], nex[0].movedim(t_dim, 0), None if next_last is None else next_last.movedim(t_dim, 0)
+    )
     entry = _Extended()
     entry.key, entry.x, entry.continues = key, x, continues
     entry.sources = sources  # held, so that the ids in the key stay theirs

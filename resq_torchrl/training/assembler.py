@@ -182,10 +182,10 @@ class EpisodeAssembler:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """The episodes in flight and waiting: ``inflight`` ``[n_envs, max_len]`` (each env's
-        episode so far) with ``length`` ``[n_envs]``, and ``ready`` ``[r, max_len]`` (complete
-        episodes, oldest first) with ``ready_length`` ``[r]``; ``None`` before the first
-        rollout."""
+        """The episodes in flight and waiting: ``inflight`` ``[n_envs, W]`` (each env's
+        episode so far) with ``length`` ``[n_envs]``, and ``ready`` ``[r, W]`` (complete
+        episodes, oldest first) with ``ready_length`` ``[r]``, ``W`` the longest of them (the
+        zeros after it are not saved); ``None`` before the first rollout."""
         if self._pool is None:
             return None
         ready = torch.tensor(self._ready, dtype=torch.long, device=self._length.device)

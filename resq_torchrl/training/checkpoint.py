@@ -197,11 +197,6 @@ def _replay_of(path: Path, frames: int) -> tuple[Path, Path | None]:
     return path.parent / REPLAY, None
 
 
-def run_dir(cfg: Mapping) -> Path:
-    """The run's ``output_dir``."""
-    return Path(str(cfg["output_dir"]))
-
-
 def saved_frames(path: Path) -> int:
     """The frame count of the checkpoint at ``path`` (read safely, like :func:`restore`)."""
     return int(load_checkpoint(path, map_location="cpu").get("frames", 0))
@@ -249,7 +244,8 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
     if str(cfg.get("checkpoint_buffer", "auto")).lower() not in ("false", "0"):
         replay, source = _replay_of(Path(path), run.progress.frames)
         if source is not None:  # replay/, or the copy kept while a newer one was written
-            if source != replay and replay.parent.resolve() == run_dir(cfg).resolve():
+            own = replay.parent.resolve() == Path(str(cfg["output_dir"])).resolve()
+            if source != replay and own:
                 # a crash left a newer replay than the checkpoint: it belongs to a future that
                 # did not happen; the checkpoint's copy becomes replay/ again, so the next save
                 # keeps it (as replay.prev) until the next checkpoint is in place

@@ -142,15 +142,19 @@ def worker_env_factories(cfg: Mapping, env: EnvBase, device, workers: int, resum
     ]
 
 
+#: what every torchrl collector of a run is given: torchrl 0.14's preallocated output buffer
+#: drops the agent dimension of the root "agents" group when the policy writes under
+#: ("next", "agents"); stacking the steps instead keeps every group's batch size
+ROLLOUT_OPTIONS = {"use_buffers": False}
+
+
 def _episode_options(cfg: Mapping) -> dict:
-    """What every collector type is given: complete padded episodes, stacked steps."""
+    """What the multi-process types are given: complete padded episodes assembled by
+    torchrl (``single`` assembles them itself: :class:`EpisodeAssembler`), stacked steps."""
     return {
         "trajs_per_batch": int(cfg["episodes_per_batch"]),
         "traj_format": "padded",
-        # torchrl 0.14's preallocated output buffer drops the agent dimension of the
-        # root "agents" group when the policy writes under ("next", "agents"); stacking the
-        # steps instead keeps every group's batch size.
-        "use_buffers": False,
+        **ROLLOUT_OPTIONS,
     }
 
 
@@ -282,7 +286,7 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device, res
         # and so stopped up to a whole batch of episodes short of it.
         total_frames=-1,
         device=device,
-        use_buffers=_episode_options(cfg)["use_buffers"],
+        **ROLLOUT_OPTIONS,
     )
     # flat rollouts, assembled into episodes with tensor operations (torchrl's own
     # trajs_per_batch loop works one trajectory at a time: see training/assembler.py)
