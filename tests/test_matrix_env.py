@@ -71,3 +71,21 @@ def test_wrong_action_shape_is_rejected():
     td["agents", "action"] = torch.zeros(2, 2, 1, dtype=torch.long)
     with pytest.raises(ValueError, match="expected actions of shape"):
         env.step(td)
+
+
+def test_rand_transition_equals_rand_step_of_reset_and_is_fresh_each_call():
+    env = MatrixGameEnv(batch_size=[16])
+    torch.manual_seed(5)
+    plain = [env.rand_step(env.reset()) for _ in range(4)]
+    torch.manual_seed(5)
+    lean = [env.rand_transition() for _ in range(4)]
+    for a, b in zip(plain, lean, strict=True):
+        assert set(a.keys(True, True)) == set(b.keys(True, True))
+        assert (a == b).all()
+    after = torch.rand(3)  # both drew exactly the same numbers from the generator
+    torch.manual_seed(5)
+    for _ in range(4):
+        env.rand_step(env.reset())
+    assert torch.equal(after, torch.rand(3))
+    lean[0]["agents", "observation"].add_(7.0)  # a caller writing into its batch
+    assert (env.rand_transition()["agents", "observation"] == 1).all()
