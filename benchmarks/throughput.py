@@ -18,7 +18,8 @@ round by round (A, B, C, A, B, C, ...; medians and minima over the rounds):
 2. **against=REV**: the same for the code of commit REV, from a ``git worktree`` of it (in a
    temporary directory, removed at the end): the ratio now / REV is one measured ratio.
 3. **ms per update on the matrix game** (``train_matrix_game`` with the checkout's
-   ``configs/matrix_game.yaml``, set-up and evaluation subtracted), now and at REV.
+   ``configs/matrix_game.yaml``, set-up and evaluation subtracted), now and at REV; and per
+   seed with ``matrix.vectorized_seeds`` seeds as one vectorised model (this checkout).
 4. **Collection frames/s versus env-only steps/s**: the training collector of ``train()``
    (agents + masked greedy + epsilon-greedy, torchrl ``Collector`` with train.py's settings)
    without updates, against random available actions with auto-reset.
@@ -306,32 +307,41 @@ def measure_updates(workers: dict[str, UpdateWorker], cfg: DictConfig, train: di
 
 
 def measure_matrix(workers: dict[str, UpdateWorker], cfg: DictConfig) -> dict:
+    """ms per update of one seed at every checkout, and (``matrix.vectorized_seeds`` > 1)
+    of this checkout's vectorised trainer, per seed: all candidates interleaved."""
     mcfg = cfg.matrix
     algorithms, n = list(mcfg.algorithms), int(mcfg.n_updates)
-    candidates = [(a, label) for a in algorithms for label in workers]
-    for algo, label in candidates:  # imports and first-call allocations, untimed
-        workers[label].ask(cmd="matrix", algorithm=algo, n_updates=10, device=str(cfg.device))
+    n_vec = int(mcfg.get("vectorized_seeds") or 1)
+    vec = f"{NOW} x{n_vec}"
+    candidates = [(a, label, 1) for a in algorithms for label in workers]
+    if n_vec > 1:
+        candidates += [(a, NOW, n_vec) for a in algorithms]
+    name = {(a, label, k): label if k == 1 else vec for a, label, k in candidates}
+    dev = str(cfg.device)
+    for algo, label, k in candidates:  # imports and first-call allocations, untimed
+        workers[label].ask(cmd="matrix", algorithm=algo, n_updates=10, device=dev, seeds=k)
     ms = {c: [] for c in candidates}
     setup = {c: [] for c in candidates}
-    for _, (algo, label) in interleaved(int(mcfg.rounds), candidates):
-        out = workers[label].ask(cmd="matrix", algorithm=algo, n_updates=n, device=str(cfg.device))
-        ms[algo, label].append(1e3 * (out["seconds"] - out["setup_seconds"]) / n)
-        setup[algo, label].append(1e3 * out["setup_seconds"])
+    for _, (algo, label, k) in interleaved(int(mcfg.rounds), candidates):
+        out = workers[label].ask(cmd="matrix", algorithm=algo, n_updates=n, device=dev, seeds=k)
+        # per seed: a vectorised update trains k seeds at once
+        ms[algo, label, k].append(1e3 * (out["seconds"] - out["setup_seconds"]) / n / k)
+        setup[algo, label, k].append(1e3 * out["setup_seconds"])
     rows = []
     for algo in algorithms:
         row = {"algorithm": algo}
-        for label in workers:
-            row[label] = {
-                **summary(ms[algo, label]),
-                "setup_ms": statistics.median(setup[algo, label]),
-            }
+        for c in [c for c in candidates if c[0] == algo]:
+            row[name[c]] = {**summary(ms[c]), "setup_ms": statistics.median(setup[c])}
         if len(workers) == 2:
             other = [lb for lb in workers if lb != NOW][0]
-            row["ratio_now_vs_against"] = paired_ratio(ms[algo, NOW], ms[algo, other])
+            row["ratio_now_vs_against"] = paired_ratio(ms[algo, NOW, 1], ms[algo, other, 1])
+        if n_vec > 1:
+            row["ratio_vectorized_vs_single"] = paired_ratio(ms[algo, NOW, n_vec], ms[algo, NOW, 1])
         rows.append(row)
-        line = ", ".join(f"{lb} {row[lb]['median']:.2f}" for lb in workers)
-        print(f"matrix game {algo}: ms/update {line}", flush=True)
-    return {"n_updates": n, "rows": rows}
+        labels = [name[c] for c in candidates if c[0] == algo]
+        line = ", ".join(f"{lb} {row[lb]['median']:.2f}" for lb in labels)
+        print(f"matrix game {algo}: ms/update per seed {line}", flush=True)
+    return {"n_updates": n, "vectorized_seeds": n_vec, "rows": rows}
 
 
 # ------------------------------------------------------------------------------ 4: collection
@@ -827,14 +837,24 @@ def write_markdown(result: dict, path: Path) -> None:
             "update (set-up, evaluation) subtracted.",
             "",
         ]
-        if rev:
-            lines += [f"| method | ms now | ms at {rev} | now / {rev} |", "|---|---|---|---|"]
-        else:
-            lines += ["| method | ms |", "|---|---|"]
+        n_vec = int(mg.get("vectorized_seeds", 1))
+        vec = f"{NOW} x{n_vec}"
+        if n_vec > 1:
+            lines[-1] = lines[-1][:-1] + (
+                f" With {n_vec} seeds as one vectorised model (`train_matrix_game_vectorized`), "
+                "the time per update is divided by the seeds: the cost of one seed's update."
+            )
+            lines.append("")
+        head = ["method", "ms now"] + ([f"ms at {rev}", f"now / {rev}"] if rev else [])
+        if n_vec > 1:
+            head += [f"ms per seed, {n_vec} vectorised", "vectorised / now"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in mg["rows"]:
             cells = [row["algorithm"], _ms(row[NOW])]
             if rev:
                 cells += [_ms(row[rev]), f"{row['ratio_now_vs_against']:.2f}"]
+            if n_vec > 1:
+                cells += [_ms(row[vec]), f"{row['ratio_vectorized_vs_single']:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
     co = result.get("collection")
     if co and co["rows"]:

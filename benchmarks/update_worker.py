@@ -23,9 +23,10 @@ Requests (``cmd``):
   ``warmup`` untimed updates each; answers the parameter counts.
 - ``update``: ``algorithm`` -> the seconds of one update (forward + backward + optimizer
   step), synchronized on CUDA.
-- ``matrix``: ``algorithm``, ``n_updates``, ``device`` -> ``train_matrix_game`` with the
-  checkout's ``configs/matrix_game.yaml``: the seconds of ``n_updates`` updates and of 0
-  updates (set-up and evaluation, subtracted by the parent).
+- ``matrix``: ``algorithm``, ``n_updates``, ``device``, optional ``seeds`` ->
+  ``train_matrix_game`` with the checkout's ``configs/matrix_game.yaml`` (``seeds`` > 1:
+  ``train_matrix_game_vectorized`` over seeds ``0..seeds-1``): the seconds of
+  ``n_updates`` updates and of 0 updates (set-up and evaluation, subtracted by the parent).
 - ``info``: the library's path, torch version and thread count.
 - ``quit``.
 """
@@ -208,7 +209,16 @@ class Worker:
         return {"seconds": seconds, "loss": float(total_loss(losses).detach())}
 
     def matrix(self, req: dict) -> dict:
-        from resq_torchrl.training.matrix_game import train_matrix_game
+        from resq_torchrl.training import matrix_game
+
+        seeds = int(req.get("seeds", 1))
+        if seeds > 1 and not hasattr(matrix_game, "train_matrix_game_vectorized"):
+            raise ValueError(f"{self.root} has no train_matrix_game_vectorized")
+
+        def train_matrix_game(cfg):
+            if seeds > 1:
+                return matrix_game.train_matrix_game_vectorized(cfg, range(seeds))
+            return matrix_game.train_matrix_game(cfg)
 
         cfg = _load_yaml(self.root / "configs" / "matrix_game.yaml")
         cfg.update(

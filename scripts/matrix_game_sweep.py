@@ -38,7 +38,7 @@ def load_algorithm(name: str) -> dict:
 def main(cfg: DictConfig) -> None:
     base = OmegaConf.to_container(cfg, resolve=True)
     # what a single run sees (and what its cache key hashes): not the sweep's own options
-    for key in ("algorithms", "n_seeds", "workers", "out_dir", "cache_dir", "threads"):
+    for key in ("algorithms", "n_seeds", "workers", "out_dir", "cache_dir", "threads", "vectorize"):
         base.pop(key)
     algorithms = {name: load_algorithm(name) for name in cfg.algorithms}
 
@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> None:
         on_result=report,
         cache_dir=cfg.cache_dir,
         threads=torch.get_num_threads(),
+        vectorize=bool(cfg.vectorize),
     )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ TINY = [
     "updates.warmup=0",
     "matrix.n_updates=5",
     "matrix.rounds=1",
+    "matrix.vectorized_seeds=2",
     "reference.env=null",  # needs vmas and its slow import; the GPU/CPU runs cover it
 ]
 
@@ -63,7 +64,9 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
         assert len(row["now"]["rounds"]) == 1 and row["now"]["median"] > 0
         assert "ratio_now_vs_against" not in row
     assert data["updates"]["batch"]["n_agents"] == 8
-    assert data["matrix"]["rows"][0]["now"]["median"] > 0
+    (mrow,) = data["matrix"]["rows"]
+    assert mrow["now"]["median"] > 0 and mrow["now x2"]["median"] > 0
+    assert mrow["ratio_vectorized_vs_single"] > 0
 
     (case,) = data["collection"]["rows"]
     assert case["env"] == "predator_prey_small" and case["n_envs"] == 2
@@ -90,6 +93,7 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
     ):
         assert heading in md
     assert "| qmix | " in md and "| vdn | " in md
+    assert "ms per seed, 2 vectorised" in md
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from resq_torchrl.training.matrix_game import job_key, train_matrix_game_seeds
 
 BASE = {
@@ -59,3 +61,58 @@ def test_sweep_script_writes_table_figure_and_runs(tmp_path, run_script):
     ]
     assert (tmp_path / "matrix_game.png").stat().st_size > 1000
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4
+
+
+def test_vectorized_sweep_caches_apart_and_resumes_missing_seeds(tmp_path):
+    """vectorize=True: the seeds of a method train as one model, in (algorithm, seed)
+    order; their cache keys differ from the single-seed runs'; a resumed sweep trains only
+    the missing seeds, as one vectorised group."""
+    cache = tmp_path / "cache"
+    single = train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1], cache_dir=cache)
+    vec = train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1, 2], cache_dir=cache, vectorize=True)
+    assert [(r["seed"], r.get("vectorized", False)) for r in vec] == [
+        (0, True),
+        (1, True),
+        (2, True),
+    ]
+    assert all("vectorized" not in r for r in single)
+    assert len(list(cache.glob("*.json"))) == 5  # 2 single + 3 vectorised
+    # drop one vectorised run: only it is trained again
+    (victim,) = [
+        f for f in cache.glob("vdn_seed1_*.json") if json.loads(f.read_text()).get("vectorized")
+    ]
+    victim.unlink()
+    seen = []
+    again = train_matrix_game_seeds(
+        BASE,
+        {"vdn": VDN},
+        [0, 1, 2],
+        cache_dir=cache,
+        vectorize=True,
+        on_result=lambda i, n, r: seen.append(r["seed"]),
+    )
+    assert seen == [0, 2, 1] and [r["seed"] for r in again] == [0, 1, 2]
+    torch.testing.assert_close(
+        torch.tensor(again[1]["q_jt"]), torch.tensor(vec[1]["q_jt"]), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_sweep_script_vectorized(tmp_path, run_script):
+    proc = run_script(
+        "matrix_game_sweep.py",
+        "algorithms=[vdn,resq]",
+        "n_seeds=2",
+        "n_updates=3",
+        "workers=2",
+        "vectorize=true",
+        f"out_dir={tmp_path}",
+        "cache_dir=null",
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads((tmp_path / "matrix_game.json").read_text())["runs"]
+    assert [(r["algorithm"], r["seed"], r["vectorized"]) for r in runs] == [
+        ("vdn", 0, True),
+        ("vdn", 1, True),
+        ("resq", 0, True),
+        ("resq", 1, True),
+    ]

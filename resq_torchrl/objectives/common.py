@@ -67,7 +67,7 @@ def gather_chosen(
             f"{tuple(action_value.shape)} (expected [*B, N] actions for [*B, N, A] values)"
         )
     n_actions = action_value.shape[-1]
-    if check and ((action < 0) | (action >= n_actions)).any():
+    if check and not _transformed() and ((action < 0) | (action >= n_actions)).any():
         raise ValueError(
             f"actions must lie in [0, {n_actions}), got values in "
             f"[{int(action.min())}, {int(action.max())}]"
@@ -108,7 +108,7 @@ def masked_greedy(
     if ignore is not None:
         ignore = ignore.reshape(*empty.shape[:-1], 1).bool()
         empty = empty & ~ignore
-    if empty.any():
+    if not _transformed() and empty.any():
         where = empty.nonzero()[0].tolist()
         raise ValueError(
             f"action_mask has an agent with no available action (first at batch index "
@@ -121,6 +121,12 @@ def masked_greedy(
 def is_greedy_joint_action(action: torch.Tensor, greedy_action: torch.Tensor) -> torch.Tensor:
     """``[*B, N]`` x ``[*B, N]`` -> ``[*B, 1]`` bool: every agent took its greedy action."""
     return (action.reshape(greedy_action.shape) == greedy_action).all(-1, keepdim=True)
+
+
+def _transformed() -> bool:
+    """Inside a ``torch.func`` transform (``vmap``, ``grad``): the data checks, which need
+    a host sync on concrete values, are skipped there; validate the data before."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def _storage(tensors) -> tuple:
@@ -334,6 +340,8 @@ class ValueFactorizationLoss(LossModule):
         current parameter tensors (identity of every leaf), so a loss that was loaded or
         moved binds again; it is never silently stale.
         """
+        if torch._C._are_functorch_transforms_active():
+            return self._bound_transformed(name, target)
         cache = self.__dict__.setdefault("_bound_modules", {})  # not a registered submodule
         hit = cache.get((name, target))
         # reading the leaves of a TensorDictParams is slow: the binding keeps them and checks
@@ -355,6 +363,19 @@ class ValueFactorizationLoss(LossModule):
             if _storage(_module_leaves(module)) != signature:
                 raise RuntimeError(f"could not bind the parameters of {name} to a module")
         cache[(name, target)] = (signature, leaves, module)
+        return module
+
+    def _bound_transformed(self, name: str, target: bool) -> nn.Module:
+        """:meth:`_bound` inside ``torch.func`` transforms (``vmap`` over stacked parameters,
+        as the vectorised matrix-game trainer does, or ``grad``). The parameters may be
+        batched tensors that live only for the transform's call and have no storage to key
+        a cache on, so they are bound again to a private copy of the module on every call
+        (a few tensor assignments; the copy itself is made once)."""
+        cache = self.__dict__.setdefault("_transformed_modules", {})
+        module = cache.get((name, target))
+        if module is None:
+            module = cache[(name, target)] = copy.deepcopy(getattr(self, name))
+        self._params(name, target).to_module(module)
         return module
 
     def _apply(self, *args, **kwargs):

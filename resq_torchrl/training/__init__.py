@@ -9,7 +9,11 @@ from resq_torchrl.training.builders import (
     make_target_updater,
     total_loss,
 )
-from resq_torchrl.training.matrix_game import train_matrix_game, train_matrix_game_seeds
+from resq_torchrl.training.matrix_game import (
+    train_matrix_game,
+    train_matrix_game_seeds,
+    train_matrix_game_vectorized,
+)
 
 __all__ = [
     "EpisodeAssembler",
@@ -21,4 +25,5 @@ __all__ = [
     "total_loss",
     "train_matrix_game",
     "train_matrix_game_seeds",
+    "train_matrix_game_vectorized",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from resq_torchrl.analysis import evaluate_matrix_game, save_heatmap
@@ -23,10 +24,12 @@ from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
 from resq_torchrl.training.builders import (
     EnvDims,
     check_device,
+    flatten_parameters,
     gradient_step,
     make_loss,
     make_optimizer,
     make_target_updater,
+    total_loss,
 )
 
 
@@ -41,25 +44,16 @@ def train_matrix_game(cfg: Mapping) -> dict:
     algo = cfg["algorithm"]
     loss = make_loss(algo, cfg["agent"], dims, device)
     optimizer = make_optimizer(
-        loss, cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5))
+        loss, cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5)), flat=True
     )
     n_updates = int(cfg["n_updates"])
-    schedule = cfg.get("lr_schedule", "constant")
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown lr_schedule {schedule!r}; choose 'constant' or 'cosine'")
-    # cosine: the learning rate decays to 0 at the last update, so the table we report is a
-    # settled fit rather than a snapshot of a step that may have just flipped a near-tie
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_updates)
-        if schedule == "cosine"
-        else None
-    )
+    scheduler = _scheduler(optimizer, cfg, n_updates)
     updater = make_target_updater(loss, interval=int(cfg["target_update_interval"]))
     grad_clip = float(cfg["grad_clip"])
 
     bar = tqdm(range(n_updates), desc=algo["name"], disable=not cfg.get("progress"))
     for _ in bar:
-        losses, _ = gradient_step(loss, optimizer, env.rand_step(env.reset()), grad_clip)
+        losses, _ = gradient_step(loss, optimizer, env.rand_transition(), grad_clip)
         if scheduler is not None:
             scheduler.step()
         updater.step()
@@ -74,9 +68,140 @@ def train_matrix_game(cfg: Mapping) -> dict:
     return result
 
 
-def _train_with_threads(threads: int, cfg: Mapping) -> dict:
-    torch.set_num_threads(threads)
-    return train_matrix_game(cfg)
+def train_matrix_game_vectorized(cfg: Mapping, seeds) -> list[dict]:
+    """:func:`train_matrix_game` for every seed of ``seeds`` at once, as one vectorised
+    model: the seeds' parameters are stacked and one ``torch.func.vmap`` of the loss
+    computes every seed's update (vmap over stacked parameters, as torchrl does for its
+    Q-value ensembles). On the CPU a matrix-game update is mostly per-op overhead, so 20
+    seeds cost 2-6x one seed's update, not 20x (``docs/speed.md``).
+
+    Per seed it is the same training as the single-seed run: the same initial networks
+    (each built after ``torch.manual_seed(seed)``), the same batches (each seed's actions
+    drawn from its own generator, continuing the single run's global-generator stream),
+    gradient clipping per seed, the same optimizer, schedule and target updates. It is not
+    the same bit for bit: batched products round differently from single ones, and the
+    distributional losses (``dmix``, ``resz``, ``ddn``) draw their fractions from the
+    shared generator. Runs that are chaotic (near-ties the rounding can flip) may then end
+    differently; ``docs/results.md`` compares the two sweeps.
+
+    Returns the results of :func:`train_matrix_game`, in the order of ``seeds``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("train_matrix_game_vectorized needs at least one seed")
+    device = check_device(cfg.get("device", "cpu"))
+    payoff = payoff_tensor(cfg["payoff"])
+    n_seeds, batch = len(seeds), int(cfg["batch_size"])
+    env = MatrixGameEnv(payoff, batch_size=[n_seeds * batch], device=device)
+    dims = EnvDims(n_agents=env.n_agents, n_actions=env.n_actions, obs_dim=1, state_dim=1)
+    algo = cfg["algorithm"]
+    losses, generators = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        losses.append(make_loss(algo, cfg["agent"], dims, device))
+        # the single run's batches come next from the global generator: continue its stream
+        generator = torch.Generator(device=device)
+        generator.set_state(
+            torch.get_rng_state() if device.type == "cpu" else torch.cuda.get_rng_state(device)
+        )
+        generators.append(generator)
+    loss = losses[0]  # the module the stacked parameters are swapped into
+    params = TensorDict.from_modules(*losses, as_module=True)  # leaves [S, ...]
+    trainable = [p for p in params.values(True, True) if p.requires_grad]
+    optimizer = _stacked_optimizer(trainable, cfg)
+    n_updates = int(cfg["n_updates"])
+    scheduler = _scheduler(optimizer, cfg, n_updates)
+    interval = int(cfg["target_update_interval"])
+    if interval < 1:
+        raise ValueError(f"target update interval must be >= 1, got {interval}")
+    # torchrl's HardUpdate copies a loss's own parameters; these live in `params`, so the
+    # same copy (target_<name>_params <- <name>_params) is done here, and the loss is told
+    # its targets are updated (torchrl warns on every call otherwise)
+    targets = []
+    for key in params.keys():
+        if not key.startswith("target_"):
+            continue
+        if key[len("target_") :] in params.keys():
+            targets.append(key)
+        elif not params[key].is_empty():  # a parameter-free target (VDN's mixer) is skipped
+            raise RuntimeError(f"no online parameters for {key} in the {algo['name']} loss")
+    for name in loss._has_update_associated:
+        loss._has_update_associated[name] = True
+    grad_clip = float(cfg["grad_clip"])
+
+    def seed_loss(p, td):
+        with p.to_module(loss):
+            out = loss(td)
+        return total_loss(out), out.get("loss_td")
+
+    step = torch.func.vmap(seed_loss, (0, 0), randomness="different")
+    bar = tqdm(range(n_updates), desc=f"{algo['name']} x{n_seeds}", disable=not cfg.get("progress"))
+    for i in bar:
+        action = torch.stack(
+            [
+                torch.randint(0, env.n_actions, (batch, env.n_agents), generator=g, device=device)
+                for g in generators
+            ]
+        )
+        td = env.rand_transition(action.reshape(n_seeds * batch, env.n_agents))
+        total, loss_td = step(params, td.reshape(n_seeds, batch))
+        optimizer.zero_grad()
+        total.sum().backward()  # seeds share no parameter: each gets its own gradient
+        _clip_per_seed(trainable, grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if (i + 1) % interval == 0:
+            with torch.no_grad():
+                for key in targets:
+                    params[key].update_(params[key[len("target_") :]])
+        bar.set_postfix(loss=f"{loss_td.mean().item():.3f}", refresh=False)
+
+    results = []
+    for seed, single, trained in zip(seeds, losses, params.detach().unbind(0), strict=True):
+        with torch.no_grad():
+            TensorDict.from_module(single).update_(trained)
+        result = {"algorithm": algo["name"], "seed": seed, "vectorized": True}
+        result.update(evaluate_matrix_game(single, payoff))
+        results.append(result)
+    return results
+
+
+def _stacked_optimizer(params: list, cfg: Mapping) -> torch.optim.Optimizer:
+    """The optimizer of :func:`make_optimizer` over the stacked parameters: its updates
+    are element-wise, so stacking the seeds changes nothing (flat, as in the single run)."""
+    name, lr, eps = cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5))
+    flat = [flatten_parameters(params)]
+    if name == "rmsprop":
+        optimizer = torch.optim.RMSprop(flat, lr=lr, alpha=0.99, eps=eps, foreach=True)
+    elif name == "adam":
+        optimizer = torch.optim.Adam(flat, lr=lr, eps=eps, foreach=True)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose 'rmsprop' or 'adam'")
+    optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
+    return optimizer
+
+
+def _clip_per_seed(params: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for each seed of stacked ``[S, ...]`` parameters:
+    the same formula (norm of the per-tensor norms; coefficient ``max_norm / (norm +
+    1e-6)`` capped at 1), written by hand because torch's clips all tensors as one."""
+    grads = [p.grad for p in params]
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], 1)
+    coef = (max_norm / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.reshape(-1, *([1] * (g.dim() - 1))))
+
+
+def _scheduler(optimizer, cfg: Mapping, n_updates: int):
+    schedule = cfg.get("lr_schedule", "constant")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {schedule!r}; choose 'constant' or 'cosine'")
+    # cosine: the learning rate decays to 0 at the last update, so the table we report is a
+    # settled fit rather than a snapshot of a step that may have just flipped a near-tie
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_updates)
+    return None
 
 
 def job_key(job: Mapping) -> str:
@@ -96,6 +221,7 @@ def train_matrix_game_seeds(
     on_result=None,
     cache_dir: str | Path | None = None,
     threads: int = 1,
+    vectorize: bool = False,
 ) -> list[dict]:
     """:func:`train_matrix_game` for every algorithm config and seed, in ``workers`` spawned
     processes of ``threads`` torch threads each (``workers=1``: in this process, with its
@@ -107,9 +233,22 @@ def train_matrix_game_seeds(
     interrupted sweep resumes, and a sweep adding a method reruns only that method. The key
     hashes the full run config, so changed settings never reuse a stale result (a change of
     the code itself is not seen: clear the cache after changing a method).
+
+    ``vectorize=True``: the missing seeds of each algorithm train as one vectorised model
+    (:func:`train_matrix_game_vectorized`; the workers then take one algorithm each). Its
+    runs are cached under other keys than the single-seed runs: they are not bit-equal.
     """
+    extra = {"vectorize": True} if vectorize else {}
     jobs = [
-        dict(cfg, algorithm=dict(algo), seed=int(seed), json_out=None, plot=None, progress=False)
+        dict(
+            cfg,
+            algorithm=dict(algo),
+            seed=int(seed),
+            json_out=None,
+            plot=None,
+            progress=False,
+            **extra,
+        )
         for algo in algorithms.values()
         for seed in seeds
     ]
@@ -127,20 +266,42 @@ def train_matrix_game_seeds(
         if on_result is not None:
             on_result(n, len(jobs), results[i])
     if todo:
+        # units of work: one run each, or with vectorize the missing seeds of one algorithm
+        if vectorize:
+            groups: dict[str, list[int]] = {}
+            for i in todo:
+                groups.setdefault(jobs[i]["algorithm"]["name"], []).append(i)
+            units = list(groups.values())
+            train = functools.partial(_train_group, int(threads), jobs, True)
+        else:
+            units = [[i] for i in todo]
+            train = functools.partial(_train_group, int(threads), jobs, False)
         with contextlib.ExitStack() as stack:
-            if int(workers) > 1:
+            if int(workers) > 1 and len(units) > 1:
                 pool = stack.enter_context(mp.get_context("spawn").Pool(int(workers)))
-                train = functools.partial(_train_with_threads, int(threads))
-                runs = pool.imap(train, [jobs[i] for i in todo])
+                runs = pool.imap(train, units)
             else:
-                runs = map(train_matrix_game, [jobs[i] for i in todo])
-            for n, (i, result) in enumerate(zip(todo, runs, strict=True), done + 1):
-                results[i] = result
-                if cache is not None:
-                    _write_json(cache / f"{job_key(jobs[i])}.json", result)
-                if on_result is not None:
-                    on_result(n, len(jobs), result)
+                runs = map(train, units)
+            n = done
+            for unit, unit_results in zip(units, runs, strict=True):
+                for i, result in zip(unit, unit_results, strict=True):
+                    n += 1
+                    results[i] = result
+                    if cache is not None:
+                        _write_json(cache / f"{job_key(jobs[i])}.json", result)
+                    if on_result is not None:
+                        on_result(n, len(jobs), result)
     return [results[i] for i in range(len(jobs))]
+
+
+def _train_group(threads: int, jobs: list[dict], vectorize: bool, unit: list[int]) -> list[dict]:
+    """Train ``jobs[i]`` for ``i`` in ``unit`` (in a pool worker: with ``threads`` torch
+    threads; in this process: with its own count)."""
+    if mp.parent_process() is not None:
+        torch.set_num_threads(threads)
+    if vectorize:
+        return train_matrix_game_vectorized(jobs[unit[0]], [jobs[i]["seed"] for i in unit])
+    return [train_matrix_game(jobs[i]) for i in unit]
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -151,4 +312,9 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-__all__ = ["train_matrix_game", "train_matrix_game_seeds", "job_key"]
+__all__ = [
+    "train_matrix_game",
+    "train_matrix_game_seeds",
+    "train_matrix_game_vectorized",
+    "job_key",
+]
