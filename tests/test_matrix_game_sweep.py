@@ -2,8 +2,6 @@
 
 import json
 
-import torch
-
 from resq_torchrl.training.matrix_game import job_key, train_matrix_game_seeds
 
 BASE = {
@@ -63,10 +61,10 @@ def test_sweep_script_writes_table_figure_and_runs(tmp_path, run_script):
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4
 
 
-def test_vectorized_sweep_caches_apart_and_resumes_missing_seeds(tmp_path):
+def test_vectorized_sweep_caches_apart_and_retrains_incomplete_groups(tmp_path):
     """vectorize=True: the seeds of a method train as one model, in (algorithm, seed)
-    order; their cache keys differ from the single-seed runs'; a resumed sweep trains only
-    the missing seeds, as one vectorised group."""
+    order; their cache keys differ from the single-seed runs' and hash the group's seeds;
+    a group with a run missing is trained again whole, giving the same numbers."""
     cache = tmp_path / "cache"
     single = train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1], cache_dir=cache)
     vec = train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1, 2], cache_dir=cache, vectorize=True)
@@ -77,7 +75,6 @@ def test_vectorized_sweep_caches_apart_and_resumes_missing_seeds(tmp_path):
     ]
     assert all("vectorized" not in r for r in single)
     assert len(list(cache.glob("*.json"))) == 5  # 2 single + 3 vectorised
-    # drop one vectorised run: only it is trained again
     (victim,) = [
         f for f in cache.glob("vdn_seed1_*.json") if json.loads(f.read_text()).get("vectorized")
     ]
@@ -91,10 +88,21 @@ def test_vectorized_sweep_caches_apart_and_resumes_missing_seeds(tmp_path):
         vectorize=True,
         on_result=lambda i, n, r: seen.append(r["seed"]),
     )
-    assert seen == [0, 2, 1] and [r["seed"] for r in again] == [0, 1, 2]
-    torch.testing.assert_close(
-        torch.tensor(again[1]["q_jt"]), torch.tensor(vec[1]["q_jt"]), rtol=1e-4, atol=1e-4
-    )
+    assert seen == [0, 1, 2] and again == vec
+    # another group (seeds 0, 1 only): other keys, trained anew
+    train_matrix_game_seeds(BASE, {"vdn": VDN}, [0, 1], cache_dir=cache, vectorize=True)
+    assert len(list(cache.glob("*.json"))) == 7
+
+
+def test_vectorized_sweep_keeps_variants_that_share_a_name_apart(tmp_path):
+    qmix = {"name": "qmix", "mixer": "qmix", "hypernet_embed": 8, "hypernet_layers": 2}
+    variants = {"small": dict(qmix, mixing_embed_dim=4), "large": dict(qmix, mixing_embed_dim=8)}
+    runs = train_matrix_game_seeds(BASE, variants, [0], vectorize=True)
+    assert runs[0]["q_jt"] != runs[1]["q_jt"]
+    singles = [
+        train_matrix_game_seeds(BASE, {k: v}, [0], vectorize=True)[0] for k, v in variants.items()
+    ]
+    assert runs == singles
 
 
 def test_sweep_script_vectorized(tmp_path, run_script):

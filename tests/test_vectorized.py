@@ -116,3 +116,5 @@ def test_vectorized_training_rejects_bad_input():
         train_matrix_game_vectorized(config("qmix", "n_updates=2", "optimizer=sgd"), [0])
     with pytest.raises(ValueError, match="integer actions of shape"):
         MatrixGameEnv(batch_size=[4]).rand_transition(torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"actions must lie in \[0, 3\)"):
+        MatrixGameEnv(batch_size=[4]).rand_transition(torch.full((4, 2), -1))

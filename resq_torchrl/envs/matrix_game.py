@@ -146,7 +146,8 @@ class MatrixGameEnv(EnvBase):
         cloned on every call, so a caller writing into the result changes nothing later.
         ``action`` (``[B, n_agents]`` integers in ``[0, A)``): the step from these actions
         instead of a draw."""
-        if self.__dict__.get("_transition") is None:
+        template = self.__dict__.get("_transition")
+        if template is None or template.device != self.device:  # built once per device
             # a fixed action, not rand_step: building the template draws nothing
             first = self.reset()
             first.set(("agents", "action"), self.full_action_spec["agents", "action"].zero())
@@ -163,6 +164,8 @@ class MatrixGameEnv(EnvBase):
                 f"expected integer actions of shape {(*self.batch_size, self.n_agents)}, "
                 f"got {action.dtype} {tuple(action.shape)}"
             )
+        elif ((action < 0) | (action >= self.n_actions)).any():
+            raise ValueError(f"actions must lie in [0, {self.n_actions}), got {action.unique()}")
         out.set(("agents", "action"), action)
         out.set(("next", "reward"), self.payoff[tuple(action.unbind(-1))].unsqueeze(-1))
         return out

@@ -410,7 +410,11 @@ def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter:
     Backward accumulates into the existing ``.grad`` views in place (0 + g is exactly g),
     and gradient clipping, which reads the per-parameter views, is unchanged; so training
     gives the same numbers (``tests/test_fast_unroll.py`` checks it bit for bit). Keep the
-    flat gradient: zero it in place, never set it to ``None``.
+    flat gradient: zero it in place, never set it to ``None``. Two differences from
+    per-parameter optimizers: a parameter that gets no gradient gets zeros (Adam then still
+    moves it on its momentum; every loss here gives each parameter a gradient), and moving
+    the module (``.to()``, ``.double()``) after this gives it new tensors the optimizer no
+    longer steps: move first, then build the optimizer.
     """
     if not params:
         raise ValueError("flatten_parameters got no parameters")

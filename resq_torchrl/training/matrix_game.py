@@ -80,9 +80,11 @@ def train_matrix_game_vectorized(cfg: Mapping, seeds) -> list[dict]:
     drawn from its own generator, continuing the single run's global-generator stream),
     gradient clipping per seed, the same optimizer, schedule and target updates. It is not
     the same bit for bit: batched products round differently from single ones, and the
-    distributional losses (``dmix``, ``resz``, ``ddn``) draw their fractions from the
-    shared generator. Runs that are chaotic (near-ties the rounding can flip) may then end
-    differently; ``docs/results.md`` compares the two sweeps.
+    distributional losses (``dmix``, ``resz``, ``ddn``) draw their fractions from one
+    stream for the group (the global generator, seeded by the list of seeds), so their
+    results depend on the group a seed trains in. Runs that are chaotic (near-ties the
+    rounding can flip) may then end differently; ``docs/results.md`` compares the two
+    sweeps.
 
     Returns the results of :func:`train_matrix_game`, in the order of ``seeds``.
     """
@@ -105,6 +107,9 @@ def train_matrix_game_vectorized(cfg: Mapping, seeds) -> list[dict]:
             torch.get_rng_state() if device.type == "cpu" else torch.cuda.get_rng_state(device)
         )
         generators.append(generator)
+    # what the loss draws itself (the distributional losses' fractions) comes from the
+    # global generator, seeded by the list of seeds, apart from every seed's action stream
+    torch.manual_seed(_stream_seed(seeds))
     loss = losses[0]  # the module the stacked parameters are swapped into
     params = TensorDict.from_modules(*losses, as_module=True)  # leaves [S, ...]
     trainable = [p for p in params.values(True, True) if p.requires_grad]
@@ -167,6 +172,12 @@ def train_matrix_game_vectorized(cfg: Mapping, seeds) -> list[dict]:
     return results
 
 
+def _stream_seed(seeds: list[int]) -> int:
+    """A seed for the draws of a vectorised group, a function of its list of seeds."""
+    digest = hashlib.sha256(json.dumps(["vectorized", *seeds]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
 def _stacked_optimizer(params: list, cfg: Mapping) -> torch.optim.Optimizer:
     """The optimizer of :func:`make_optimizer` over the stacked parameters: its updates
     are element-wise, so stacking the seeds changes nothing (flat, as in the single run)."""
@@ -187,7 +198,8 @@ def _clip_per_seed(params: list[torch.Tensor], max_norm: float) -> None:
     the same formula (norm of the per-tensor norms; coefficient ``max_norm / (norm +
     1e-6)`` capped at 1), written by hand because torch's clips all tensors as one."""
     grads = [p.grad for p in params]
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], 1)
+    norms = [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads]
+    norms = torch.stack(norms, 1)
     coef = (max_norm / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.reshape(-1, *([1] * (g.dim() - 1))))
@@ -234,11 +246,15 @@ def train_matrix_game_seeds(
     hashes the full run config, so changed settings never reuse a stale result (a change of
     the code itself is not seen: clear the cache after changing a method).
 
-    ``vectorize=True``: the missing seeds of each algorithm train as one vectorised model
-    (:func:`train_matrix_game_vectorized`; the workers then take one algorithm each). Its
-    runs are cached under other keys than the single-seed runs: they are not bit-equal.
+    ``vectorize=True``: all the seeds of each algorithm train as one vectorised model
+    (:func:`train_matrix_game_vectorized`; the workers then take one algorithm each). A
+    seed's result depends on the group it trained in (rounding; the distributional losses'
+    fractions come from one stream per group), so the key also hashes the list of seeds,
+    and a group with any run missing is trained again whole. These runs never share keys
+    with the single-seed runs: they are not bit-equal.
     """
-    extra = {"vectorize": True} if vectorize else {}
+    seeds = [int(seed) for seed in seeds]
+    extra = {"vectorize": {"seeds": seeds}} if vectorize else {}
     jobs = [
         dict(
             cfg,
@@ -253,29 +269,26 @@ def train_matrix_game_seeds(
         for seed in seeds
     ]
     cache = None if cache_dir is None else Path(cache_dir)
-    results: dict[int, dict] = {}
-    todo = []
+    # units of work: one run each, or with vectorize every seed of one algorithm config
+    # (grouped by the whole config but the seed: two variants may share a name)
+    groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
-        path = None if cache is None else cache / f"{job_key(job)}.json"
-        if path is not None and path.exists():
-            results[i] = json.loads(path.read_text())
+        key = json.dumps({k: v for k, v in job.items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(key if vectorize else str(i), []).append(i)
+    results: dict[int, dict] = {}
+    units = []
+    for unit in groups.values():
+        paths = [None if cache is None else cache / f"{job_key(jobs[i])}.json" for i in unit]
+        if all(path is not None and path.exists() for path in paths):
+            results.update({i: json.loads(p.read_text()) for i, p in zip(unit, paths, strict=True)})
         else:
-            todo.append(i)
+            units.append(unit)
     done = len(results)
     for n, i in enumerate(sorted(results), 1):
         if on_result is not None:
             on_result(n, len(jobs), results[i])
-    if todo:
-        # units of work: one run each, or with vectorize the missing seeds of one algorithm
-        if vectorize:
-            groups: dict[str, list[int]] = {}
-            for i in todo:
-                groups.setdefault(jobs[i]["algorithm"]["name"], []).append(i)
-            units = list(groups.values())
-            train = functools.partial(_train_group, int(threads), jobs, True)
-        else:
-            units = [[i] for i in todo]
-            train = functools.partial(_train_group, int(threads), jobs, False)
+    if units:
+        train = functools.partial(_train_group, int(threads), jobs, vectorize)
         with contextlib.ExitStack() as stack:
             if int(workers) > 1 and len(units) > 1:
                 pool = stack.enter_context(mp.get_context("spawn").Pool(int(workers)))
