@@ -839,12 +839,11 @@ def write_markdown(result: dict, path: Path) -> None:
         ]
         n_vec = int(mg.get("vectorized_seeds", 1))
         vec = f"{NOW} x{n_vec}"
-        if n_vec > 1:
-            lines[-1] = lines[-1][:-1] + (
+        if n_vec > 1:  # lines[-2] is the paragraph above, lines[-1] the blank line after it
+            lines[-2] += (
                 f" With {n_vec} seeds as one vectorised model (`train_matrix_game_vectorized`), "
                 "the time per update is divided by the seeds: the cost of one seed's update."
             )
-            lines.append("")
         head = ["method", "ms now"] + ([f"ms at {rev}", f"now / {rev}"] if rev else [])
         if n_vec > 1:
             head += [f"ms per seed, {n_vec} vectorised", "vectorised / now"]
