@@ -103,24 +103,3 @@ def test_vectorized_sweep_keeps_variants_that_share_a_name_apart(tmp_path):
         train_matrix_game_seeds(BASE, {k: v}, [0], vectorize=True)[0] for k, v in variants.items()
     ]
     assert runs == singles
-
-
-def test_sweep_script_vectorized(tmp_path, run_script):
-    proc = run_script(
-        "matrix_game_sweep.py",
-        "algorithms=[vdn,resq]",
-        "n_seeds=2",
-        "n_updates=3",
-        "workers=2",
-        "vectorize=true",
-        f"out_dir={tmp_path}",
-        "cache_dir=null",
-    )
-    assert proc.returncode == 0, proc.stderr
-    runs = json.loads((tmp_path / "matrix_game.json").read_text())["runs"]
-    assert [(r["algorithm"], r["seed"], r["vectorized"]) for r in runs] == [
-        ("vdn", 0, True),
-        ("vdn", 1, True),
-        ("resq", 0, True),
-        ("resq", 1, True),
-    ]
