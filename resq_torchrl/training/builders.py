@@ -383,9 +383,16 @@ def make_optimizer(
     fraction of the time when the parameters are many small tensors (the matrix game).
     Its ``zero_grad`` zeroes the flat gradient in place. Its state is not interchangeable
     with a per-parameter optimizer's, so checkpointed training keeps ``flat=False``."""
+    return optimizer_over(list(loss.parameters()), name, lr, eps, flat)
+
+
+def optimizer_over(
+    params: list[torch.Tensor], name: str, lr: float, eps: float = 1e-5, flat: bool = False
+) -> torch.optim.Optimizer:
+    """:func:`make_optimizer` over given parameter tensors (the vectorised matrix-game
+    trainer's stacked ones)."""
     if name not in ("rmsprop", "adam"):
         raise ValueError(f"unknown optimizer {name!r}; choose 'rmsprop' or 'adam'")
-    params = list(loss.parameters())
     if flat:
         params = [flatten_parameters(params)]
     # one multi-tensor update instead of a Python loop over the parameters: torch only

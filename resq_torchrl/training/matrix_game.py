@@ -24,11 +24,11 @@ from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
 from resq_torchrl.training.builders import (
     EnvDims,
     check_device,
-    flatten_parameters,
     gradient_step,
     make_loss,
     make_optimizer,
     make_target_updater,
+    optimizer_over,
     total_loss,
 )
 
@@ -113,7 +113,11 @@ def train_matrix_game_vectorized(cfg: Mapping, seeds) -> list[dict]:
     loss = losses[0]  # the module the stacked parameters are swapped into
     params = TensorDict.from_modules(*losses, as_module=True)  # leaves [S, ...]
     trainable = [p for p in params.values(True, True) if p.requires_grad]
-    optimizer = _stacked_optimizer(trainable, cfg)
+    # element-wise updates: one optimizer over the stacked seeds is one per seed (flat, as
+    # in the single run)
+    optimizer = optimizer_over(
+        trainable, cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5)), True
+    )
     n_updates = int(cfg["n_updates"])
     scheduler = _scheduler(optimizer, cfg, n_updates)
     interval = int(cfg["target_update_interval"])
@@ -176,21 +180,6 @@ def _stream_seed(seeds: list[int]) -> int:
     """A seed for the draws of a vectorised group, a function of its list of seeds."""
     digest = hashlib.sha256(json.dumps(["vectorized", *seeds]).encode()).digest()
     return int.from_bytes(digest[:8], "little") % 2**63
-
-
-def _stacked_optimizer(params: list, cfg: Mapping) -> torch.optim.Optimizer:
-    """The optimizer of :func:`make_optimizer` over the stacked parameters: its updates
-    are element-wise, so stacking the seeds changes nothing (flat, as in the single run)."""
-    name, lr, eps = cfg["optimizer"], float(cfg["lr"]), float(cfg.get("optim_eps", 1e-5))
-    flat = [flatten_parameters(params)]
-    if name == "rmsprop":
-        optimizer = torch.optim.RMSprop(flat, lr=lr, alpha=0.99, eps=eps, foreach=True)
-    elif name == "adam":
-        optimizer = torch.optim.Adam(flat, lr=lr, eps=eps, foreach=True)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; choose 'rmsprop' or 'adam'")
-    optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
-    return optimizer
 
 
 def _clip_per_seed(params: list[torch.Tensor], max_norm: float) -> None:
