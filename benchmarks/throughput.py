@@ -183,7 +183,9 @@ def worktree(rev: str) -> Iterator[tuple[Path, str]]:
 class UpdateWorker:
     """``benchmarks/update_worker.py`` running the library of ``checkout`` in a subprocess."""
 
-    def __init__(self, label: str, checkout: Path, threads: int, log_dir: Path) -> None:
+    def __init__(
+        self, label: str, checkout: Path, threads: int, log_dir: Path, reuse_memory: bool = True
+    ) -> None:
         self.label = label
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         self.log = log_dir / f"worker_{safe}.log"
@@ -195,6 +197,7 @@ class UpdateWorker:
             PYTHONPATH=pythonpath,
             BENCH_CHECKOUT=str(checkout),
             BENCH_THREADS=str(threads),
+            BENCH_REUSE_FREED_MEMORY="1" if reuse_memory else "0",
             OMP_NUM_THREADS=str(threads),
             MKL_NUM_THREADS=str(threads),
             RL_WARNINGS="False",
@@ -773,6 +776,14 @@ def write_markdown(result: dict, path: Path) -> None:
         f"{m['tensordict']}" + (f", vmas {m['vmas']}" if "vmas" in m else ""),
         f"- torch threads: {m['torch_threads']} here and in the update workers "
         "(`OMP_NUM_THREADS` too): every workload measured is a one-thread workload",
+        *(
+            [
+                "- allocator of the update workers (`reuse_freed_memory`, `resq_torchrl/cli.py`): "
+                + "; ".join(f"`{k}`: {v}" for k, v in result["allocators"].items())
+            ]
+            if result.get("allocators")
+            else []
+        ),
         f"- load average (1 min): {m['load_average_start']:.2f} at start, "
         f"{m['load_average_end']:.2f} at the end"
         + (
@@ -990,8 +1001,11 @@ def run(cfg: DictConfig) -> dict:
                 checkouts[label] = path
             for label, path in checkouts.items():
                 print(f"starting worker {label} (resq_torchrl of {path})", flush=True)
-                workers[label] = UpdateWorker(label, path, threads, logs)
+                workers[label] = UpdateWorker(
+                    label, path, threads, logs, bool(cfg.get("reuse_freed_memory", True))
+                )
                 stack.callback(workers[label].close)
+            result["allocators"] = {k: w.info.get("allocator", "?") for k, w in workers.items()}
         if list(cfg.updates.algorithms):
             result["updates"] = measure_updates(workers, cfg, train)
         if list(cfg.matrix.algorithms):

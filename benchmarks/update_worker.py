@@ -27,7 +27,8 @@ Requests (``cmd``):
   ``train_matrix_game`` with the checkout's ``configs/matrix_game.yaml`` (``seeds`` > 1:
   ``train_matrix_game_vectorized`` over seeds ``0..seeds-1``): the seconds of
   ``n_updates`` updates and of 0 updates (set-up and evaluation, subtracted by the parent).
-- ``info``: the library's path, torch version and thread count.
+- ``info``: the library's path, torch version, thread count and allocator (the checkout's
+  own ``resq_torchrl.cli.reuse_freed_memory`` when it has one and ``BENCH_REUSE_FREED_MEMORY=1``).
 - ``quit``.
 """
 
@@ -146,6 +147,7 @@ class Worker:
         self.losses: dict = {}
         self.batch = None
         self.device = torch.device("cpu")
+        self.allocator = "system default"
 
     def algorithm(self, name: str) -> dict:
         return _load_yaml(self.root / "configs" / "algorithm" / f"{name}.yaml")
@@ -158,6 +160,7 @@ class Worker:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "allocator": self.allocator,
         }
 
     def setup(self, req: dict) -> dict:
@@ -242,6 +245,20 @@ class Worker:
 COMMANDS = ("info", "setup", "update", "matrix")
 
 
+def use_checkout_allocator(wanted: bool) -> str:
+    """Apply the checkout's own allocator policy, as its scripts do (``reuse_freed_memory``
+    of ``resq_torchrl.cli``; a revision without it runs with the system default); returns
+    what was used."""
+    if not wanted:
+        return "system default (reuse_freed_memory=false)"
+    from resq_torchrl import cli
+
+    policy = getattr(cli, "reuse_freed_memory", None)
+    if policy is None:
+        return "system default (this revision has no reuse_freed_memory)"
+    return "freed memory kept for reuse" if policy() else "system default (needs glibc)"
+
+
 def main() -> None:
     # answers go to the original stdout; anything the library prints goes to stderr
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -249,6 +266,7 @@ def main() -> None:
     threads = int(os.environ.get("BENCH_THREADS", os.environ.get("OMP_NUM_THREADS", "1")))
     torch.set_num_threads(threads)
     worker = Worker()
+    worker.allocator = use_checkout_allocator(os.environ.get("BENCH_REUSE_FREED_MEMORY") == "1")
     for line in sys.stdin:
         if not line.strip():
             continue

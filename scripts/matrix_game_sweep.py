@@ -38,7 +38,16 @@ def load_algorithm(name: str) -> dict:
 def main(cfg: DictConfig) -> None:
     base = OmegaConf.to_container(cfg, resolve=True)
     # what a single run sees (and what its cache key hashes): not the sweep's own options
-    for key in ("algorithms", "n_seeds", "workers", "out_dir", "cache_dir", "threads", "vectorize"):
+    for key in (
+        "algorithms",
+        "n_seeds",
+        "workers",
+        "out_dir",
+        "cache_dir",
+        "threads",
+        "vectorize",
+        "reuse_freed_memory",
+    ):
         base.pop(key)
     algorithms = {name: load_algorithm(name) for name in cfg.algorithms}
 

@@ -94,6 +94,10 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
         assert heading in md
     assert "| qmix | " in md and "| vdn | " in md
     assert "ms per seed, 2 vectorised" in md
+    # the update workers run with the checkout's own allocator policy, and say so
+    if sys.platform.startswith("linux"):
+        assert data["allocators"] == {"now": "freed memory kept for reuse"}
+        assert "- allocator of the update workers" in md and "`now`: freed memory kept" in md
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

@@ -1,6 +1,7 @@
 """What every script shares (resq_torchrl/cli.py): one-line errors for user mistakes (exit
 code 2, no traceback), the thread policy, and training budgets that mean what they say."""
 
+import subprocess
 import sys
 
 import pytest
@@ -175,6 +176,62 @@ def test_train_threads_auto_resolves_per_device(tmp_path, monkeypatch):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.splitlines()[0] == "threads: 1 (threads=auto on cpu)"
+
+
+# ---------------------------------------------------------------------------------- allocator
+
+#: counts glibc's mmapped chunks while a 40 MB tensor is alive, before and after
+#: ``reuse_freed_memory()`` (in a fresh process: the setting is process-wide)
+MMAP_PROBE = r"""
+import ctypes, torch
+from resq_torchrl import cli
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
+def mapped_for_one_tensor():
+    before = libc.mallinfo2().hblks
+    tensor = torch.ones(10_000_000)  # 40 MB
+    return libc.mallinfo2().hblks - before
+
+print(mapped_for_one_tensor(), cli.reuse_freed_memory(), mapped_for_one_tensor())
+"""
+
+
+def test_reuse_freed_memory_serves_large_tensors_from_the_heap():
+    """By default glibc maps a 40 MB tensor's memory anew (one mmapped chunk while it lives);
+    after ``reuse_freed_memory()`` it comes from the heap, reusable without page faults."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    import ctypes
+
+    if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
+        pytest.skip("glibc < 2.33 has no mallinfo2")
+    result = subprocess.run(
+        [sys.executable, "-c", MMAP_PROBE], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["1", "True", "0"]
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        ("", "allocator: freed memory kept for reuse (reuse_freed_memory=true)"),
+        ("reuse_freed_memory=false", "allocator: system default (reuse_freed_memory=false)"),
+        ("reuse_freed_memory=sometimes", "error: reuse_freed_memory must be true or false, got"),
+    ],
+)
+def test_scripts_say_which_allocator_they_use(args, line, tmp_path):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    result = run_in_process(f"scripts/matrix_game.py n_updates=1 progress=false {args}", tmp_path)
+    assert result.returncode == (2 if "error" in line else 0), result.stderr[-3000:]
+    assert result.stderr.splitlines()[1].startswith(line)
 
 
 # ------------------------------------------------------------------------------------ budgets

@@ -208,7 +208,7 @@ def _scheduler(optimizer, cfg: Mapping, n_updates: int):
 def job_key(job: Mapping) -> str:
     """A name for one run that changes whenever anything that can change its result does:
     ``<algorithm>_seed<k>_<hash of the whole config>`` (display options excluded)."""
-    ignored = ("json_out", "plot", "progress", "threads")
+    ignored = ("json_out", "plot", "progress", "threads", "reuse_freed_memory")
     relevant = {k: v for k, v in job.items() if k not in ignored}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
     return f"{job['algorithm']['name']}_seed{job['seed']}_{digest}"
