@@ -251,9 +251,19 @@ def use_checkout_allocator(wanted: bool) -> str:
     what was used."""
     if not wanted:
         return "system default (reuse_freed_memory=false)"
-    from resq_torchrl import cli
+    import importlib.util
 
-    policy = getattr(cli, "reuse_freed_memory", None)
+    import resq_torchrl
+
+    # only the checkout's own module: an editable install's import hook would otherwise
+    # serve a module this revision lacks from the installed working tree
+    own = Path(resq_torchrl.__file__).resolve().parent / "cli.py"
+    policy = None
+    if own.is_file():
+        spec = importlib.util.spec_from_file_location("resq_torchrl.cli", own)
+        cli = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cli)
+        policy = getattr(cli, "reuse_freed_memory", None)
     if policy is None:
         return "system default (this revision has no reuse_freed_memory)"
     return "freed memory kept for reuse" if policy() else "system default (needs glibc)"

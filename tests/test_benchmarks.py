@@ -3,6 +3,7 @@ matrix game, collection, replay memory; ``against=`` through a git worktree) and
 JSON and markdown it promises. No timing is checked: only structure."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,32 @@ def test_throughput_benchmark_against_a_worktree(tmp_path):
     assert row["ratio_now_vs_against"] > 0
     assert "| method | ms now | ms at HEAD | now / HEAD |" in md
     assert _worktrees() == before  # the worktree is gone
+
+
+def test_update_worker_uses_only_the_checkouts_own_allocator_policy(tmp_path):
+    """A revision without ``resq_torchrl/cli.py`` (such as f4b0b87) runs with the system
+    default, even though the editable install of the working tree would serve its cli."""
+    (tmp_path / "resq_torchrl").mkdir()
+    (tmp_path / "resq_torchrl" / "__init__.py").write_text("")
+    answers = {}
+    for label, root in (("old", tmp_path), ("now", ROOT)):
+        env = dict(
+            os.environ, PYTHONPATH=str(root), BENCH_CHECKOUT=str(root), BENCH_REUSE_FREED_MEMORY="1"
+        )
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "update_worker.py")],
+            input='{"cmd": "info"}\n{"cmd": "quit"}\n',
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env=env,
+            check=True,
+        )
+        answers[label] = json.loads(result.stdout.splitlines()[0])
+    assert answers["old"]["library"] == str((tmp_path / "resq_torchrl").resolve())
+    assert answers["old"]["allocator"] == "system default (this revision has no reuse_freed_memory)"
+    if sys.platform.startswith("linux"):
+        assert answers["now"]["allocator"] == "freed memory kept for reuse"
 
 
 def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
