@@ -29,7 +29,7 @@ from resq_torchrl.training.evaluation import (
 )
 
 #: per-episode lists: in the JSON file, left out of the summary on stdout
-PER_EPISODE = ("returns", "lengths", "wins")
+PER_EPISODE = ("returns", "lengths", "wins", "captures_per_episode", "lone_catches_per_episode")
 
 
 @cli.main("evaluate", auto_threads={"cpu": 1, "cuda": 1})

@@ -191,6 +191,23 @@ def test_evaluate_run_plays_the_episodes_in_batches(pp_run):
     )
 
 
+def test_evaluate_run_counts_predator_prey_events_and_they_add_up_to_the_returns(pp_run):
+    from resq_torchrl.training.trainer import evaluate_checkpoint
+
+    result = evaluate_run(pp_run, episodes=6, n_envs=3, seed=1)
+    captures, lone = result["captures_per_episode"], result["lone_catches_per_episode"]
+    assert len(captures) == len(lone) == len(result["returns"]) == 6
+    for r, c, p in zip(result["returns"], captures, lone, strict=True):
+        assert r == pytest.approx(10 * c - 2 * p)  # the tiny env's rewards: +10, -2
+    assert result["eval/captures"] == pytest.approx(float(np.mean(captures)))
+    assert result["lone_catches"]["mean"] == pytest.approx(float(np.mean(lone)))
+    # the trainer's evaluation logs the same means
+    trainer = evaluate_checkpoint(pp_run, episodes=3, seed=1)
+    same = evaluate_run(pp_run, episodes=3, seed=1)
+    assert trainer["eval/lone_catches"] == pytest.approx(same["eval/lone_catches"])
+    assert trainer["eval/captures"] == pytest.approx(same["eval/captures"])
+
+
 def test_evaluate_run_without_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="no checkpoint at"):
         evaluate_run(tmp_path)

@@ -417,6 +417,37 @@ def test_lone_catch_next_to_one_prey_is_punished_and_the_prey_moves_away():
     assert {p[0] for p in positions(env.prey_pos)} == {(3, 2), (2, 1), (2, 3)}
 
 
+def test_event_log_counts_captures_and_lone_catches_per_env():
+    """The evaluation's event log: off by default; on, one entry per step with the counts
+    per env of prey captured and of prey next to exactly one catcher (the two catchers'
+    grid above: one capture; the lone catcher's: two punished prey)."""
+    env = small_env(n_predators=3, n_prey=2, batch=4)
+    td = place(env, [[1, 1], [2, 2], [4, 4]], [[1, 2], [2, 1]])
+    step(env, td, [CATCH, CATCH, STAY])
+    assert env.event_log is None  # nothing recorded unless asked
+    env.event_log = []
+    td = place(env, [[1, 1], [2, 2], [4, 4]], [[1, 2], [2, 1]])
+    step(env, td, [CATCH, CATCH, STAY])
+    td = place(env, [[1, 1], [4, 4], [4, 0]], [[1, 2], [2, 1]])
+    step(env, td, [CATCH, STAY, STAY])
+    assert [e["captures"].tolist() for e in env.event_log] == [[1] * 4, [0] * 4]
+    assert [e["lone_catches"].tolist() for e in env.event_log] == [[0] * 4, [2] * 4]
+
+
+def test_event_counts_explain_every_reward_of_random_play():
+    """Property: reward = 10 captures - 2 lone catches at every step of random masked play
+    on the full game (64 envs, 60 steps, auto-reset)."""
+    env = PredatorPreyEnv(batch_size=[64])
+    env.set_seed(5)
+    env.event_log = []
+    rollout = env.rollout(60, break_when_any_done=False)
+    captures = torch.stack([e["captures"] for e in env.event_log], -1)
+    lone = torch.stack([e["lone_catches"] for e in env.event_log], -1)
+    reward = rollout["next", "reward"].squeeze(-1)
+    assert captures.sum() > 0 and lone.sum() > 0
+    torch.testing.assert_close(reward, (10.0 * captures - 2.0 * lone).float())
+
+
 def test_two_lone_catches_on_different_prey_are_each_punished():
     env = small_env(n_prey=2, prey_move_prob=0.0)
     td = place(env, [[0, 0], [4, 4]], [[0, 1], [4, 3]])

@@ -250,6 +250,10 @@ class PredatorPreyEnv(EnvBase):
         self.rng.seed()
         #: the draws of the latest step (for tests and debugging)
         self.last_draws: StepDraws | None = None
+        #: set to a list to record each step's events: ``{"captures", "lone_catches"}``, the
+        #: counts per env ``[B]`` of prey captured and of prey next to exactly one catching
+        #: predator (punished); read by the greedy evaluation, not part of the tensordict
+        self.event_log: list[dict[str, torch.Tensor]] | None = None
         set_team_specs(self, self.n_predators, self.n_actions, self.obs_dim, self.state_dim)
 
     # ------------------------------------------------------------------ observations
@@ -517,6 +521,9 @@ class PredatorPreyEnv(EnvBase):
             + self.miscapture_punishment * punished.sum(-1)
             + self.step_penalty
         )
+
+        if self.event_log is not None:
+            self.event_log.append({"captures": captured.sum(-1), "lone_catches": punished.sum(-1)})
 
         # 3. time and ends
         self.t += 1

@@ -25,13 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.envs import EnvBase
 
 from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
 from resq_torchrl.training.builders import check_device, env_dims, make_env, make_loss
 from resq_torchrl.training.checkpoint import load_checkpoint
-from resq_torchrl.training.trainer import CHECKPOINT, add_agent_transforms, make_policies
+from resq_torchrl.training.trainer import (
+    CHECKPOINT,
+    add_agent_transforms,
+    greedy_rollout,
+    make_policies,
+)
 
+#: events an env may record per step (``event_log``, predator-prey), summed per episode
+EVENTS = ("captures", "lone_catches")
 #: where :func:`evaluate_run` writes its record, relative to the run's output_dir
 EVALUATION_JSON = "evaluation.json"
 #: the most envs one batch of evaluation episodes steps at once (``n_envs=null``)
@@ -145,8 +152,7 @@ def greedy_episodes(
     episode's steps), ``lengths`` ``[B]`` int, ``completed`` ``[B]`` bool (the episode ended
     within ``max_steps``) and, when ``win_key`` is given and the env writes it, ``won``
     ``[B]`` bool (the episode's last step had ``win_key`` set)."""
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+    rollout, events = greedy_rollout(env, policy, max_steps)
     done = rollout.get(("next", "done")).squeeze(-1)  # [B, T]
     first = (done.cumsum(-1) - done.long()) == 0  # steps of each env's first episode
     reward = rollout.get(("next", "reward")).squeeze(-1)
@@ -155,6 +161,8 @@ def greedy_episodes(
         "lengths": first.sum(-1).cpu(),
         "completed": done.any(-1).cpu(),
     }
+    for name, counts in events.items():  # [B, T]: the first episode's total
+        out[name] = (counts * first).sum(-1).cpu()
     if win_key is not None and ("next", win_key) in rollout.keys(True):
         won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
         out["won"] = won.any(-1).cpu()
@@ -198,7 +206,9 @@ def evaluate_run(
     with a win key only), ``confidence``, ``bootstrap``, per-episode ``returns``,
     ``lengths`` (and ``wins``), ``notes`` (e.g. a checkpoint made before any update), and
     the keys of the trainer's evaluations: ``eval/return``, ``eval/episodes``
-    (``eval/win_rate``)."""
+    (``eval/win_rate``). For an env that records events (predator-prey), also per
+    :data:`EVENTS` name (``captures``, ``lone_catches``): its statistics per episode, the
+    per-episode counts (``<name>_per_episode``) and ``eval/<name>``."""
     episodes = int(episodes)
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
@@ -246,6 +256,12 @@ def evaluate_run(
         wins = played["won"][done].float()
         result["win_rate"] = episode_statistics(wins, confidence, resamples, seed)
         result["eval/win_rate"] = result["win_rate"]["mean"]
+    for name in EVENTS:  # envs that record events (predator-prey): counts per episode
+        if name in played:
+            counts = played[name][done].float()
+            result[name] = episode_statistics(counts, confidence, resamples, seed)
+            result[f"eval/{name}"] = result[name]["mean"]
+            result[f"{name}_per_episode"] = played[name][done].tolist()
     result["notes"] = notes + ([stats["note"]] if stats["note"] else [])
     result["returns"] = returns.tolist()
     result["lengths"] = played["lengths"][done].tolist()
@@ -265,7 +281,7 @@ def format_table(result: Mapping) -> str:
 
     level = f"{100 * result['confidence']:g}%"
     rows = [("", "mean", "std", "IQM", f"mean {level} CI", f"IQM {level} CI", "min", "max")]
-    for name in ("return", "win_rate"):
+    for name in ("return", "win_rate", *EVENTS):
         s = result.get(name)
         if s is not None:
             rows.append(

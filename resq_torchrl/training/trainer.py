@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueModule
@@ -96,15 +97,40 @@ def add_agent_transforms(env: EnvBase, loss) -> EnvBase:
 
 
 @torch.no_grad()
+def greedy_rollout(
+    env: EnvBase, policy, max_steps: int
+) -> tuple[TensorDictBase, dict[str, torch.Tensor]]:
+    """``env.rollout(max_steps, policy)`` under ``ExplorationType.DETERMINISTIC``, without
+    stopping at a done (``[B, T]``), and the per-step event counts ``[B, T]`` of an env that
+    records them in an ``event_log`` (predator-prey: ``captures``, ``lone_catches``; ``{}``
+    for other envs). The log is on only during this rollout."""
+    base = getattr(env, "base_env", env)
+    log = [] if hasattr(base, "event_log") else None
+    if log is not None:
+        base.event_log = log
+    try:
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+    finally:
+        if log is not None:
+            base.event_log = None
+    events = {}
+    if log and len(log) == rollout.shape[-1]:
+        events = {k: torch.stack([step[k] for step in log], -1) for k in log[0]}
+    return rollout, events
+
+
 def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -> dict:
-    """Greedy returns of one episode per env of the batched ``env``."""
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+    """Greedy returns of one episode per env of the batched ``env`` (and, for an env that
+    records events, their means per episode: ``eval/captures``, ``eval/lone_catches``)."""
+    rollout, events = greedy_rollout(env, policy, max_steps)
     done = rollout.get(("next", "done")).squeeze(-1)  # [B, T]
     first = (done.cumsum(-1) - done.long()) == 0  # steps of each env's first episode
     reward = rollout.get(("next", "reward")).squeeze(-1)
     returns = (reward * first).sum(-1)
     out = {"eval/return": float(returns.mean()), "eval/episodes": int(done.any(-1).sum())}
+    for name, counts in events.items():
+        out[f"eval/{name}"] = float((counts * first).sum(-1).float().mean())
     if win_key is not None and ("next", win_key) in rollout.keys(True):
         won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
         out["eval/win_rate"] = float(won.any(-1).float().mean())
