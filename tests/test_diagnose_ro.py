@@ -321,6 +321,10 @@ def test_train_logs_the_capture_diagnostics(tmp_path):
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert all("eval/catch_gap" in e for e in evals[1:])
     assert (csv / "eval" / "catch_gap.csv").exists()
+    # the greedy episodes' events: their means net to the mean return (+10, -2)
+    for e in evals:
+        net = 10 * e["eval/captures"] - 2 * e["eval/lone_catches"]
+        assert net == pytest.approx(e["eval/return"])
     state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["capture"]["total"] == counts[-1]
 
