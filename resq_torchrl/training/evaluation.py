@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchrl.envs import EnvBase
 
 from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
 from resq_torchrl.training.builders import check_device, env_dims, make_env, make_loss
@@ -33,7 +32,7 @@ from resq_torchrl.training.checkpoint import load_checkpoint
 from resq_torchrl.training.trainer import (
     CHECKPOINT,
     add_agent_transforms,
-    greedy_rollout,
+    greedy_episodes,
     make_policies,
 )
 
@@ -139,34 +138,6 @@ def episode_statistics(
 
 
 # --------------------------------------------------------------------------------- episodes
-
-
-@torch.no_grad()
-def greedy_episodes(
-    env: EnvBase, policy, max_steps: int, win_key: str | None = None
-) -> dict[str, torch.Tensor]:
-    """Play the first episode of every env of the batched ``env`` (``B`` envs) with
-    ``policy`` under ``ExplorationType.DETERMINISTIC``, for at most ``max_steps`` steps.
-
-    Returns (all on CPU) ``returns`` ``[B]`` float (the sum of the team reward over the
-    episode's steps), ``lengths`` ``[B]`` int, ``completed`` ``[B]`` bool (the episode ended
-    within ``max_steps``) and, when ``win_key`` is given and the env writes it, ``won``
-    ``[B]`` bool (the episode's last step had ``win_key`` set)."""
-    rollout, events = greedy_rollout(env, policy, max_steps)
-    done = rollout.get(("next", "done")).squeeze(-1)  # [B, T]
-    first = (done.cumsum(-1) - done.long()) == 0  # steps of each env's first episode
-    reward = rollout.get(("next", "reward")).squeeze(-1)
-    out = {
-        "returns": (reward * first).sum(-1).float().cpu(),
-        "lengths": first.sum(-1).cpu(),
-        "completed": done.any(-1).cpu(),
-    }
-    for name, counts in events.items():  # [B, T]: the first episode's total
-        out[name] = (counts * first).sum(-1).cpu()
-    if win_key is not None and ("next", win_key) in rollout.keys(True):
-        won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
-        out["won"] = won.any(-1).cpu()
-    return out
 
 
 def build_policy(state: Mapping, n_envs: int, device, seed: int):

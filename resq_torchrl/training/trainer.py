@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueModule
@@ -97,13 +96,19 @@ def add_agent_transforms(env: EnvBase, loss) -> EnvBase:
 
 
 @torch.no_grad()
-def greedy_rollout(
-    env: EnvBase, policy, max_steps: int
-) -> tuple[TensorDictBase, dict[str, torch.Tensor]]:
-    """``env.rollout(max_steps, policy)`` under ``ExplorationType.DETERMINISTIC``, without
-    stopping at a done (``[B, T]``), and the per-step event counts ``[B, T]`` of an env that
-    records them in an ``event_log`` (predator-prey: ``captures``, ``lone_catches``; ``{}``
-    for other envs). The log is on only during this rollout."""
+def greedy_episodes(
+    env: EnvBase, policy, max_steps: int, win_key: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Play the first episode of every env of the batched ``env`` (``B`` envs) with
+    ``policy`` under ``ExplorationType.DETERMINISTIC``, for at most ``max_steps`` steps.
+
+    Returns (all on CPU) ``returns`` ``[B]`` float (the sum of the team reward over the
+    episode's steps), ``lengths`` ``[B]`` int, ``completed`` ``[B]`` bool (the episode ended
+    within ``max_steps``), when ``win_key`` is given and the env writes it, ``won``
+    ``[B]`` bool (the episode's last step had ``win_key`` set), and for an env that records
+    events in an ``event_log`` (predator-prey: ``captures``, ``lone_catches``) their counts
+    over the episode, ``[B]`` int, under the events' names."""
+    # an env that records events (predator-prey's ``event_log``) records them only here
     base = getattr(env, "base_env", env)
     log = [] if hasattr(base, "event_log") else None
     if log is not None:
@@ -114,26 +119,36 @@ def greedy_rollout(
     finally:
         if log is not None:
             base.event_log = None
-    events = {}
-    if log and len(log) == rollout.shape[-1]:
-        events = {k: torch.stack([step[k] for step in log], -1) for k in log[0]}
-    return rollout, events
+    done = rollout.get(("next", "done")).squeeze(-1)  # [B, T]
+    first = (done.cumsum(-1) - done.long()) == 0  # steps of each env's first episode
+    reward = rollout.get(("next", "reward")).squeeze(-1)
+    out = {
+        "returns": (reward * first).sum(-1).float().cpu(),
+        "lengths": first.sum(-1).cpu(),
+        "completed": done.any(-1).cpu(),
+    }
+    if log and len(log) == rollout.shape[-1]:  # per-step counts [B]: the first episode's total
+        for name in log[0]:
+            out[name] = (torch.stack([step[name] for step in log], -1) * first).sum(-1).cpu()
+    if win_key is not None and ("next", win_key) in rollout.keys(True):
+        won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
+        out["won"] = won.any(-1).cpu()
+    return out
 
 
 def evaluate(env: EnvBase, policy, max_steps: int, win_key: str | None = None) -> dict:
     """Greedy returns of one episode per env of the batched ``env`` (and, for an env that
     records events, their means per episode: ``eval/captures``, ``eval/lone_catches``)."""
-    rollout, events = greedy_rollout(env, policy, max_steps)
-    done = rollout.get(("next", "done")).squeeze(-1)  # [B, T]
-    first = (done.cumsum(-1) - done.long()) == 0  # steps of each env's first episode
-    reward = rollout.get(("next", "reward")).squeeze(-1)
-    returns = (reward * first).sum(-1)
-    out = {"eval/return": float(returns.mean()), "eval/episodes": int(done.any(-1).sum())}
-    for name, counts in events.items():
-        out[f"eval/{name}"] = float((counts * first).sum(-1).float().mean())
-    if win_key is not None and ("next", win_key) in rollout.keys(True):
-        won = rollout.get(("next", win_key)).squeeze(-1).bool() & first & done
-        out["eval/win_rate"] = float(won.any(-1).float().mean())
+    played = greedy_episodes(env, policy, max_steps, win_key)
+    out = {
+        "eval/return": float(played.pop("returns").mean()),
+        "eval/episodes": int(played.pop("completed").sum()),
+    }
+    played.pop("lengths")
+    if "won" in played:
+        out["eval/win_rate"] = float(played.pop("won").float().mean())
+    for name, counts in played.items():  # the env's events
+        out[f"eval/{name}"] = float(counts.float().mean())
     return out
 
 
