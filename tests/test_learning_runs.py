@@ -1,0 +1,130 @@
+"""``benchmarks/learning_runs.sh`` (the queue behind ``benchmarks/predator_prey.sh``): a
+finished run's replay buffer is packed into ``replay.tar.zst``; a later call with more
+frames unpacks it and resumes from the checkpoint with the buffer it saved, then packs it
+again; ``ARCHIVE_REPLAY=0`` leaves ``replay/`` alone."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import TINY_PREDATOR_PREY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("zstd") is None or shutil.which("bash") is None, reason="needs bash and zstd"
+)
+
+#: a tiny predator-prey run with its replay buffer in every checkpoint
+EXTRA = " ".join(
+    [
+        *TINY_PREDATOR_PREY,
+        "agent.hidden_dim=8",
+        "batch_episodes=2",
+        "eval_episodes=1",
+        "eval_interval=40",
+        "checkpoint_interval=40",
+        "checkpoint_buffer=true",
+        "logger=csv",
+    ]
+)
+
+
+def _queue(out: Path, frames: int, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "benchmarks/learning_runs.sh", "predator_prey", str(frames), str(out), "vdn"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SEEDS": "0", "EXTRA": EXTRA, "RL_WARNINGS": "False", **env},
+    )
+
+
+def _frames(run: Path) -> int:
+    return json.loads((run / "final.json").read_text())["frames"]
+
+
+def test_a_finished_runs_replay_is_packed_and_unpacked_to_extend_it(tmp_path):
+    out = tmp_path / "runs"
+    run = out / "vdn_seed0"
+    first = _queue(out, 60)
+    assert first.returncode == 0, first.stderr[-2000:] + (out / "vdn_seed0.log").read_text()[-2000:]
+    assert _frames(run) >= 60
+    assert (run / "replay.tar.zst").is_file() and not (run / "replay").exists()
+
+    again = _queue(out, 60)  # finished: nothing runs, nothing is unpacked
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "replay.tar.zst").is_file() and not (run / "replay").exists()
+
+    longer = _queue(out, 120)  # more frames: unpacked, resumed with the saved buffer
+    log = (out / "vdn_seed0.log").read_text()
+    assert longer.returncode == 0, longer.stderr[-2000:] + log[-2000:]
+    resumed = re.search(r"resumed from .* \((\d+) episodes, (\d+) in the replay buffer\)", log)
+    assert resumed, log[-2000:]
+    assert int(resumed[1]) == int(resumed[2]) > 0  # every collected episode came back
+    assert "no replay buffer saved" not in log
+    assert _frames(run) >= 120
+    assert (run / "replay.tar.zst").is_file() and not (run / "replay").exists()
+
+
+def test_archive_replay_0_keeps_the_replay_directory(tmp_path):
+    out = tmp_path / "runs"
+    done = _queue(out, 40, ARCHIVE_REPLAY="0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "vdn_seed0" / "replay").is_dir()
+    assert not (out / "vdn_seed0" / "replay.tar.zst").exists()
+
+
+def _experiment(runs: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "benchmarks/predator_prey_experiment.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RUNS": str(runs), "DRY_RUN": "1", **env},
+    )
+
+
+def test_the_experiment_hands_every_run_to_exactly_one_worker(tmp_path):
+    done = _experiment(tmp_path, WORKERS="3")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(set(lines)) == 18  # 6 + 9 runs of the issue, 3 of the remedy
+    eps100k = [line for line in lines if "ANNEAL=100000 " in line and '=""' in line]
+    eps1m = [line for line in lines if "ANNEAL=1000000 " in line]
+    remedy = [line for line in lines if "tot_weighting=cw" in line]
+    assert len(eps100k) == 6 and len(eps1m) == 9 and len(remedy) == 3
+    assert all(line.endswith(f"{tmp_path}/predator_prey_eps100000_totcw resq") for line in remedy)
+    for algorithm in ("resq", "qmix", "cw_qmix"):
+        assert sum(line.endswith(f"eps1000000 {algorithm}") for line in eps1m) == 3
+    required = _experiment(tmp_path, ONLY="required")
+    assert required.returncode == 0 and len(required.stdout.splitlines()) == 15
+    assert not list(tmp_path.glob(".predator_prey_claims.*"))  # removed on exit
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ONLY": "some"}, "ONLY=some: expected all (every run) or required (parts 1 and 2)"),
+        ({"WORKERS": "two"}, "WORKERS=two: expected a positive integer"),
+    ],
+)
+def test_the_experiment_refuses_bad_settings_in_one_line(tmp_path, env, message):
+    done = _experiment(tmp_path, **env)
+    assert done.returncode == 2 and done.stderr.strip() == message and not done.stdout
+
+
+def test_a_second_experiment_on_the_same_runs_is_refused(tmp_path):
+    import fcntl
+
+    with open(tmp_path / ".predator_prey_experiment.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running experiment holds it
+        done = _experiment(tmp_path)
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.strip().startswith("another predator_prey_experiment.sh is running")
