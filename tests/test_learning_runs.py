@@ -128,3 +128,48 @@ def test_a_second_experiment_on_the_same_runs_is_refused(tmp_path):
         done = _experiment(tmp_path)
     assert done.returncode == 1 and not done.stdout
     assert done.stderr.strip().startswith("another predator_prey_experiment.sh is running")
+
+
+@pytest.mark.slow  # about 40 s of CPU: one training run, two plots, one evaluation
+def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    made = _queue(runs / "predator_prey_eps100000", 40, ARCHIVE_REPLAY="0")
+    assert made.returncode == 0, made.stderr[-2000:]
+    docs.mkdir()
+    (docs / "results.md").write_text(
+        "before\n<!-- runs-table -->\nold\n<!-- /runs-table -->\nafter\n"
+    )
+    report = subprocess.run(
+        ["bash", "benchmarks/predator_prey_report.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RUNS": str(runs), "DOCS": str(docs), "EPISODES": "2"},
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (docs / "predator_prey_ref" / "eps100000" / "vdn_seed0" / "eval.jsonl").is_file()
+    results = (docs / "results.md").read_text()
+    assert "| eps100000 | vdn_seed0 |" in results and "old" not in results
+    assert results.startswith("before\n") and results.endswith("after\n")
+    assert (docs / "predator_prey.png").stat().st_size > 0
+    # no capture in so short a run, so no catch gap to draw
+    assert (
+        "eval/catch_gap" not in (runs / "predator_prey_eps100000/vdn_seed0/eval.jsonl").read_text()
+    )
+    assert not (docs / "predator_prey_catch_gap.png").exists()
+    events_json = docs / "predator_prey_greedy_events" / "eps100000_vdn_seed0.json"
+    events = json.loads(events_json.read_text())
+    assert events["episodes"] == 2 and events["checkpoint_frames"] >= 40
+    assert {"captures", "lone_catches", "return"} <= events.keys()
+    written = events_json.stat().st_mtime_ns
+    again = subprocess.run(  # the events JSON is newer than final.json: not evaluated again
+        ["bash", "benchmarks/predator_prey_report.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RUNS": str(runs), "DOCS": str(docs), "EPISODES": "2"},
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert events_json.stat().st_mtime_ns == written
