@@ -18,4 +18,4 @@ OUT=${2:-runs/predator_prey_eps${ANNEAL}}
 shift $(( $# > 2 ? 2 : $# ))
 if [ $# -eq 0 ]; then set -- resq cw_qmix; fi
 export PAD=${PAD:-0} EXTRA="exploration.anneal_frames=$ANNEAL eval_interval=20000 eval_episodes=16 checkpoint_interval=20000 checkpoint_buffer=true ${EXTRA:-}"
-bash benchmarks/learning_runs.sh predator_prey "$FRAMES" "$OUT" "$@"
+exec bash benchmarks/learning_runs.sh predator_prey "$FRAMES" "$OUT" "$@"

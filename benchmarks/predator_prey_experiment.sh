@@ -16,37 +16,54 @@
 # $RUNS/predator_prey_eps100000_totcw/ (one <algorithm>_seed<k>/ and .log per run); this
 # script's own lines go to stdout. Then the commands of docs/results.md copy the logs and
 # draw the figures.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-FRAMES=${FRAMES:-1000000}
-WORKERS=${WORKERS:-2}
-ONLY=${ONLY:-all}
-RUNS=${RUNS:-runs}
-case "$ONLY" in all | required) ;; *)
-    echo "ONLY=$ONLY: expected all (every run) or required (parts 1 and 2)" >&2
-    exit 2
-    ;;
-esac
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "WORKERS=$WORKERS: expected a positive integer" >&2; exit 2; }
+# (The body is one function, read whole before it runs: bash reads a script as it goes, so
+# editing this file during a run would otherwise make it run a fragment of the new text.)
+main() {
+    set -euo pipefail
+    cd "$(dirname "$0")/.."
+    FRAMES=${FRAMES:-1000000}
+    WORKERS=${WORKERS:-2}
+    ONLY=${ONLY:-all}
+    RUNS=${RUNS:-runs}
+    case "$ONLY" in all | required) ;; *)
+        echo "ONLY=$ONLY: expected all (every run) or required (parts 1 and 2)" >&2
+        exit 2
+        ;;
+    esac
+    [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "WORKERS=$WORKERS: expected a positive integer" >&2; exit 2; }
 
-# anneal frames, algorithm, seed, run set suffix, extra overrides
-JOBS=()
-for seed in 0 1 2; do JOBS+=("100000 resq $seed" "100000 cw_qmix $seed"); done
-for algorithm in resq qmix cw_qmix; do
-    for seed in 0 1 2; do JOBS+=("1000000 $algorithm $seed"); done
-done
-if [ "$ONLY" = all ]; then
-    for seed in 0 1 2; do JOBS+=("100000 resq $seed _totcw algorithm.tot_weighting=cw"); done
-fi
+    # anneal frames, algorithm, seed, run set suffix, extra overrides
+    JOBS=()
+    for seed in 0 1 2; do JOBS+=("100000 resq $seed" "100000 cw_qmix $seed"); done
+    for algorithm in resq qmix cw_qmix; do
+        for seed in 0 1 2; do JOBS+=("1000000 $algorithm $seed"); done
+    done
+    if [ "$ONLY" = all ]; then
+        for seed in 0 1 2; do JOBS+=("100000 resq $seed _totcw algorithm.tot_weighting=cw"); done
+    fi
 
-mkdir -p "$RUNS"
-exec 9> "$RUNS/.predator_prey_experiment.lock"
-flock -n 9 || {
-    echo "another predator_prey_experiment.sh is running on $RUNS ($RUNS/.predator_prey_experiment.lock)" >&2
-    exit 1
+    mkdir -p "$RUNS"
+    exec 9> "$RUNS/.predator_prey_experiment.lock"
+    flock -n 9 || {
+        echo "another predator_prey_experiment.sh is running on $RUNS ($RUNS/.predator_prey_experiment.lock)" >&2
+        exit 1
+    }
+    CLAIMS=$(mktemp -d "$RUNS/.predator_prey_claims.XXXXXX")
+    trap 'rm -rf "$CLAIMS"' EXIT
+
+    pids=()
+    for w in $(seq 1 "$WORKERS"); do
+        worker "$w" &
+        pids+=($!)
+    done
+    status=0
+    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    if [ "$status" != 0 ]; then
+        echo "some runs failed (lines above); the others are done or resumable" >&2
+        exit 1
+    fi
+    [ "${DRY_RUN:-0}" = 1 ] || echo "done: every run reached $FRAMES env steps ($(date '+%F %T'))"
 }
-CLAIMS=$(mktemp -d "$RUNS/.predator_prey_claims.XXXXXX")
-trap 'rm -rf "$CLAIMS"' EXIT
 
 worker() {  # number; returns 1 if a run failed (the others still run)
     local i anneal algorithm seed suffix extra failed=0
@@ -69,15 +86,5 @@ worker() {  # number; returns 1 if a run failed (the others still run)
     return $failed
 }
 
-pids=()
-for w in $(seq 1 "$WORKERS"); do
-    worker "$w" &
-    pids+=($!)
-done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-if [ "$status" != 0 ]; then
-    echo "some runs failed (lines above); the others are done or resumable" >&2
-    exit 1
-fi
-[ "${DRY_RUN:-0}" = 1 ] || echo "done: every run reached $FRAMES env steps ($(date '+%F %T'))"
+main "$@"
+exit $?

@@ -11,22 +11,43 @@
 #      JSON is missing or older than the run's final.json.
 #   bash benchmarks/predator_prey_report.sh          # RUNS=runs DOCS=docs EPISODES=32
 # The text of docs/results.md that reads these numbers is written by hand.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-RUNS=${RUNS:-runs}
-EPISODES=${EPISODES:-32}
-DOCS=${DOCS:-docs}
-REF=$DOCS/predator_prey_ref
-EVENTS=$DOCS/predator_prey_greedy_events
+# (The body is one function, read whole before it runs: bash reads a script as it goes, so
+# editing this file during a run would otherwise make it run a fragment of the new text.)
+main() {
+    set -euo pipefail
+    cd "$(dirname "$0")/.."
+    RUNS=${RUNS:-runs}
+    EPISODES=${EPISODES:-32}
+    DOCS=${DOCS:-docs}
+    REF=$DOCS/predator_prey_ref
+    EVENTS=$DOCS/predator_prey_greedy_events
 
-for set in eps100000 eps1000000 eps100000_totcw; do
-    src="$RUNS/predator_prey_$set"
-    [ -d "$src" ] || continue
-    rename=()
-    [ "$set" = eps100000_totcw ] && rename=(--rename resq_seed=resq_totcw_seed)
-    python benchmarks/collect_runs.py "$src" "$REF/$set" "${rename[@]}"
-done
-python benchmarks/collect_runs.py --table "$REF" "$DOCS/results.md"
+    for set in eps100000 eps1000000 eps100000_totcw; do
+        src="$RUNS/predator_prey_$set"
+        [ -d "$src" ] || continue
+        rename=()
+        [ "$set" = eps100000_totcw ] && rename=(--rename resq_seed=resq_totcw_seed)
+        python benchmarks/collect_runs.py "$src" "$REF/$set" "${rename[@]}"
+    done
+    python benchmarks/collect_runs.py --table "$REF" "$DOCS/results.md"
+
+    plot "$DOCS/predator_prey" eps100000 eps100000_totcw
+    plot "$DOCS/predator_prey_eps1M" eps1000000
+
+    mkdir -p "$EVENTS"
+    for run in "$RUNS"/predator_prey_eps*/*_seed*/; do
+        run=${run%/}
+        [ -f "$run/final.json" ] && [ -f "$run/checkpoint.pt" ] || continue
+        set=${run%/*}
+        set=${set##*/predator_prey_}
+        name=${run##*/}
+        [ "$set" = eps100000_totcw ] && name=${name/resq_seed/resq_totcw_seed}
+        json="$EVENTS/${set%_totcw}_$name.json"
+        [ -f "$json" ] && [ "$json" -nt "$run/final.json" ] && continue
+        python scripts/evaluate.py output_dir="$run" episodes="$EPISODES" json_out="$json"
+    done
+    echo "wrote $REF/, $DOCS/results.md (runs table), $DOCS/predator_prey*.png/.md/.json, $EVENTS/"
+}
 
 plot() {  # out, run sets: both figures of the sets that hold runs (none: nothing drawn)
     local out=$1 set runs=()
@@ -47,19 +68,6 @@ plot() {  # out, run sets: both figures of the sets that hold runs (none: nothin
         fi
     done
 }
-plot "$DOCS/predator_prey" eps100000 eps100000_totcw
-plot "$DOCS/predator_prey_eps1M" eps1000000
 
-mkdir -p "$EVENTS"
-for run in "$RUNS"/predator_prey_eps*/*_seed*/; do
-    run=${run%/}
-    [ -f "$run/final.json" ] && [ -f "$run/checkpoint.pt" ] || continue
-    set=${run%/*}
-    set=${set##*/predator_prey_}
-    name=${run##*/}
-    [ "$set" = eps100000_totcw ] && name=${name/resq_seed/resq_totcw_seed}
-    json="$EVENTS/${set%_totcw}_$name.json"
-    [ -f "$json" ] && [ "$json" -nt "$run/final.json" ] && continue
-    python scripts/evaluate.py output_dir="$run" episodes="$EPISODES" json_out="$json"
-done
-echo "wrote $REF/, $DOCS/results.md (runs table), $DOCS/predator_prey*.png/.md/.json, $EVENTS/"
+main "$@"
+exit $?

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export SEEDS=${SEEDS:-0}
 export EXTRA="n_envs=32 episodes_per_batch=32 updates_per_episode=0.25 eval_interval=20000 eval_episodes=32 checkpoint_interval=100000 checkpoint_buffer=true"
-bash benchmarks/learning_runs.sh vmas/balance "${1:-400000}" "${2:-runs/vmas_balance}" resq
+exec bash benchmarks/learning_runs.sh vmas/balance "${1:-400000}" "${2:-runs/vmas_balance}" resq

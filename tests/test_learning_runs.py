@@ -61,6 +61,10 @@ def test_a_finished_runs_replay_is_packed_and_unpacked_to_extend_it(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert (run / "replay.tar.zst").is_file() and not (run / "replay").exists()
 
+    # what a kill mid-unpack or mid-delete leaves: never read, cleared
+    (run / "replay.unpack" / "replay").mkdir(parents=True)
+    (run / "replay.unpack" / "replay" / "episodes.json").write_text("{partial")
+    (run / "replay.deleting").mkdir()
     longer = _queue(out, 120)  # more frames: unpacked, resumed with the saved buffer
     log = (out / "vdn_seed0.log").read_text()
     assert longer.returncode == 0, longer.stderr[-2000:] + log[-2000:]
@@ -70,6 +74,7 @@ def test_a_finished_runs_replay_is_packed_and_unpacked_to_extend_it(tmp_path):
     assert "no replay buffer saved" not in log
     assert _frames(run) >= 120
     assert (run / "replay.tar.zst").is_file() and not (run / "replay").exists()
+    assert not (run / "replay.unpack").exists() and not (run / "replay.deleting").exists()
 
 
 def test_archive_replay_0_keeps_the_replay_directory(tmp_path):
@@ -80,15 +85,46 @@ def test_archive_replay_0_keeps_the_replay_directory(tmp_path):
     assert not (out / "vdn_seed0" / "replay.tar.zst").exists()
 
 
-def _experiment(runs: Path, **env: str) -> subprocess.CompletedProcess:
+def test_a_failed_run_is_reported_and_its_queue_goes_on(tmp_path):
+    out = tmp_path / "runs"
+    # seed 0 fails at start (an unknown algorithm key); seed 1 of the same queue still runs
+    (out / "vdn_seed0").mkdir(parents=True)
+    (out / "vdn_seed0" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    done = _queue(out, 40, SEEDS="0 1", ARCHIVE_REPLAY="0")
+    assert done.returncode == 1
+    assert f"FAILED: vdn seed 0 (exit 2), see {out}/vdn_seed0.log" in done.stderr
+    assert _frames(out / "vdn_seed1") >= 40 and not (out / "vdn_seed0" / "final.json").exists()
+
+
+def test_a_run_another_process_trains_is_skipped(tmp_path):
+    import fcntl
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    with open(out / "vdn_seed0.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running queue holds it
+        done = _queue(out, 40)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == (
+        f"skipped {out}/vdn_seed0: another process is training it ({out}/vdn_seed0.lock)"
+    )
+    assert not (out / "vdn_seed0").exists()
+
+
+def _script(name: str, **env: str) -> subprocess.CompletedProcess:
+    """``bash benchmarks/<name>`` from the repository root with ``env`` added."""
     return subprocess.run(
-        ["bash", "benchmarks/predator_prey_experiment.sh"],
+        ["bash", f"benchmarks/{name}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
-        env={**os.environ, "RUNS": str(runs), "DRY_RUN": "1", **env},
+        timeout=600,
+        env={**os.environ, **env},
     )
+
+
+def _experiment(runs: Path, **env: str) -> subprocess.CompletedProcess:
+    return _script("predator_prey_experiment.sh", RUNS=str(runs), DRY_RUN="1", **env)
 
 
 def test_the_experiment_hands_every_run_to_exactly_one_worker(tmp_path):
@@ -130,6 +166,10 @@ def test_a_second_experiment_on_the_same_runs_is_refused(tmp_path):
     assert done.stderr.strip().startswith("another predator_prey_experiment.sh is running")
 
 
+def _report(runs: Path, docs: Path) -> subprocess.CompletedProcess:
+    return _script("predator_prey_report.sh", RUNS=str(runs), DOCS=str(docs), EPISODES="2")
+
+
 @pytest.mark.slow  # about 40 s of CPU: one training run, two plots, one evaluation
 def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
@@ -139,14 +179,7 @@ def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp
     (docs / "results.md").write_text(
         "before\n<!-- runs-table -->\nold\n<!-- /runs-table -->\nafter\n"
     )
-    report = subprocess.run(
-        ["bash", "benchmarks/predator_prey_report.sh"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "RUNS": str(runs), "DOCS": str(docs), "EPISODES": "2"},
-    )
+    report = _report(runs, docs)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (docs / "predator_prey_ref" / "eps100000" / "vdn_seed0" / "eval.jsonl").is_file()
     results = (docs / "results.md").read_text()
@@ -163,13 +196,6 @@ def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp
     assert events["episodes"] == 2 and events["checkpoint_frames"] >= 40
     assert {"captures", "lone_catches", "return"} <= events.keys()
     written = events_json.stat().st_mtime_ns
-    again = subprocess.run(  # the events JSON is newer than final.json: not evaluated again
-        ["bash", "benchmarks/predator_prey_report.sh"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "RUNS": str(runs), "DOCS": str(docs), "EPISODES": "2"},
-    )
+    again = _report(runs, docs)  # the events JSON is newer than final.json: kept
     assert again.returncode == 0, again.stderr[-2000:]
     assert events_json.stat().st_mtime_ns == written

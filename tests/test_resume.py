@@ -16,7 +16,7 @@ from conftest import TINY_PREDATOR_PREY, compose_config
 from script_runner import run_in_process
 
 from resq_torchrl.data import EpisodeReplayBuffer
-from resq_torchrl.errors import CheckpointNotFoundError, TrainingDivergedError
+from resq_torchrl.errors import CheckpointNotFoundError, ConfigError, TrainingDivergedError
 from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, load_checkpoint
 from resq_torchrl.training.trainer import train
 
@@ -401,3 +401,54 @@ def test_the_guard_stops_a_non_finite_gradient_before_the_optimizer_step():
         toy(torch.tensor([1.0, float("nan"), 1.0]))
     optimizer.zero_grad()
     toy(torch.tensor([1.0, float("nan"), 1.0]))["loss_a"].backward()  # outside: not checked
+
+
+def test_a_run_stopped_after_its_last_checkpoint_is_finished_on_resume(
+    tmp_path, capsys, monkeypatch
+):
+    """The last checkpoint of a run is written before ``final.json``. A run killed between
+    the two resumes into its final evaluation only (not "nothing to do" forever), with the
+    result an uninterrupted run wrote; a cut-short last line of ``eval.jsonl`` (a write
+    stopped by the kill) is dropped. The final checkpoint is not written twice at the same
+    frames (a periodic one at the last batch already holds it)."""
+    import resq_torchrl.training.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    saved = []  # the frames of every checkpoint written
+    real_save = checkpoint.save
+
+    def counting_save(out_dir, run, *args, **kwargs):
+        saved.append(run.progress.frames)
+        return real_save(out_dir, run, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", counting_save)
+    first = train(_config(out, "total_frames=180", "eval_interval=60"))
+    end = first["frames"]
+    # 60-frame checkpoints: the last batch crossed one, and that one is not written twice
+    assert saved[-1] == end and len(saved) == len(set(saved)) == 3
+    assert load_checkpoint(out / CHECKPOINT)["frames"] == end
+    evaluated = (out / "eval.jsonl").read_text()
+    assert json.loads(evaluated.splitlines()[-1])["frames"] == end
+    capsys.readouterr()
+
+    (out / "final.json").unlink()
+    with (out / "eval.jsonl").open("a") as f:
+        f.write('{"eval/return": 1.5, "fram')  # killed mid-write
+    again = train(_config(out, "total_frames=180", "eval_interval=60", "resume=true"))
+    assert "only the final evaluation is made" in capsys.readouterr().out
+    assert len(saved) == 3  # nothing saved again
+    first.pop("seconds"), again.pop("seconds")
+    assert again == first
+    assert json.loads((out / "final.json").read_text())["frames"] == end
+    assert (out / "eval.jsonl").read_text() == evaluated
+
+    # without the evaluation at the end either, it is made again, the same
+    (out / "final.json").unlink()
+    (out / "eval.jsonl").write_text("".join(evaluated.splitlines(keepends=True)[:-1]))
+    third = train(_config(out, "total_frames=180", "eval_interval=60", "resume=true"))
+    third.pop("seconds")
+    assert third == first and (out / "eval.jsonl").read_text() == evaluated
+
+    # finished now: resuming it again has nothing to do, as before
+    with pytest.raises(ConfigError, match=f"nothing to do: {end} frames done"):
+        train(_config(out, "total_frames=180", "eval_interval=60", "resume=true"))

@@ -163,11 +163,39 @@ def _drop_evaluations_after(path: Path, frames: int) -> None:
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line]
-    kept = [line for line in lines if json.loads(line)["frames"] <= frames]
+    kept = [json.dumps(e) for e in _eval_lines(path) if e["frames"] <= frames]
     if len(kept) < len(lines):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
+
+
+def _eval_lines(path: Path) -> list[dict]:
+    """The evaluations of ``eval.jsonl``; a last line cut short (a write stopped by a kill
+    or a full disk) is left out."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _eval_at(path: Path, frames: int) -> dict | None:
+    """The evaluation of ``eval.jsonl`` made at ``frames`` exactly, if any."""
+    at = [e for e in _eval_lines(path) if e.get("frames") == frames]
+    return at[-1] if at else None
+
+
+def _final_at(path: Path) -> int:
+    """The frames of the final evaluation in ``path`` (``final.json``), -1 without one."""
+    try:
+        return int(json.loads(path.read_text())["frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def check_budget(cfg: Mapping) -> None:
@@ -362,15 +390,26 @@ def train(cfg: Mapping) -> dict:
             flush=True,
         )
     total_frames = int(cfg["total_frames"])
-    if p.frames >= total_frames:
-        collector.shutdown()
-        close_logger(logger)
+    finishing = p.frames >= total_frames  # the budget is spent: at most the final evaluation
+    if finishing:
         done = out_dir / "final.json"
-        if str(cfg.get("resume")) == "auto" and done.exists():  # a sweep launched again
-            print(f"resume=auto: {out_dir} is done ({p.frames} frames): nothing to do")
-            return json.loads(done.read_text())
-        raise ConfigError(f"nothing to do: {p.frames} frames done >= total_frames={total_frames}")
-    warn_if_no_update(cfg, p.frames, len(buffer), p.credit)
+        if _final_at(done) >= p.frames:
+            collector.shutdown()
+            close_logger(logger)
+            if str(cfg.get("resume")) == "auto":  # a sweep launched again
+                print(f"resume=auto: {out_dir} is done ({p.frames} frames): nothing to do")
+                return json.loads(done.read_text())
+            raise ConfigError(
+                f"nothing to do: {p.frames} frames done >= total_frames={total_frames}"
+            )
+        # stopped after its last checkpoint, before final.json was written: finish it
+        print(
+            f"the checkpoint is at the end of the run ({p.frames} frames) but {done} is "
+            "missing: only the final evaluation is made",
+            flush=True,
+        )
+    else:
+        warn_if_no_update(cfg, p.frames, len(buffer), p.credit)
     grad_clip = float(cfg["grad_clip"])
     target_every = int(cfg["target_update_episodes"])
     updates_per_episode = float(cfg["updates_per_episode"])
@@ -394,11 +433,12 @@ def train(cfg: Mapping) -> dict:
             f.write(json.dumps(result) + "\n")
         return result
 
-    latest: dict | None = None  # the last periodic evaluation
+    latest: dict | None = _eval_at(history_path, p.frames) if finishing else None
+    saved_at = p.frames if finishing else None  # the frames of the last checkpoint written
     start = time.time()
     bar = tqdm(total=total_frames, initial=p.frames, unit="frames", disable=not cfg["progress"])
     try:
-        for batch in collector:
+        for batch in () if finishing else collector:
             n_frames = int(batch.get(("collector", "mask")).sum())
             p.frames += n_frames
             egreedy.step(n_frames)
@@ -445,6 +485,7 @@ def train(cfg: Mapping) -> dict:
                 next_eval += eval_every
             if p.frames >= next_ckpt:
                 checkpoint.save(out_dir, run, cfg, keep)
+                saved_at = p.frames
                 next_ckpt += ckpt_every
                 checkpoints_written += 1
                 if checkpoints_written == kill_after:  # fault injection for the resume tests
@@ -461,7 +502,8 @@ def train(cfg: Mapping) -> dict:
         collector.shutdown()
         raise
     bar.close()
-    checkpoint.save(out_dir, run, cfg, keep)
+    if saved_at != p.frames:  # not twice at the same frames (a replay dump can be GBs)
+        checkpoint.save(out_dir, run, cfg, keep)
     collector.shutdown()
     # the last periodic evaluation may have been made at these very frames: not twice
     final = dict(latest) if latest and latest["frames"] == p.frames else run_eval()
