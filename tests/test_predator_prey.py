@@ -209,9 +209,10 @@ def test_defaults_and_yaml_are_the_reference_config():
         "observe_own_position",
         "observe_walls",
         "state_time",
+        "hare_channel",
     ]
     env = PredatorPreyEnv()
-    expected = [10, 8, 8, 200, 10.0, -2.0, 2, 0.0, 1.0, False, False, False]
+    expected = [10, 8, 8, 200, 10.0, -2.0, 2, 0.0, 1.0, False, False, False, False]
     assert [getattr(env, a) for a in attrs] == expected
     assert (env.obs_dim, env.state_dim) == (2 * 25, 2 * 100)
     cfg = compose_config("train", "env=predator_prey")["env"]
@@ -226,6 +227,8 @@ def test_defaults_and_yaml_are_the_reference_config():
         ({"observe_own_position": True}, 2 * 25 + 2, 2 * 100),
         ({"observe_walls": True}, 3 * 25, 2 * 100),
         ({"state_time": True}, 2 * 25, 2 * 100 + 1),
+        ({"hare_channel": True}, 3 * 25, 3 * 100),  # the reference's 75 / 300
+        ({"hare_channel": True, "observe_walls": True}, 4 * 25, 3 * 100),
         ({**OPTIONS, "obs_radius": 1}, 3 * 9 + 2, 2 * 100 + 1),
     ],
 )
@@ -885,3 +888,26 @@ def test_docstring_example_runs():
     for test in finder.find(PredatorPreyEnv, globs={"torch": torch, **vars(pp)}):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+def test_the_hare_channel_is_an_always_zero_third_channel_and_changes_nothing_else():
+    """``hare_channel=True`` gives the reference's input sizes (75 / 300 features): the
+    window and the grid gain a third channel, always 0; the game is the same draw for draw."""
+    plain = PredatorPreyEnv(batch_size=[4], grid_size=6, n_prey=4)
+    hare = PredatorPreyEnv(batch_size=[4], grid_size=6, n_prey=4, hare_channel=True)
+    plain.set_seed(5), hare.set_seed(5)
+    torch.manual_seed(0)
+    a, b = plain.reset(), hare.reset()
+    for _ in range(30):
+        obs, obs_h = a["agents", "observation"], b["agents", "observation"]
+        assert torch.equal(obs_h[..., :50], obs) and not obs_h[..., 50:].any()
+        assert torch.equal(b["state"][..., :72], a["state"]) and not b["state"][..., 72:].any()
+        assert torch.equal(a["agents", "action_mask"], b["agents", "action_mask"])
+        action = plain.rand_action(a)["agents", "action"]
+        a["agents", "action"], b["agents", "action"] = action, action.clone()
+        a, b = plain.step(a), hare.step(b)
+        assert torch.equal(a["next", "reward"], b["next", "reward"])
+        assert torch.equal(a["next", "done"], b["next", "done"])
+        if a["next", "done"].any():
+            break
+        a, b = plain.step_mdp(a), hare.step_mdp(b)

@@ -99,27 +99,32 @@ class PredatorPreyEnv(EnvBase):
     resets only those envs. :meth:`set_state` places everything by hand.
 
     Specs (``B`` = ``batch_size``, ``K = 2 * obs_radius + 1``):
-        ``("agents", "observation")`` ``[B, N, C * K * K (+ 2)]`` (``C = 2``, ``3`` with
-        ``observe_walls``; ``+ 2`` with ``observe_own_position``): the ``K x K`` window centred
-        on the predator, channels-first ``[C, K, K]`` flattened with channels (active
-        predators, the predator itself included; alive prey; with ``observe_walls`` a third
-        one, 1 on cells outside the grid), 0 outside the grid; with ``observe_own_position``
-        followed by its own ``(row, col) / (G - 1)``. All zeros for a frozen predator.
+        ``("agents", "observation")`` ``[B, N, C * K * K (+ 2)]`` (``C = 2``, one more with
+        each of ``hare_channel`` and ``observe_walls``; ``+ 2`` with
+        ``observe_own_position``): the ``K x K`` window centred on the predator,
+        channels-first ``[C, K, K]`` flattened with channels (active predators, the predator
+        itself included; alive prey; with ``hare_channel`` the reference's hare channel,
+        always 0 here; with ``observe_walls`` one with 1 on cells outside the grid), 0
+        outside the grid; with ``observe_own_position`` followed by its own
+        ``(row, col) / (G - 1)``. All zeros for a frozen predator.
         ``("agents", "action_mask")`` ``[B, N, 6]`` bool: a frozen predator may only stay; an
         active one may stay, move in every direction that stays inside the grid (occupied
         cells included: the move is then blocked), and catch only when an alive prey is
         orthogonally adjacent.
-        ``"state"`` ``[B, 2 * G * G (+ 1)]``: the grid channels-first ``[2, G, G]`` (active
-        predators, alive prey) flattened; with ``state_time`` followed by
-        ``t / episode_limit``.
+        ``"state"`` ``[B, 2 * G * G (+ G * G) (+ 1)]``: the grid channels-first ``[2, G, G]``
+        (active predators, alive prey; with ``hare_channel`` a third, always 0) flattened;
+        with ``state_time`` followed by ``t / episode_limit``.
         ``("agents", "action")`` ``[B, N]`` categorical over 6, ``"reward"`` ``[B, 1]`` float32,
         ``"done"``/``"terminated"``/``"truncated"`` ``[B, 1]`` bool.
 
     Remaining differences from the reference (with its ``pred_prey_punish`` config):
         * Action order: the reference numbers right, down, left, up, stay, catch.
-        * Observation and state: the reference's always-zero hare channel is omitted (2
-          channels, not 3: observation ``[B, N, 50]``, state ``[B, 200]`` instead of 75 and
-          300 features), and the layout is channels-first where the reference flattens
+        * Observation and state: the reference's always-zero hare channel is omitted by
+          default (2 channels, not 3: observation ``[B, N, 50]``, state ``[B, 200]`` instead
+          of 75 and 300 features; ``hare_channel=True`` restores it, and with it the
+          reference's layer widths and so the scale of torch's default initialisation,
+          which draws weights up to ``1/sqrt(fan_in)``), and the layout is channels-first
+          where the reference flattens
           ``[rows, cols, channels]``. ``observe_walls`` marks outside cells with 1 in a
           channel of its own; the reference's ``observe_walls`` writes -1 in the predator
           channel (off in the reference config and here by default).
@@ -148,6 +153,8 @@ class PredatorPreyEnv(EnvBase):
             observation.
         observe_walls: add an outside-the-grid channel to the observation window.
         state_time: append ``t / episode_limit`` to the state.
+        hare_channel: add the reference's hare channel (always 0: no hares in this game) to
+            the observation window and the state, for its input sizes.
         device: device of all tensors.
         batch_size: ``[B]``, number of parallel games.
 
@@ -174,6 +181,7 @@ class PredatorPreyEnv(EnvBase):
         observe_own_position: bool = False,
         observe_walls: bool = False,
         state_time: bool = False,
+        hare_channel: bool = False,
         device: torch.device | str | None = "cpu",
         batch_size: Sequence[int] | torch.Size = (1,),
     ) -> None:
@@ -211,10 +219,11 @@ class PredatorPreyEnv(EnvBase):
         self.observe_own_position = bool(observe_own_position)
         self.observe_walls = bool(observe_walls)
         self.state_time = bool(state_time)
+        self.hare_channel = bool(hare_channel)
         self.window = k = 2 * r + 1
-        self.n_window_channels = 3 if self.observe_walls else 2
+        self.n_window_channels = 2 + int(self.hare_channel) + int(self.observe_walls)
         self.obs_dim = self.n_window_channels * k * k + (2 if self.observe_own_position else 0)
-        self.state_dim = 2 * g * g + (1 if self.state_time else 0)
+        self.state_dim = (2 + int(self.hare_channel)) * g * g + (1 if self.state_time else 0)
 
         b, n, m, dev = batch_size[0], self.n_predators, self.n_prey, self.device
         self.register_buffer("predator_pos", torch.zeros(b, n, 2, dtype=torch.long, device=dev))
@@ -284,6 +293,8 @@ class PredatorPreyEnv(EnvBase):
         idx = corner.unsqueeze(-1) + self._window  # [B, N, K * K]
         window = grid.gather(2, idx.view(b, 1, n * k * k).expand(b, 2, -1))
         parts = [window.view(b, 2, n, k * k).transpose(1, 2).reshape(b, n, 2 * k * k)]
+        if self.hare_channel:
+            parts.append(window.new_zeros(b, n, k * k))
         if self.observe_walls:
             parts.append(self._outside[idx])
         if self.observe_own_position:
@@ -293,6 +304,8 @@ class PredatorPreyEnv(EnvBase):
 
         mask = self._action_mask(pred_cell, grid[:, 1])
         state = grid.view(b, 2, v, v)[:, :, p : p + g, p : p + g].reshape(b, 2 * g * g)
+        if self.hare_channel:
+            state = torch.cat([state, state.new_zeros(b, g * g)], dim=-1)
         if self.state_time:
             time = (self.t.float() / self.episode_limit).unsqueeze(-1)
             state = torch.cat([state, time], dim=-1)
