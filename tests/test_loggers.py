@@ -369,3 +369,23 @@ def test_train_script_writes_tensorboard_scalars(tmp_path):
     steps = [step for step, _ in scalars["train/return"]]  # one per batch, frames so far
     assert len(steps) >= 2 and steps == sorted(set(steps)) and steps[-1] == evals[-1]["frames"]
     assert {"train/epsilon", "train/loss_td"} <= set(scalars)
+
+
+def test_the_eval_history_reader_skips_a_line_cut_short(tmp_path, capsys):
+    """One reader of ``eval.jsonl`` for the trainer (resume) and the plots: a last line cut
+    short by a kill is skipped, with a note when asked."""
+    from resq_torchrl.analysis.aggregate import read_eval
+    from resq_torchrl.training.loggers import read_eval_rows
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text(
+        '{"frames": 10, "eval/return": 1.0}\n\n{"frames": 20, "eval/return": 2.5}\n{"fr'
+    )
+    assert read_eval_rows(path) == [
+        {"frames": 10, "eval/return": 1.0},
+        {"frames": 20, "eval/return": 2.5},
+    ]
+    assert capsys.readouterr().err == ""
+    frames, values, _ = read_eval(tmp_path, "eval/return")
+    assert frames.tolist() == [10, 20] and values.tolist() == [1.0, 2.5]
+    assert capsys.readouterr().err == f"note: skipped a line cut short in {path}\n"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 import scipy.stats
 
 from resq_torchrl.errors import ConfigError
+from resq_torchrl.training.loggers import read_eval_rows
 
 #: the fraction cut from each end for the interquartile mean
 IQM_CUT = 0.25
@@ -148,13 +148,7 @@ def read_eval(run: Path, metric: str) -> tuple[np.ndarray, np.ndarray, list[str]
     """(frames ``[E]``, values ``[E]``, the keys the rows have) of ``run/eval.jsonl``: rows
     of the latest segment (see :func:`latest_segment`), rows without a finite ``metric``
     dropped. A line cut short (a run killed while writing) is skipped."""
-    rows = []
-    for line in (run / "eval.jsonl").read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"note: skipped a line cut short in {run}/eval.jsonl", file=sys.stderr)
+    rows = read_eval_rows(run / "eval.jsonl", note=True)
     keys = sorted({k for r in rows for k in r})
     rows = [r for r in rows if "frames" in r]
     rows = [rows[i] for i in latest_segment(np.array([r["frames"] for r in rows], dtype=float))]

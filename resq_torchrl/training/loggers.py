@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import random
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -243,8 +245,24 @@ def _plain(cfg: Any) -> Any:
     return cfg
 
 
+def read_eval_rows(path: Path, note: bool = False) -> list[dict]:
+    """The evaluations of a run's ``eval.jsonl`` (one JSON object per line, written by the
+    trainer), in order. A line cut short (a run killed, or a disk full, while writing it)
+    is skipped, with a note on stderr when ``note``."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if note:
+                    print(f"note: skipped a line cut short in {path}", file=sys.stderr)
+    return rows
+
+
 __all__ = [
     "LOGGER_EXTRAS",
+    "read_eval_rows",
     "check_logger",
     "make_logger",
     "close_logger",

@@ -49,6 +49,7 @@ from resq_torchrl.training.loggers import (
     check_logger,
     close_logger,
     make_logger,
+    read_eval_rows,
     resume_logger,
 )
 
@@ -162,31 +163,17 @@ def _drop_evaluations_after(path: Path, frames: int) -> None:
     are redone by the resumed run (atomic rewrite)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line]
-    kept = [json.dumps(e) for e in _eval_lines(path) if e["frames"] <= frames]
-    if len(kept) < len(lines):
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [row for row in read_eval_rows(path) if row["frames"] <= frames]
+    if len(kept) < len(lines):  # evaluations past the checkpoint, or a line cut short
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
         os.replace(tmp, path)
-
-
-def _eval_lines(path: Path) -> list[dict]:
-    """The evaluations of ``eval.jsonl``; a last line cut short (a write stopped by a kill
-    or a full disk) is left out."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def _eval_at(path: Path, frames: int) -> dict | None:
     """The evaluation of ``eval.jsonl`` made at ``frames`` exactly, if any."""
-    at = [e for e in _eval_lines(path) if e.get("frames") == frames]
+    at = [row for row in read_eval_rows(path) if row.get("frames") == frames]
     return at[-1] if at else None
 
 
@@ -549,10 +536,8 @@ def evaluate_checkpoint(
 def last_eval(out_dir: str | Path) -> dict | None:
     """The last line of ``eval.jsonl`` in ``out_dir`` (``None`` if there is none)."""
     path = Path(out_dir) / "eval.jsonl"
-    if not path.exists():
-        return None
-    lines = path.read_text().strip().splitlines()
-    return json.loads(lines[-1]) if lines else None
+    rows = read_eval_rows(path) if path.exists() else []
+    return rows[-1] if rows else None
 
 
 __all__ = [
