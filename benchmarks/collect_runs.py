@@ -8,8 +8,9 @@ rebuild the runs table of docs/results.md between ``<!-- runs-table -->`` marker
 
 Per run it copies ``eval.jsonl``, ``final.json``, the csv logger's ``scalars/`` and the run's
 log (``<run>.log`` beside the run directory, overwritten by each resumed session, so it is
-kept as ``train_from_<frames>.log``, named by the frames the session resumed from). Nothing
-else: checkpoints and replay dumps stay in runs/.
+kept as ``train_from_<frames>.log``, named by the frames the session resumed from; logs from
+past that point, left by an attempt whose checkpoint was lost and which this run retraced,
+are removed). Nothing else: checkpoints and replay dumps stay in runs/.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
         if log.exists():
             text = log.read_text(errors="replace")
             resumed = re.search(r"resumed from \S+ at (\d+) frames", text)
-            shutil.copy2(log, out / f"train_from_{resumed.group(1) if resumed else 0}.log")
+            start = int(resumed.group(1)) if resumed else 0
+            # the logs of sessions that went past this one's start belong to an attempt
+            # that was lost with its checkpoint (a fresh checkout): this run retraced them
+            for stale in out.glob("train_from_*.log"):
+                frames = stale.stem.removeprefix("train_from_")
+                if frames.isdigit() and int(frames) > start:
+                    stale.unlink()
+            shutil.copy2(log, out / f"train_from_{start}.log")
         copied.append(out)
     return copied
 

@@ -7,11 +7,22 @@
 #   3. the remedy algorithm.tot_weighting=cw for resq, epsilon over 100k, seeds 0 1 2
 # Each run is one call of benchmarks/predator_prey.sh (checkpoints with the replay buffer every
 # 20k steps), so a run cut short by the end of a session continues from its last checkpoint
-# when this command is given again; finished runs are skipped.
+# when this command is given again; finished runs are skipped, and so are runs whose
+# committed log (REF/<set>/<run>/final.json) reached FRAMES: runs/ is git-ignored, and a
+# fresh checkout holds only the committed logs. (A run cut short in a checkout that is then
+# lost restarts from zero: training is deterministic per seed, so it retraces the same
+# numbers; its partial committed log is overwritten by the report.)
 #   bash benchmarks/predator_prey_experiment.sh            # FRAMES=1000000 WORKERS=2
 #   ONLY=required bash benchmarks/predator_prey_experiment.sh   # parts 1 and 2 only
 #   DRY_RUN=1 ...     print each run's command instead of running it
 #   RUNS=runs         the folder of the run sets
+#   REF=docs/predator_prey_ref   the committed logs (benchmarks/predator_prey_report.sh)
+#   UNTIL="03:10"     (any `date -d` time) start a run only if it is expected to finish by
+#                     then: expected = the longest committed finished run of the same set
+#                     and algorithm (its final.json "seconds"), else of the algorithm in any
+#                     set, scaled to the frames still to train; a run with no estimate
+#                     starts. For a session that ends at a known time, so that no worker
+#                     spends it on a run that cannot finish and would be lost with runs/.
 # Outputs: $RUNS/predator_prey_eps100000/, $RUNS/predator_prey_eps1000000/,
 # $RUNS/predator_prey_eps100000_totcw/ (one <algorithm>_seed<k>/ and .log per run); this
 # script's own lines go to stdout. Then the commands of docs/results.md copy the logs and
@@ -25,6 +36,14 @@ main() {
     WORKERS=${WORKERS:-2}
     ONLY=${ONLY:-all}
     RUNS=${RUNS:-runs}
+    REF=${REF:-docs/predator_prey_ref}
+    DEADLINE=
+    if [ -n "${UNTIL:-}" ]; then
+        DEADLINE=$(date -d "$UNTIL" +%s 2> /dev/null) || {
+            echo "UNTIL=$UNTIL: expected a time date -d reads, e.g. 03:10 or '2026-12-02 03:10'" >&2
+            exit 2
+        }
+    fi
     case "$ONLY" in all | required) ;; *)
         echo "ONLY=$ONLY: expected all (every run) or required (parts 1 and 2)" >&2
         exit 2
@@ -70,7 +89,19 @@ worker() {  # number; returns 1 if a run failed (the others still run)
     for i in "${!JOBS[@]}"; do
         mkdir "$CLAIMS/$i" 2> /dev/null || continue  # another worker has it
         read -r anneal algorithm seed suffix extra <<< "${JOBS[$i]}"
-        local out="$RUNS/predator_prey_eps${anneal}${suffix:-}"
+        local set="eps${anneal}${suffix:-}"
+        local out="$RUNS/predator_prey_$set"
+        local name="${algorithm}_seed$seed"
+        [ "$set" = eps100000_totcw ] && name="resq_totcw_seed$seed"
+        if [ ! -f "$out/${algorithm}_seed$seed/final.json" ] \
+            && reached "$REF/$set/$name/final.json"; then
+            echo "worker $1: skipped $set $name: finished in an earlier session ($REF/$set/$name)"
+            continue
+        fi
+        if [ -n "$DEADLINE" ] && ! fits "$set" "$algorithm" "$out/${algorithm}_seed$seed"; then
+            echo "worker $1: skipped $set $name: expected to end after UNTIL=$UNTIL"
+            continue
+        fi
         local cmd=(bash benchmarks/predator_prey.sh "$FRAMES" "$out" "$algorithm")
         local vars="ANNEAL=$anneal SEEDS=$seed EXTRA=\"${extra:-}\""
         if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -84,6 +115,36 @@ worker() {  # number; returns 1 if a run failed (the others still run)
         fi
     done
     return $failed
+}
+
+reached() {  # final.json: did that run reach FRAMES?
+    [ -f "$1" ] && python -c "import json,sys; sys.exit(json.load(open('$1'))['frames'] < $FRAMES)"
+}
+
+fits() {  # set, algorithm, run dir: is the run expected to end before DEADLINE?
+    python - "$REF" "$1" "$2" "$3" "$FRAMES" "$DEADLINE" << 'PY'
+import json, sys, time
+from pathlib import Path
+ref, run_set, algorithm, run, frames, deadline = sys.argv[1:]
+def finished(pattern):
+    out = []
+    for path in Path(ref).glob(pattern):
+        final = json.loads(path.read_text())
+        if final.get("seconds") and final["frames"] >= int(frames):
+            out.append(final["seconds"] / final["frames"])
+    return out
+per_frame = finished(f"{run_set}/{algorithm}_seed*/final.json") or finished(
+    f"*/{algorithm}_seed*/final.json")
+if not per_frame:
+    sys.exit(0)  # no estimate: start it
+done = 0  # frames already trained, read from the run's last evaluation
+log = Path(run) / "eval.jsonl"
+if log.exists():
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    done = rows[-1].get("frames", 0) if rows else 0
+left = max(int(frames) - done, 0) * max(per_frame)
+sys.exit(time.time() + left > int(deadline))
+PY
 }
 
 main "$@"

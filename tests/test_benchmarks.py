@@ -165,6 +165,10 @@ def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
     )
     (tmp_path / "runs" / "resq_seed0.log").write_text("resumed from x/checkpoint.pt at 200 frames")
     docs = tmp_path / "docs"
+    # logs of an earlier attempt, lost with its checkpoint past 100 frames and retraced
+    (docs / "set" / "resq_x_seed0").mkdir(parents=True)
+    for start in (0, 100, 300):
+        (docs / "set" / "resq_x_seed0" / f"train_from_{start}.log").write_text("earlier")
     script = ROOT / "benchmarks" / "collect_runs.py"
     for args in (
         [tmp_path / "runs", docs / "set", "--rename", "resq_seed=resq_x_seed"],
@@ -180,6 +184,12 @@ def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
         assert proc.returncode == 0, proc.stderr
     out = docs / "set" / "resq_x_seed0"
     assert (out / "train_from_200.log").exists() and (out / "eval.jsonl").exists()
+    # sessions before the resume point are kept, those past it (the lost attempt) removed
+    assert sorted(p.name for p in out.glob("train_from_*.log")) == [
+        "train_from_0.log",
+        "train_from_100.log",
+        "train_from_200.log",
+    ]
     assert (out / "resq_pp_seed0" / "scalars" / "train" / "capture_steps.csv").exists()
     text = (tmp_path / "results.md").read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text

@@ -124,7 +124,49 @@ def _script(name: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def _experiment(runs: Path, **env: str) -> subprocess.CompletedProcess:
+    env.setdefault("REF", str(runs / "no_committed_logs"))
     return _script("predator_prey_experiment.sh", RUNS=str(runs), DRY_RUN="1", **env)
+
+
+def _committed(ref: Path, run: str, frames: int, seconds: float) -> None:
+    """A committed log of a run (``<set>/<name>/final.json``) as the report copies it."""
+    (ref / run).mkdir(parents=True)
+    (ref / run / "final.json").write_text(json.dumps({"frames": frames, "seconds": seconds}))
+
+
+def test_the_experiment_skips_runs_whose_committed_log_is_finished(tmp_path):
+    ref = tmp_path / "ref"
+    _committed(ref, "eps100000/cw_qmix_seed0", 1_000_000, 9000.0)
+    _committed(ref, "eps100000_totcw/resq_totcw_seed1", 1_000_000, 9000.0)
+    _committed(ref, "eps1000000/qmix_seed2", 700_000, 5000.0)  # cut short: not finished
+    done = _experiment(tmp_path / "runs", REF=str(ref), WORKERS="1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    skipped = [line for line in lines if "skipped" in line]
+    assert len(lines) == 18 and len(skipped) == 2
+    assert "skipped eps100000 cw_qmix_seed0: finished in an earlier session" in skipped[0]
+    assert "skipped eps100000_totcw resq_totcw_seed1: finished" in skipped[1]
+    qmix = [line for line in lines if line.endswith("predator_prey_eps1000000 qmix")]
+    assert any("SEEDS=2" in line for line in qmix)
+    # a longer budget than the committed run reached: it is not finished any more
+    longer = _experiment(tmp_path / "runs", REF=str(ref), FRAMES="2000000")
+    assert "skipped" not in longer.stdout
+
+
+def test_the_experiment_starts_only_runs_expected_to_end_before_until(tmp_path):
+    ref = tmp_path / "ref"
+    # 0.01 s per frame for cw_qmix at epsilon over 100k (10,000 s a run), none for resq/qmix
+    _committed(ref, "eps100000/cw_qmix_seed0", 1_000_000, 10_000.0)
+    soon = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+2 hours", WORKERS="1")
+    assert soon.returncode == 0, soon.stderr
+    late = [line for line in soon.stdout.splitlines() if "expected to end after" in line]
+    # cw_qmix at epsilon over 100k (2 seeds left) and over 1M (any set's estimate): 5 runs
+    assert len(late) == 5 and all("cw_qmix" in line for line in late)
+    later = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+3 hours", WORKERS="1")
+    assert "expected to end after" not in later.stdout
+    bad = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="teatime-ish")
+    assert bad.returncode == 2 and not bad.stdout
+    assert bad.stderr.strip().startswith("UNTIL=teatime-ish: expected a time date -d reads")
 
 
 def test_the_experiment_hands_every_run_to_exactly_one_worker(tmp_path):
