@@ -1,10 +1,13 @@
-"""The matrix-game entry point, run as a user runs it."""
+"""The matrix-game entry point, run as a user runs it: in the test process with the script's
+own ``sys.argv``, ``__main__`` and exit code (``script_runner``), which spares each case a new
+interpreter's imports, and once as a real subprocess (the unknown-algorithm error)."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from script_runner import run_in_process
 
 from resq_torchrl.analysis import format_table, igm_consistent
 from resq_torchrl.training import EnvDims, make_loss
@@ -29,14 +32,18 @@ DISTRIBUTIONAL = {"resz": {"z_jt_quantiles", "z_r_max"}, "ddn": {"z_jt_quantiles
 DISTRIBUTIONAL["dmix"] = DISTRIBUTIONAL["ddn"]
 
 
+def matrix_game(*args: str):
+    """``python scripts/matrix_game.py *args``, in this process."""
+    return run_in_process(["scripts/matrix_game.py", *args])
+
+
 @pytest.mark.parametrize(
     "algorithm",
     ["resq", "qmix", "vdn", "cw_qmix", "ow_qmix", "qtran", "qplex", "resz", "ddn", "dmix"],
 )
-def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
+def test_script_writes_the_json_contract(algorithm, tmp_path):
     out = tmp_path / "out.json"
-    proc = run_script(
-        "matrix_game.py",
+    proc = matrix_game(
         f"algorithm={algorithm}",
         "seed=0",
         "payoff=[[8,-12,-12],[-12,0,0],[-12,0,7.9]]",
@@ -82,11 +89,10 @@ def test_script_writes_the_json_contract(algorithm, tmp_path, run_script):
     assert (tmp_path / "q.png").stat().st_size > 1000
 
 
-def test_three_agent_payoff(tmp_path, run_script):
+def test_three_agent_payoff(tmp_path):
     out = tmp_path / "out.json"
     payoff = "[[[1,0],[0,0]],[[0,0],[0,5]]]"
-    proc = run_script(
-        "matrix_game.py",
+    proc = matrix_game(
         "algorithm=resq",
         f"payoff={payoff}",
         f"json_out={out}",
@@ -109,8 +115,8 @@ def test_three_agent_payoff(tmp_path, run_script):
         ("[[1,inf],[1,1]]", "finite"),
     ],
 )
-def test_script_rejects_bad_payoff(payoff, message, tmp_path, run_script):
-    proc = run_script("matrix_game.py", f"payoff={payoff}", "n_updates=5", "progress=false")
+def test_script_rejects_bad_payoff(payoff, message, tmp_path):
+    proc = matrix_game(f"payoff={payoff}", "n_updates=5", "progress=false")
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
 

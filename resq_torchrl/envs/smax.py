@@ -121,6 +121,9 @@ def _build(map_name: str, max_steps: int, smax_kwargs: Mapping, normalize_state:
 
     def reset_one(key):
         _, state = smax.reset(key)
+        # strong types, as step_env returns them: a weakly typed field (the step counter
+        # starts as a Python 0) would make step_all compile a second time on its second call
+        state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
         return state, view(state)
 
     def step_one(key, state, actions):
@@ -347,7 +350,9 @@ class SMAXEnv(EnvBase):
             raise RuntimeError("SMAXEnv: reset the env before stepping it (after set_seed too)")
         if self.validate_actions:  # against the env's own mask, not the caller's copy
             self._check_actions(torch.from_dlpack(self._out["action_mask"]), actions.cpu())
-        jactions = self._jax.dlpack.from_dlpack(actions.detach().to("cpu", torch.int32))
+        # an uncommitted array, like the state's: a committed one (dlpack) commits step_all's
+        # outputs, which would make its second call compile again for the new placement
+        jactions = self._jnp.asarray(actions.detach().to("cpu", torch.int32).numpy())
         self._state, self._out, step_out, done = self._step_all(
             self._split_keys(), self._state, jactions
         )
