@@ -10,7 +10,9 @@ Per run it copies ``eval.jsonl``, ``final.json``, the csv logger's ``scalars/`` 
 log (``<run>.log`` beside the run directory, overwritten by each resumed session, so it is
 kept as ``train_from_<frames>.log``, named by the frames the session resumed from; logs from
 past that point, left by an attempt whose checkpoint was lost and which this run retraced,
-are removed). Nothing else: checkpoints and replay dumps stay in runs/.
+are removed). A run that restarted from zero and so far retraces, evaluation for evaluation, a
+longer committed log (deterministic training, checkpoint lost) leaves that log in place until
+it goes further. Nothing else: checkpoints and replay dumps stay in runs/.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
         for old, new in renames:
             name = name.replace(old, new)
         out = dst / name
+        if _retraces(run / "eval.jsonl", out / "eval.jsonl") and not (run / "final.json").exists():
+            print(f"kept {out}: its committed log goes further, and {run} retraces it so far")
+            continue
         out.mkdir(parents=True, exist_ok=True)
         for file in ("eval.jsonl", "final.json"):
             if (run / file).exists():
@@ -51,6 +56,21 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
             shutil.copy2(log, out / f"train_from_{start}.log")
         copied.append(out)
     return copied
+
+
+def _evals(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _retraces(new: Path, committed: Path) -> bool:
+    """Is the run at ``new`` a restart (its checkpoint lost with a fresh checkout) that has
+    so far reproduced, evaluation for evaluation, a longer log committed at ``committed``?
+    Training is deterministic per seed, so such a run retraces the committed numbers; its
+    shorter log would only hide the ones it has not reached yet."""
+    if not committed.exists():
+        return False
+    ours, theirs = _evals(new), _evals(committed)
+    return 0 < len(ours) < len(theirs) and theirs[: len(ours)] == ours
 
 
 def _last_csv_value(path: Path) -> str:

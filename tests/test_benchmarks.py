@@ -148,6 +148,31 @@ def test_update_worker_uses_only_the_checkouts_own_allocator_policy(tmp_path):
         assert answers["now"]["allocator"] == "freed memory kept for reuse"
 
 
+def test_collect_runs_keeps_a_longer_committed_log_that_a_restarted_run_retraces(tmp_path):
+    """A run restarted from zero (checkpoint lost) whose evaluations so far equal the start of
+    the committed log leaves that longer log in place; once it differs or finishes, it is
+    copied."""
+    script = ROOT / "benchmarks" / "collect_runs.py"
+    rows = [{"frames": f, "updates": f // 10, "eval/return": float(f)} for f in (100, 200, 300)]
+    committed = tmp_path / "docs" / "resq_seed0"
+    committed.mkdir(parents=True)
+    (committed / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "runs" / "resq_seed0"
+    run.mkdir(parents=True)
+
+    def collect(restart_rows):
+        (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in restart_rows))
+        args = [sys.executable, str(script), str(run.parent), str(committed.parent)]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return len((committed / "eval.jsonl").read_text().splitlines()), proc.stdout
+
+    kept, out = collect(rows[:2])
+    assert kept == 3 and out.startswith(f"kept {committed}")
+    other = [rows[0], {**rows[1], "eval/return": -1.0}]  # not the same run: copied
+    assert collect(other)[0] == 2
+
+
 def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
     """benchmarks/collect_runs.py: a resumed run's redone evaluations replace the ones past
     its checkpoint, the session log is kept by the frames it resumed from, and the table
