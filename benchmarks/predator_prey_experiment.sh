@@ -11,7 +11,7 @@
 # committed log (REF/<set>/<run>/final.json) reached FRAMES: runs/ is git-ignored, and a
 # fresh checkout holds only the committed logs. (A run cut short in a checkout that is then
 # lost restarts from zero: training is deterministic per seed, so it retraces the same
-# numbers; its partial committed log is overwritten by the report.)
+# numbers; the report keeps its longer committed log until the restart goes past it.)
 #   bash benchmarks/predator_prey_experiment.sh            # FRAMES=1000000 WORKERS=2
 #   ONLY=required bash benchmarks/predator_prey_experiment.sh   # parts 1 and 2 only
 #   DRY_RUN=1 ...     print each run's command instead of running it

@@ -121,8 +121,9 @@ def _build(map_name: str, max_steps: int, smax_kwargs: Mapping, normalize_state:
 
     def reset_one(key):
         _, state = smax.reset(key)
-        # strong types, as step_env returns them: a weakly typed field (the step counter
-        # starts as a Python 0) would make step_all compile a second time on its second call
+        # strong types, as step_env returns them: weakly typed fields (JaxMARL builds some
+        # from Python numbers, e.g. the step counter) would make step_all compile a second
+        # time on its second call
         state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
         return state, view(state)
 
