@@ -26,6 +26,17 @@ TINY_PREDATOR_PREY = [
     "episodes_per_batch=2",
 ]
 
+#: a tiny predator-prey run with its replay buffer in every checkpoint (every 40 frames)
+TINY_CHECKPOINTED_RUN = [
+    *TINY_PREDATOR_PREY,
+    "agent.hidden_dim=8",
+    "batch_episodes=2",
+    "eval_episodes=1",
+    "eval_interval=40",
+    "checkpoint_interval=40",
+    "checkpoint_buffer=true",
+]
+
 
 class TableQ(nn.Module):
     """Agent utilities read from a learnable table ``[N, A]``, whatever the observation.

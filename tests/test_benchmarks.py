@@ -222,3 +222,47 @@ def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:7] == ["set", "resq_x_seed0", "300", "30", "5", "5", "7"]
     assert cells[7] == "0, 2, 5" and cells[8] == "-4.0, -2.0, 1.0"
+
+
+def test_lone_catch_values_reads_a_runs_checkpoint_and_replay(tmp_path):
+    """benchmarks/lone_catch_values.py on a tiny ResQ run: every real step of the sampled
+    episodes falls in one kind, and ``Q_tot - Q_jt = -w_r Q_r >= 0`` (ResQ's residual is
+    never positive); a missing replay is a one-line error with exit code 2."""
+    from conftest import TINY_CHECKPOINTED_RUN, compose_config
+
+    from resq_torchrl.training.trainer import train
+
+    run = tmp_path / "run"
+    cfg = compose_config(
+        "train",
+        "algorithm=resq",
+        "env=predator_prey",
+        *TINY_CHECKPOINTED_RUN,
+        "total_frames=80",
+        "progress=false",
+        f"output_dir={run}",
+    )
+    train(cfg)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import lone_catch_values as probe
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = probe.lone_catch_values(run, run / "replay", episodes=4)
+    n = out["episodes_in_replay"]
+    assert out["algorithm"] == "resq" and n >= 4
+    from resq_torchrl.data.episodes import EpisodeReplayBuffer
+
+    buffer = EpisodeReplayBuffer(cfg["buffer_episodes"], cfg["env"]["max_steps"], 1)
+    buffer.loads(run / "replay")
+    newest_steps = int(buffer.episodes(list(range(n - 4, n)))["collector", "mask"].sum())
+    assert sum(out["newest"][k]["steps"] for k in probe.KINDS) == newest_steps
+    for sample in ("newest", "uniform"):
+        kinds = out[sample]
+        assert 0 < sum(kinds[k]["steps"] for k in probe.KINDS) <= 4 * 10  # 10-step episodes
+        for k in probe.KINDS:
+            if kinds[k]["steps"]:
+                assert kinds[k]["q_tot_minus_q_jt"] >= -1e-5
+                assert 0.0 <= kinds[k]["non_greedy_share"] <= 1.0
+    shutil.rmtree(run / "replay")
+    assert probe.main([str(run)]) == 2

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PREDATOR_PREY
+from conftest import TINY_CHECKPOINTED_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,18 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 #: a tiny predator-prey run with its replay buffer in every checkpoint
-EXTRA = " ".join(
-    [
-        *TINY_PREDATOR_PREY,
-        "agent.hidden_dim=8",
-        "batch_episodes=2",
-        "eval_episodes=1",
-        "eval_interval=40",
-        "checkpoint_interval=40",
-        "checkpoint_buffer=true",
-        "logger=csv",
-    ]
-)
+EXTRA = " ".join([*TINY_CHECKPOINTED_RUN, "logger=csv"])
 
 
 def _queue(out: Path, frames: int, **env: str) -> subprocess.CompletedProcess:
