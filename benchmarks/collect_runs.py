@@ -18,10 +18,13 @@ it goes further. Nothing else: checkpoints and replay dumps stay in runs/.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
+
+# the project's one reader of eval.jsonl: it skips a line cut short by a run killed while
+# writing it, the usual state of a run at the end of a session
+from resq_torchrl.training.loggers import read_eval_rows
 
 MARK, END = "<!-- runs-table -->", "<!-- /runs-table -->"
 
@@ -58,10 +61,6 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
     return copied
 
 
-def _evals(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def _retraces(new: Path, committed: Path) -> bool:
     """Is the run at ``new`` a restart (its checkpoint lost with a fresh checkout) that has
     so far reproduced, evaluation for evaluation, a longer log committed at ``committed``?
@@ -69,7 +68,7 @@ def _retraces(new: Path, committed: Path) -> bool:
     shorter log would only hide the ones it has not reached yet."""
     if not committed.exists():
         return False
-    ours, theirs = _evals(new), _evals(committed)
+    ours, theirs = read_eval_rows(new), read_eval_rows(committed)
     return 0 < len(ours) < len(theirs) and theirs[: len(ours)] == ours
 
 
@@ -91,7 +90,7 @@ def table(root: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(root.glob("*/*_seed*")):
-        lines = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines() if x]
+        lines = read_eval_rows(run / "eval.jsonl")
         if not lines:
             continue
         by_frames: dict[int, dict] = {}

@@ -139,9 +139,15 @@ if not per_frame:
     sys.exit(0)  # no estimate: start it
 done = 0  # frames already trained, read from the run's last evaluation
 log = Path(run) / "eval.jsonl"
-if log.exists():
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    done = rows[-1].get("frames", 0) if rows else 0
+# the last complete line (a run killed at a session's end may leave one cut short), as
+# resq_torchrl.training.loggers.read_eval_rows reads it; not imported: the package's import
+# costs seconds of torch per run considered
+for line in reversed(log.read_text().splitlines() if log.exists() else []):
+    try:
+        done = json.loads(line).get("frames", 0)
+        break
+    except json.JSONDecodeError:
+        continue
 left = max(int(frames) - done, 0) * max(per_frame)
 sys.exit(time.time() + left > int(deadline))
 PY

@@ -169,6 +169,14 @@ def test_collect_runs_keeps_a_longer_committed_log_that_a_restarted_run_retraces
 
     kept, out = collect(rows[:2])
     assert kept == 3 and out.startswith(f"kept {committed}")
+    # a run killed while writing its next evaluation leaves that line cut short
+    (run / "eval.jsonl").write_text((run / "eval.jsonl").read_text() + '{"frames": 3')
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run.parent), str(committed.parent)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith(f"kept {committed}"), proc.stderr
     other = [rows[0], {**rows[1], "eval/return": -1.0}]  # not the same run: copied
     assert collect(other)[0] == 2
 

@@ -153,6 +153,14 @@ def test_the_experiment_starts_only_runs_expected_to_end_before_until(tmp_path):
     assert len(late) == 5 and all("cw_qmix" in line for line in late)
     later = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+3 hours", WORKERS="1")
     assert "expected to end after" not in later.stdout
+    # a run killed mid-line at 900k: its last complete evaluation counts, 100k left (1000 s)
+    partial = tmp_path / "runs" / "predator_prey_eps100000" / "cw_qmix_seed1"
+    partial.mkdir(parents=True)
+    (partial / "eval.jsonl").write_text('{"frames": 900000}\n{"frames": 92')
+    resumed = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+30 minutes", WORKERS="1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipped eps100000 cw_qmix_seed1" not in resumed.stdout
+    assert "skipped eps100000 cw_qmix_seed2: expected to end after" in resumed.stdout
     bad = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="teatime-ish")
     assert bad.returncode == 2 and not bad.stdout
     assert bad.stderr.strip().startswith("UNTIL=teatime-ish: expected a time date -d reads")
