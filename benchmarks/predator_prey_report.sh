@@ -5,7 +5,8 @@
 #      and rebuild the runs table of docs/results.md;
 #   2. draw the curves (greedy return, and the catch gap beside the collected capture steps):
 #      docs/predator_prey{,_catch_gap}.png (epsilon over 100k, with the remedy) and
-#      docs/predator_prey_eps1M{,_catch_gap}.png (epsilon over 1M), each with its .md/.json;
+#      docs/predator_prey_eps1M{,_catch_gap,_lone_catches}.png (epsilon over 1M; the last:
+#      greedy lone catches beside ResQ's train/w_r_mean), each with its .md/.json;
 #   3. count what each finished run's greedy policy does (32 episodes: captures, lone
 #      catches, return) into docs/predator_prey_greedy_events/<set>_<run>.json, for runs whose
 #      JSON is missing or older than the run's final.json.
@@ -33,6 +34,13 @@ main() {
 
     plot "$DOCS/predator_prey" eps100000 eps100000_totcw
     plot "$DOCS/predator_prey_eps1M" eps1000000
+    # the greedy policies' lone catches beside ResQ's share of non-greedy joint actions in
+    # its batches (train/w_r_mean; methods without a residual have none): docs/results.md's
+    # reading of why ResQ catches alone so long at epsilon over 1M
+    if grep -qs '"eval/lone_catches"' "$REF"/eps1000000/*_seed*/eval.jsonl; then
+        python scripts/plot.py runs="[$REF/eps1000000/*_seed*]" metric=eval/lone_catches \
+            train_metric=train/w_r_mean compare=null out="$DOCS/predator_prey_eps1M_lone_catches"
+    fi
 
     mkdir -p "$EVENTS"
     for run in "$RUNS"/predator_prey_eps*/*_seed*/; do

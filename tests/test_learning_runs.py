@@ -209,7 +209,7 @@ def _report(runs: Path, docs: Path) -> subprocess.CompletedProcess:
     return _script("predator_prey_report.sh", RUNS=str(runs), DOCS=str(docs), EPISODES="2")
 
 
-@pytest.mark.slow  # about 40 s of CPU: one training run, two plots, one evaluation
+@pytest.mark.slow  # about 60 s of CPU: one training run, five plots, two evaluations
 def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     made = _queue(runs / "predator_prey_eps100000", 40, ARCHIVE_REPLAY="0")
@@ -238,3 +238,15 @@ def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp
     again = _report(runs, docs)  # the events JSON is newer than final.json: kept
     assert again.returncode == 0, again.stderr[-2000:]
     assert events_json.stat().st_mtime_ns == written
+    # the same run as the epsilon-over-1M set: its figures, lone catches among them
+    shutil.copytree(runs / "predator_prey_eps100000", runs / "predator_prey_eps1000000")
+    assert (
+        '"eval/lone_catches"'
+        in (runs / "predator_prey_eps1000000/vdn_seed0/eval.jsonl").read_text()
+    )
+    eps1m = _report(runs, docs)
+    assert eps1m.returncode == 0, eps1m.stderr[-2000:]
+    for figure in ("predator_prey_eps1M", "predator_prey_eps1M_lone_catches"):
+        assert (docs / f"{figure}.png").stat().st_size > 0
+        assert (docs / f"{figure}.md").is_file()
+    assert "eval/lone_catches" in (docs / "predator_prey_eps1M_lone_catches.md").read_text()
