@@ -18,9 +18,13 @@
 #   RUNS=runs         the folder of the run sets
 #   REF=docs/predator_prey_ref   the committed logs (benchmarks/predator_prey_report.sh)
 #   UNTIL="03:10"     (any `date -d` time) start a run only if it is expected to finish by
-#                     then: expected = the longest committed finished run of the same set
-#                     and algorithm (its final.json "seconds"), else of the algorithm in any
-#                     set, scaled to the frames still to train; a run with no estimate
+#                     then: expected = the slowest committed finished run of the same set
+#                     and algorithm (seconds per env step from its final.json:
+#                     "seconds_total", else "seconds" over the frames its last process
+#                     trained, read from "resumed_from_frames" or its newest kept
+#                     train_from_<frames>.log), else of the algorithm in any set, times the
+#                     frames still to
+#                     train; a run with no estimate
 #                     starts. For a session that ends at a known time, so that no worker
 #                     spends it on a run that cannot finish and would be lost with runs/.
 # Outputs: $RUNS/predator_prey_eps100000/, $RUNS/predator_prey_eps1000000/,
@@ -126,13 +130,23 @@ fits() {  # set, algorithm, run dir: is the run expected to end before DEADLINE?
 import json, sys, time
 from pathlib import Path
 ref, run_set, algorithm, run, frames, deadline = sys.argv[1:]
+def pace(path):
+    """Seconds per env step of a finished run: its whole time when every part was timed
+    (seconds_total), else its last process's time over the frames that process trained:
+    from resumed_from_frames, or in files written before that key from the newest
+    train_from_<frames>.log kept beside it (benchmarks/collect_runs.py), else from 0 (which
+    understates the pace of a run resumed across sessions)."""
+    final = json.loads(path.read_text())
+    if final["frames"] < int(frames):
+        return None
+    if final.get("seconds_total"):
+        return final["seconds_total"] / final["frames"]
+    logs = [int(log.stem.removeprefix("train_from_")) for log in path.parent.glob("train_from_*.log")
+            if log.stem.removeprefix("train_from_").isdigit()]
+    trained = final["frames"] - final.get("resumed_from_frames", max(logs, default=0))
+    return final["seconds"] / trained if final.get("seconds") and trained > 0 else None
 def finished(pattern):
-    out = []
-    for path in Path(ref).glob(pattern):
-        final = json.loads(path.read_text())
-        if final.get("seconds") and final["frames"] >= int(frames):
-            out.append(final["seconds"] / final["frames"])
-    return out
+    return [x for x in map(pace, Path(ref).glob(pattern)) if x]
 per_frame = finished(f"{run_set}/{algorithm}_seed*/final.json") or finished(
     f"*/{algorithm}_seed*/final.json")
 if not per_frame:

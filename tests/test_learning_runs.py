@@ -117,10 +117,16 @@ def _experiment(runs: Path, **env: str) -> subprocess.CompletedProcess:
     return _script("predator_prey_experiment.sh", RUNS=str(runs), DRY_RUN="1", **env)
 
 
-def _committed(ref: Path, run: str, frames: int, seconds: float) -> None:
-    """A committed log of a run (``<set>/<name>/final.json``) as the report copies it."""
+def _committed(
+    ref: Path, run: str, frames: int, seconds: float, logs: tuple[int, ...] = (), **timing
+) -> None:
+    """A committed log of a run (``<set>/<name>/final.json``, with ``train_from_<k>.log``
+    for each of ``logs``) as the report copies it."""
     (ref / run).mkdir(parents=True)
-    (ref / run / "final.json").write_text(json.dumps({"frames": frames, "seconds": seconds}))
+    final = {"frames": frames, "seconds": seconds, **timing}
+    (ref / run / "final.json").write_text(json.dumps(final))
+    for start in logs:
+        (ref / run / f"train_from_{start}.log").write_text("")
 
 
 def test_the_experiment_skips_runs_whose_committed_log_is_finished(tmp_path):
@@ -140,6 +146,31 @@ def test_the_experiment_skips_runs_whose_committed_log_is_finished(tmp_path):
     # a longer budget than the committed run reached: it is not finished any more
     longer = _experiment(tmp_path / "runs", REF=str(ref), FRAMES="2000000")
     assert "skipped" not in longer.stdout
+
+
+@pytest.mark.parametrize(
+    ("seconds", "timing"),
+    [
+        (10_000.0, {}),  # one process from 0
+        (5_000.0, {"resumed_from_frames": 500_000}),  # its last process trained half of it
+        (5_000.0, {"logs": (0, 500_000)}),  # the same, told by the logs kept beside it
+        (5_000.0, {"resumed_from_frames": 500_000, "seconds_total": 10_000.0}),
+    ],
+)
+def test_the_until_estimate_takes_a_resumed_runs_pace_from_the_part_it_timed(
+    tmp_path, seconds, timing
+):
+    """Every case is 0.01 s per env step: a run of 1M steps takes 10,000 s, so none starts
+    with 2 hours left. (A resumed run's "seconds" cover its last process only; read over
+    all 1M steps it would look twice as fast and start runs that cannot end in time.)"""
+    ref = tmp_path / "ref"
+    _committed(ref, "eps100000/cw_qmix_seed0", 1_000_000, seconds, **timing)
+    soon = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+2 hours", WORKERS="1")
+    assert soon.returncode == 0, soon.stderr
+    late = [line for line in soon.stdout.splitlines() if "expected to end after" in line]
+    assert len(late) == 5 and all("cw_qmix" in line for line in late)
+    roomy = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+3 hours", WORKERS="1")
+    assert "expected to end after" not in roomy.stdout
 
 
 def test_the_experiment_starts_only_runs_expected_to_end_before_until(tmp_path):

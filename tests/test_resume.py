@@ -4,6 +4,7 @@ contents, eval.jsonl); resume=true/auto/PATH, keep_checkpoints, checkpoints of t
 format, and the guard rails (non-finite loss, a run without updates)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -83,6 +84,15 @@ def _replay(path: Path) -> EpisodeReplayBuffer:
     return buffer
 
 
+def _untimed(final: dict) -> dict:
+    """``final.json`` without its timings (they differ between identical runs)."""
+    return {k: v for k, v in final.items() if k not in TIMINGS}
+
+
+#: final.json's timing keys: this process's seconds, the frames it started from, the run's
+TIMINGS = ("seconds", "resumed_from_frames", "seconds_total")
+
+
 def _check_kill_and_resume(tmp_path: Path, settings: list[str], min_frames: int) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = run_in_process(["scripts/train.py", *settings, *_args(whole)])
@@ -111,8 +121,12 @@ def _check_kill_and_resume(tmp_path: Path, settings: list[str], min_frames: int)
     assert (whole / "eval.jsonl").read_text() == (killed / "eval.jsonl").read_text()
     final_a = json.loads((whole / "final.json").read_text())
     final_b = json.loads((killed / "final.json").read_text())
-    final_a.pop("seconds"), final_b.pop("seconds")
-    assert final_a == final_b
+    assert final_a["resumed_from_frames"] == 0 and final_b["resumed_from_frames"] == saved["frames"]
+    # the resumed run's total covers both processes: at least its own part and the first's
+    # part up to the checkpoint it resumed from
+    assert final_b["seconds_total"] >= final_b["seconds"] + saved["seconds"] - 1e-6
+    assert saved["seconds"] > 0 and final_a["seconds_total"] >= final_a["seconds"]
+    assert _untimed(final_a) == _untimed(final_b)
     return saved
 
 
@@ -332,6 +346,9 @@ def test_a_checkpoint_of_the_earlier_format_resumes_with_a_warning(tmp_path, cap
     out = capsys.readouterr().out
     assert "checkpoint of the earlier format" in out and "not exactly" in out
     assert second["frames"] >= 200 and second["updates"] > first["updates"]
+    # the earlier checkpoint did not time the run: its total is unknown, not understated
+    assert second["seconds_total"] is None and second["resumed_from_frames"] == first["frames"]
+    assert math.isnan(load_checkpoint(tmp_path / CHECKPOINT)["seconds"])
 
 
 def test_a_non_finite_loss_stops_the_run_after_checkpointing_the_last_good_state(tmp_path):
@@ -437,8 +454,12 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_on_resume(
     again = train(_config(out, "total_frames=180", "eval_interval=60", "resume=true"))
     assert "only the final evaluation is made" in capsys.readouterr().out
     assert len(saved) == 3  # nothing saved again
-    first.pop("seconds"), again.pop("seconds")
-    assert again == first
+    assert again["resumed_from_frames"] == end and first["resumed_from_frames"] == 0
+    # its total: the first process's up to the checkpoint, plus this one's
+    timed = load_checkpoint(out / CHECKPOINT)["seconds"]
+    assert 0 < timed <= first["seconds_total"]
+    assert again["seconds_total"] >= timed + again["seconds"] - 1e-6
+    assert _untimed(again) == _untimed(first)
     assert json.loads((out / "final.json").read_text())["frames"] == end
     assert (out / "eval.jsonl").read_text() == evaluated
 
@@ -446,8 +467,7 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_on_resume(
     (out / "final.json").unlink()
     (out / "eval.jsonl").write_text("".join(evaluated.splitlines(keepends=True)[:-1]))
     third = train(_config(out, "total_frames=180", "eval_interval=60", "resume=true"))
-    third.pop("seconds")
-    assert third == first and (out / "eval.jsonl").read_text() == evaluated
+    assert _untimed(third) == _untimed(first) and (out / "eval.jsonl").read_text() == evaluated
 
     # finished now: resuming it again has nothing to do, as before
     with pytest.raises(ConfigError, match=f"nothing to do: {end} frames done"):

@@ -45,6 +45,7 @@ state is restored (predator-prey, the matrix game, VMAS, SMAX). Not restored exa
 from __future__ import annotations
 
 import collections
+import math
 import os
 import pickle
 import random
@@ -80,13 +81,17 @@ FORMAT = 2
 @dataclass
 class Progress:
     """The run's counters: env steps, episodes stored, gradient updates, episodes at the
-    last target update, and the fractional update credit carried to the next batch."""
+    last target update, the fractional update credit carried to the next batch, and the
+    wall-clock seconds the run has trained, over every process that continued it, up to
+    the last checkpoint (``nan`` when it was resumed from a checkpoint written before this
+    counter existed: unknown)."""
 
     frames: int = 0
     episodes: int = 0
     updates: int = 0
     last_target: int = 0
     credit: float = 0.0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -148,7 +153,7 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
     env = env_state(run.env)
     state = {
         "format": FORMAT,
-        **asdict(run.progress),  # frames, episodes, updates, last_target, credit
+        **asdict(run.progress),  # frames, episodes, updates, last_target, credit, seconds
         "loss": run.loss.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "egreedy": run.egreedy.state_dict(),
@@ -217,6 +222,8 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
     run.egreedy.load_state_dict(state["egreedy"])
     for name, default in asdict(Progress()).items():
         setattr(run.progress, name, type(default)(state.get(name, default)))
+    if "seconds" not in state:  # an earlier checkpoint: how long the run took is unknown
+        run.progress.seconds = math.nan
     if run.capture is not None:
         run.capture.load_state_dict(state.get("capture"))
     load_env_state(run.env, state.get("env"))

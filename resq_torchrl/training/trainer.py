@@ -422,7 +422,11 @@ def train(cfg: Mapping) -> dict:
 
     latest: dict | None = _eval_at(history_path, p.frames) if finishing else None
     saved_at = p.frames if finishing else None  # the frames of the last checkpoint written
-    start = time.time()
+    start, started_at, seconds_before = time.time(), p.frames, p.seconds
+
+    def clock() -> None:  # the run's training time so far, saved with each checkpoint
+        p.seconds = seconds_before + time.time() - start
+
     bar = tqdm(total=total_frames, initial=p.frames, unit="frames", disable=not cfg["progress"])
     try:
         for batch in () if finishing else collector:
@@ -450,6 +454,7 @@ def train(cfg: Mapping) -> dict:
                         last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
                 except _NonFinite as bad:
                     p.credit += 1.0  # the last good state: this update not done
+                    clock()
                     path = checkpoint.save(out_dir, run, cfg)  # the collector: see except
                     close_logger(logger, failed=True)
                     raise TrainingDivergedError(
@@ -471,6 +476,7 @@ def train(cfg: Mapping) -> dict:
                 latest = run_eval()
                 next_eval += eval_every
             if p.frames >= next_ckpt:
+                clock()
                 checkpoint.save(out_dir, run, cfg, keep)
                 saved_at = p.frames
                 next_ckpt += ckpt_every
@@ -490,12 +496,18 @@ def train(cfg: Mapping) -> dict:
         raise
     bar.close()
     if saved_at != p.frames:  # not twice at the same frames (a replay dump can be GBs)
+        clock()
         checkpoint.save(out_dir, run, cfg, keep)
     collector.shutdown()
     # the last periodic evaluation may have been made at these very frames: not twice
     final = dict(latest) if latest and latest["frames"] == p.frames else run_eval()
     close_logger(logger)
+    # this process's seconds and where it took the run from (a resumed run's "seconds" cover
+    # only its last part), and the whole run's, when every part of it was timed
     final["seconds"] = time.time() - start
+    final["resumed_from_frames"] = started_at
+    clock()
+    final["seconds_total"] = p.seconds if math.isfinite(p.seconds) else None
     final["trained"] = p.updates > 0
     if not final["trained"]:
         final["note"] = (
