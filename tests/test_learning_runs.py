@@ -173,17 +173,12 @@ def test_the_until_estimate_takes_a_resumed_runs_pace_from_the_part_it_timed(
     assert "expected to end after" not in roomy.stdout
 
 
-def test_the_experiment_starts_only_runs_expected_to_end_before_until(tmp_path):
+def test_the_experiment_starts_a_partly_done_run_by_the_frames_it_has_left(tmp_path):
+    """(How the pace is read: the test above, whose cases also show that at 0.01 s per frame
+    the 5 cw_qmix runs left, at epsilon over 100k (seeds 1 and 2) and over 1M (any set's
+    estimate), are skipped with 2 hours left, resq and qmix, with no estimate, started.)"""
     ref = tmp_path / "ref"
-    # 0.01 s per frame for cw_qmix at epsilon over 100k (10,000 s a run), none for resq/qmix
-    _committed(ref, "eps100000/cw_qmix_seed0", 1_000_000, 10_000.0)
-    soon = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+2 hours", WORKERS="1")
-    assert soon.returncode == 0, soon.stderr
-    late = [line for line in soon.stdout.splitlines() if "expected to end after" in line]
-    # cw_qmix at epsilon over 100k (2 seeds left) and over 1M (any set's estimate): 5 runs
-    assert len(late) == 5 and all("cw_qmix" in line for line in late)
-    later = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+3 hours", WORKERS="1")
-    assert "expected to end after" not in later.stdout
+    _committed(ref, "eps100000/cw_qmix_seed0", 1_000_000, 10_000.0)  # 0.01 s per frame
     # a run killed mid-line at 900k: its last complete evaluation counts, 100k left (1000 s)
     partial = tmp_path / "runs" / "predator_prey_eps100000" / "cw_qmix_seed1"
     partial.mkdir(parents=True)
