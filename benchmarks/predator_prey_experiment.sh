@@ -23,10 +23,9 @@
 #                     "seconds_total", else "seconds" over the frames its last process
 #                     trained, read from "resumed_from_frames" or its newest kept
 #                     train_from_<frames>.log), else of the algorithm in any set, times the
-#                     frames still to
-#                     train; a run with no estimate
-#                     starts. For a session that ends at a known time, so that no worker
-#                     spends it on a run that cannot finish and would be lost with runs/.
+#                     frames still to train; a run with no estimate starts. For a session
+#                     that ends at a known time, so that no worker spends it on a run that
+#                     cannot finish and would be lost with runs/.
 # Outputs: $RUNS/predator_prey_eps100000/, $RUNS/predator_prey_eps1000000/,
 # $RUNS/predator_prey_eps100000_totcw/ (one <algorithm>_seed<k>/ and .log per run); this
 # script's own lines go to stdout. Then the commands of docs/results.md copy the logs and
@@ -141,9 +140,9 @@ def pace(path):
         return None
     if final.get("seconds_total"):
         return final["seconds_total"] / final["frames"]
-    logs = [int(log.stem.removeprefix("train_from_")) for log in path.parent.glob("train_from_*.log")
-            if log.stem.removeprefix("train_from_").isdigit()]
-    trained = final["frames"] - final.get("resumed_from_frames", max(logs, default=0))
+    starts = (log.stem.removeprefix("train_from_") for log in path.parent.glob("train_from_*.log"))
+    newest = max((int(x) for x in starts if x.isdigit()), default=0)
+    trained = final["frames"] - final.get("resumed_from_frames", newest)
     return final["seconds"] / trained if final.get("seconds") and trained > 0 else None
 def finished(pattern):
     return [x for x in map(pace, Path(ref).glob(pattern)) if x]

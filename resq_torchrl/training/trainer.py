@@ -424,8 +424,12 @@ def train(cfg: Mapping) -> dict:
     saved_at = p.frames if finishing else None  # the frames of the last checkpoint written
     start, started_at, seconds_before = time.time(), p.frames, p.seconds
 
-    def clock() -> None:  # the run's training time so far, saved with each checkpoint
+    def clock() -> None:  # the run's training time so far
         p.seconds = seconds_before + time.time() - start
+
+    def save(keep: int = 0) -> Path:  # every checkpoint carries the training time so far
+        clock()
+        return checkpoint.save(out_dir, run, cfg, keep)
 
     bar = tqdm(total=total_frames, initial=p.frames, unit="frames", disable=not cfg["progress"])
     try:
@@ -454,8 +458,7 @@ def train(cfg: Mapping) -> dict:
                         last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
                 except _NonFinite as bad:
                     p.credit += 1.0  # the last good state: this update not done
-                    clock()
-                    path = checkpoint.save(out_dir, run, cfg)  # the collector: see except
+                    path = save()  # the collector: see except
                     close_logger(logger, failed=True)
                     raise TrainingDivergedError(
                         f"update {p.updates + 1}: {bad}, on a replay batch sampled after "
@@ -476,8 +479,7 @@ def train(cfg: Mapping) -> dict:
                 latest = run_eval()
                 next_eval += eval_every
             if p.frames >= next_ckpt:
-                clock()
-                checkpoint.save(out_dir, run, cfg, keep)
+                save(keep)
                 saved_at = p.frames
                 next_ckpt += ckpt_every
                 checkpoints_written += 1
@@ -496,8 +498,7 @@ def train(cfg: Mapping) -> dict:
         raise
     bar.close()
     if saved_at != p.frames:  # not twice at the same frames (a replay dump can be GBs)
-        clock()
-        checkpoint.save(out_dir, run, cfg, keep)
+        save(keep)
     collector.shutdown()
     # the last periodic evaluation may have been made at these very frames: not twice
     final = dict(latest) if latest and latest["frames"] == p.frames else run_eval()
