@@ -15,6 +15,9 @@ round by round (A, B, C, A, B, C, ...; medians and minima over the rounds):
    optimizer step (``make_optimizer``, ``train.yaml``'s optimizer), and its ratio to
    ``qmix``. Measured in worker processes (``benchmarks/update_worker.py``), one per
    revision, one request at a time.
+   ``short_updates``: the same on a batch of short episodes padded to the longest (one of
+   200 steps, the others 20-60: a late sample of a run that has learned to catch), where
+   the unrolls compute only the real steps (``docs/speed.md``).
 2. **against=REV**: the same for the code of commit REV, from a ``git worktree`` of it (in a
    temporary directory, removed at the end): the ratio now / REV is one measured ratio.
 3. **ms per update on the matrix game** (``train_matrix_game`` with the checkout's
@@ -260,17 +263,25 @@ def interleaved(rounds: int, candidates: list) -> Iterator[tuple[int, object]]:
 # ------------------------------------------------------------------- 1-2: updates per method
 
 
-def measure_updates(workers: dict[str, UpdateWorker], cfg: DictConfig, train: dict) -> dict:
-    ucfg = cfg.updates
+def measure_updates(
+    workers: dict[str, UpdateWorker], cfg: DictConfig, train: dict, section: str = "updates"
+) -> dict:
+    """Items 1-2 on the batch of ``cfg[section]``: ``updates`` (the reference batch) or
+    ``short_updates`` (short episodes padded to the longest, ``early_lengths``)."""
+    ucfg = cfg[section]
     algorithms = list(ucfg.algorithms)
     batch = {
         k: int(ucfg[k])
         for k in ("episodes", "steps", "n_agents", "n_actions", "obs_dim", "state_dim")
     }
     batch["seed"] = int(cfg.seed)
+    if ucfg.get("early_end_fraction") is not None:
+        batch["early_end_fraction"] = float(ucfg.early_end_fraction)
+    if ucfg.get("early_lengths") is not None:
+        batch["early_lengths"] = [int(n) for n in ucfg.early_lengths]
     params = {}
     for label, worker in workers.items():
-        print(f"updates: building {len(algorithms)} losses in worker {label}", flush=True)
+        print(f"{section}: building {len(algorithms)} losses in worker {label}", flush=True)
         params[label] = worker.ask(
             cmd="setup",
             algorithms=algorithms,
@@ -289,7 +300,7 @@ def measure_updates(workers: dict[str, UpdateWorker], cfg: DictConfig, train: di
         seconds[label][algo].append(workers[label].ask(cmd="update", algorithm=algo)["seconds"])
         if all(len(seconds[lb][a]) == r + 1 for a, lb in candidates):
             line = ", ".join(f"{a}/{lb} {1e3 * seconds[lb][a][-1]:.0f}" for a, lb in candidates)
-            print(f"updates round {r + 1}/{rounds} (ms): {line}", flush=True)
+            print(f"{section} round {r + 1}/{rounds} (ms): {line}", flush=True)
     rows = []
     for algo in algorithms:
         row = {"algorithm": algo}
@@ -752,6 +763,30 @@ def _rate(x: dict) -> str:
     return f"{x['median']:,.0f} ({x['best']:,.0f})"
 
 
+def _updates_table(up: dict, rev: str | None) -> list[str]:
+    """The markdown table of one :func:`measure_updates` result."""
+    if rev:
+        lines = [
+            f"| method | ms now | ms at {rev} | now / {rev} | / qmix now | / qmix at {rev} |",
+            "|---|---|---|---|---|---|",
+        ]
+    else:
+        lines = ["| method | ms | / qmix |", "|---|---|---|"]
+    for row in up["rows"]:
+        q = row[NOW].get("ratio_to_qmix")
+        qs = "-" if q is None else f"{q:.2f}"
+        if rev:
+            qr = row[rev].get("ratio_to_qmix")
+            lines.append(
+                f"| {row['algorithm']} | {_ms(row[NOW])} | {_ms(row[rev])} | "
+                f"{row['ratio_now_vs_against']:.2f} | {qs} | "
+                f"{'-' if qr is None else f'{qr:.2f}'} |"
+            )
+        else:
+            lines.append(f"| {row['algorithm']} | {_ms(row[NOW])} | {qs} |")
+    return lines
+
+
 def write_markdown(result: dict, path: Path) -> None:
     m = result["machine"]
     against = result.get("against")
@@ -817,26 +852,25 @@ def write_markdown(result: dict, path: Path) -> None:
             f"forward + backward + {up['optimizer']} step. {len(up['rows'][0][NOW]['rounds'])}"
             " rounds.",
             "",
+            *_updates_table(up, rev),
         ]
-        if rev:
-            lines += [
-                f"| method | ms now | ms at {rev} | now / {rev} | / qmix now | / qmix at {rev} |",
-                "|---|---|---|---|---|---|",
-            ]
-        else:
-            lines += ["| method | ms | / qmix |", "|---|---|---|"]
-        for row in up["rows"]:
-            q = row[NOW].get("ratio_to_qmix")
-            qs = "-" if q is None else f"{q:.2f}"
-            if rev:
-                qr = row[rev].get("ratio_to_qmix")
-                lines.append(
-                    f"| {row['algorithm']} | {_ms(row[NOW])} | {_ms(row[rev])} | "
-                    f"{row['ratio_now_vs_against']:.2f} | {qs} | "
-                    f"{'-' if qr is None else f'{qr:.2f}'} |"
-                )
-            else:
-                lines.append(f"| {row['algorithm']} | {_ms(row[NOW])} | {qs} |")
+    short = result.get("short_updates")
+    if short:
+        b = short["batch"]
+        low, high = b["early_lengths"]
+        lines += [
+            "",
+            "## ms per update, short episodes",
+            "",
+            f"The same, on {b['episodes']} episodes of which one runs {b['steps']} steps and "
+            f"the others end after {low}-{high} (a late sample of a run whose policy has "
+            "learned to catch: CW-QMIX's predator-prey episodes shorten to about 40 steps), "
+            "padded to the longest: the unrolls compute only the real steps (packed "
+            "sequences, `resq_torchrl/modules/rnn.py`), where the revision before them "
+            f"computed every step. {len(short['rows'][0][NOW]['rounds'])} rounds.",
+            "",
+            *_updates_table(short, rev),
+        ]
     mg = result.get("matrix")
     if mg:
         lines += [
@@ -988,7 +1022,9 @@ def run(cfg: DictConfig) -> dict:
     with contextlib.suppress(ConfigError):
         result["head"] = git("rev-parse", "--short", "HEAD")
         result["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-    need_workers = bool(list(cfg.updates.algorithms)) or bool(list(cfg.matrix.algorithms))
+    need_workers = any(
+        list(cfg[k].algorithms) for k in ("updates", "short_updates", "matrix") if k in cfg
+    )
     with contextlib.ExitStack() as stack:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="throughput_logs_")))
         workers: dict[str, UpdateWorker] = {}
@@ -1008,6 +1044,8 @@ def run(cfg: DictConfig) -> dict:
             result["allocators"] = {k: w.info.get("allocator", "?") for k, w in workers.items()}
         if list(cfg.updates.algorithms):
             result["updates"] = measure_updates(workers, cfg, train)
+        if "short_updates" in cfg and list(cfg.short_updates.algorithms):
+            result["short_updates"] = measure_updates(workers, cfg, train, "short_updates")
         if list(cfg.matrix.algorithms):
             result["matrix"] = measure_matrix(workers, cfg)
     if list(cfg.collection.cases):

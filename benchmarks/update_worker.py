@@ -58,6 +58,7 @@ def reference_batch(
     device: str | torch.device = "cpu",
     catch_prob: float = 0.2,
     early_end_fraction: float = 0.25,
+    early_lengths: tuple[int, int] | None = None,
 ) -> TensorDict:
     """A seeded ``[episodes, steps]`` batch of whole predator-prey-like episodes, laid out as
     :class:`~resq_torchrl.data.EpisodeReplayBuffer` samples them: each row one episode from
@@ -69,7 +70,9 @@ def reference_batch(
     are always available, catch with probability ``catch_prob`` (a prey next to the agent);
     actions uniform among the available ones; last actions one-hot; sparse rewards (+10
     captures, -2 lone catches). Most episodes are truncated at ``steps``; a fraction
-    ``early_end_fraction`` ends earlier, terminated (every prey caught)."""
+    ``early_end_fraction`` ends earlier, terminated (every prey caught), after a number of
+    steps uniform in ``early_lengths`` (default ``[steps // 2, steps]``); the first episode
+    always runs the full ``steps``."""
     g = torch.Generator().manual_seed(seed)
     b, t, n, a = episodes, steps, n_agents, n_actions
     obs = (torch.rand(b, t + 1, n, obs_dim, generator=g) < 0.1).float()
@@ -83,7 +86,10 @@ def reference_batch(
     lengths = torch.full((b,), t)
     early = torch.rand(b, generator=g) < early_end_fraction
     early[0] = False  # one full-length episode: the sample keeps all ``steps`` steps
-    lengths[early] = torch.randint(max(1, t // 2), t + 1, (int(early.sum()),), generator=g)
+    low, high = early_lengths if early_lengths is not None else (max(1, t // 2), t)
+    high = min(int(high), t)  # never past the sample's length
+    low = max(1, min(int(low), high))
+    lengths[early] = torch.randint(low, high + 1, (int(early.sum()),), generator=g)
     step = torch.arange(t).expand(b, t)
     real = step < lengths.unsqueeze(-1)
     end = step == (lengths - 1).unsqueeze(-1)

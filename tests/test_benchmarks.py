@@ -46,6 +46,8 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
     data, md = _run(
         tmp_path,
         "updates.algorithms=[qmix,vdn]",
+        "short_updates.algorithms=[qmix]",
+        "short_updates.early_lengths=[2,4]",
         "matrix.algorithms=[qmix]",
         "collection.rounds=1",
         "collection.warmup_steps=1",
@@ -65,6 +67,9 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
         assert len(row["now"]["rounds"]) == 1 and row["now"]["median"] > 0
         assert "ratio_now_vs_against" not in row
     assert data["updates"]["batch"]["n_agents"] == 8
+    (short,) = data["short_updates"]["rows"]
+    assert short["algorithm"] == "qmix" and short["now"]["median"] > 0
+    assert data["short_updates"]["batch"]["early_lengths"] == [2, 4]
     (mrow,) = data["matrix"]["rows"]
     assert mrow["now"]["median"] > 0 and mrow["now x2"]["median"] > 0
     assert mrow["ratio_vectorized_vs_single"] > 0
@@ -86,6 +91,7 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
 
     for heading in (
         "## ms per update, predator-prey reference batch",
+        "## ms per update, short episodes",
         "## ms per update, matrix game",
         "## Collection versus env-only",
         "## Replay memory",
@@ -110,6 +116,7 @@ def test_throughput_benchmark_against_a_worktree(tmp_path):
         tmp_path,
         "against=HEAD",
         "updates.algorithms=[qmix]",
+        "short_updates.algorithms=[]",
         "matrix.algorithms=[]",
         "collection.cases=[]",
         "memory.env=null",
@@ -274,3 +281,18 @@ def test_lone_catch_values_reads_a_runs_checkpoint_and_replay(tmp_path):
                 assert 0.0 <= kinds[k]["non_greedy_share"] <= 1.0
     shutil.rmtree(run / "replay")
     assert probe.main([str(run)]) == 2
+
+
+def test_packed_unroll_benchmark_runs(tmp_path):
+    """``benchmarks/packed_unroll.py`` on tiny batches: one round per batch, a ratio each."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/packed_unroll.py", "--algorithms", "qmix", "--rounds", "1"]
+        + ["--episodes", "3", "--steps", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("qmix: packed / unpacked, median") == 3
+    assert "real steps" in result.stdout

@@ -8,6 +8,7 @@ from tensordict import TensorDict
 from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import ValueEstimators
 
+from resq_torchrl.modules import rnn
 from resq_torchrl.modules.rnn import MultiAgentGRU
 from resq_torchrl.training.builders import EnvDims, make_loss, total_loss
 
@@ -83,8 +84,8 @@ def build(algorithm: str, seed: int, td_lambda: float):
     return loss
 
 
-def run(loss, td: TensorDict, fast: bool):
-    loss.fast_unroll = fast
+def run(loss, td: TensorDict, fast: bool, pack: bool = True):
+    loss.fast_unroll, loss.pack_padding = fast, pack
     data = td.clone()
     torch.manual_seed(123)  # the distributional losses draw their quantile fractions
     out = loss(data)
@@ -97,13 +98,17 @@ def run(loss, td: TensorDict, fast: bool):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("td_lambda", [0.0, 0.6])
-def test_fast_unroll_equals_two_passes(algorithm, td_lambda):
+@pytest.mark.parametrize("pack", [True, False])
+def test_fast_unroll_equals_two_passes(algorithm, td_lambda, pack, monkeypatch):
     """Property: on whole padded episodes, every loss term, diagnostic, per-step priority
-    (real steps) and parameter gradient of the fast path equals the plain path's to 1e-5."""
+    (real steps) and parameter gradient of the fast path equals the plain path's to 1e-5,
+    with the unrolls over the real steps only (``pack``: packed sequences, whatever the
+    share of padding) or over every step."""
+    monkeypatch.setattr(rnn, "PACK_MAX_FILL", 1.0)
     loss = build(algorithm, seed=0, td_lambda=td_lambda)
     td = episodes(b=5, t=9, seed=1)
     plain, plain_prio, plain_grads = run(loss, td, fast=False)
-    fast, fast_prio, fast_grads = run(loss, td, fast=True)
+    fast, fast_prio, fast_grads = run(loss, td, fast=True, pack=pack)
     assert set(plain.keys()) == set(fast.keys())
     for key in plain.keys():
         torch.testing.assert_close(fast[key], plain[key], atol=1e-5, rtol=1e-5, msg=key)
@@ -301,3 +306,50 @@ def test_flatten_parameters_refuses_mixed_dtypes():
     params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2).double())]
     with pytest.raises(ValueError, match="one dtype and device"):
         flatten_parameters(params)
+
+
+def test_packed_unrolls_compute_only_the_real_steps():
+    """Property: with a padding mask, ``forward_current`` and ``forward_with_next`` give the
+    plain forward's utilities and states at the real steps (1e-5) and states of exactly 0
+    at the padded ones (they were never computed); without packing the padded states are
+    the GRU's."""
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
+    td = episodes(b=6, t=7, seed=9)
+    valid = td.get(("collector", "mask"))
+    assert valid.float().mean() <= rnn.PACK_MAX_FILL  # enough padding to pack
+    with set_recurrent_mode(True):
+        plain = gru(td.copy())
+        cur = gru.forward_current(td.copy(), valid)
+        out, out_next = gru.forward_with_next(td.copy(), valid)
+        dense = gru.forward_current(td.copy(), valid, pack=False)
+    key, hidden = ("agents", "action_value"), ("next", "agents", "rnn_hidden")
+    # forward_with_next also computes the step after the last real one (its next values)
+    after = valid.clone()
+    after[:, 1:] |= valid[:, :-1]
+    for got, computed in ((cur, valid), (out, after)):
+        torch.testing.assert_close(got[key][valid], plain[key][valid], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[hidden][valid], plain[hidden][valid], atol=1e-5, rtol=0)
+        assert (got[hidden][~computed] == 0).all() and (~computed).any()
+    assert (dense[hidden][~valid] != 0).any()
+    torch.testing.assert_close(dense[key], plain[key], atol=1e-6, rtol=0)
+    # the next values of the last real step were computed (a truncated episode needs them)
+    with set_recurrent_mode(False):
+        step = gru(plain.get("next").copy())
+    torch.testing.assert_close(out_next[key][valid], step[key][valid], atol=1e-5, rtol=0)
+
+
+def test_mostly_full_batches_are_not_packed():
+    """Property: when more than ``PACK_MAX_FILL`` of the steps are real, every step is
+    computed (packing would not pay): the padded states are the GRU's, as without packing."""
+    torch.manual_seed(0)
+    gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
+    td = episodes(b=6, t=7, seed=9, garbage_padding=False)
+    valid = td.get(("collector", "mask")).clone()
+    valid[:, :-1] = True  # 6/7 of the steps real
+    td["collector", "mask"] = valid
+    with set_recurrent_mode(True):
+        cur = gru.forward_current(td.copy(), valid)
+        dense = gru.forward_current(td.copy(), valid, pack=False)
+    hidden = ("next", "agents", "rnn_hidden")
+    assert torch.equal(cur[hidden], dense[hidden]) and (cur[hidden][~valid] != 0).any()

@@ -125,3 +125,50 @@ def test_custom_gru_backward_equals_torch_gru(seed):
     assert g0.keys() == g1.keys()
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_custom_gru_equals_torch_gru_on_packed_sequences(seed):
+    """Property: ``_GRUSequence`` on a packed sequence (rows of different lengths) gives the
+    outputs and gradients (inputs, initial state, weights) of ``nn.GRU`` on the same
+    ``PackedSequence`` to 1e-5; on equal lengths its dense form equals its packed form."""
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+    from resq_torchrl.modules.rnn import _GRUSequence
+
+    g = torch.Generator().manual_seed(seed)
+    t, m, h = 9, 7, 5
+    rnn = torch.nn.GRU(h, h)
+    x = torch.randn(t, m, h, generator=g)
+    h0 = torch.randn(m, h, generator=g)
+    lengths = torch.randint(1, t + 1, (m,), generator=g)
+    lengths[2] = t
+    weights = torch.randn(t, m, h, generator=g)
+
+    def run(custom):
+        rnn.zero_grad()
+        xs, hs = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        packed = pack_padded_sequence(xs, lengths, enforce_sorted=False)
+        if custom:
+            gi = torch.nn.functional.linear(packed.data, rnn.weight_ih_l0, rnn.bias_ih_l0)
+            h_sorted = hs.index_select(0, packed.sorted_indices)
+            sizes = packed.batch_sizes.tolist()
+            data = _GRUSequence.apply(gi, h_sorted, rnn.weight_hh_l0, rnn.bias_hh_l0, sizes)
+            packed = PackedSequence(
+                data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+            )
+        else:
+            packed = rnn(packed, hs.unsqueeze(0))[0]
+        out = pad_packed_sequence(packed, total_length=t)[0]
+        (out * weights).sum().backward()
+        return [out.detach(), xs.grad, hs.grad] + [p.grad.clone() for p in rnn.parameters()]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    gi = torch.randn(t, m, 3 * h, generator=g)
+    dense = _GRUSequence.apply(gi, h0, rnn.weight_hh_l0, rnn.bias_hh_l0)
+    packed = _GRUSequence.apply(
+        gi.reshape(t * m, 3 * h), h0, rnn.weight_hh_l0, rnn.bias_hh_l0, [m] * t
+    )
+    assert torch.equal(dense.reshape(t * m, h), packed)

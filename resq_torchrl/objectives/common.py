@@ -203,9 +203,14 @@ class ValueFactorizationLoss(LossModule):
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     #: let a recurrent agent network that offers ``forward_with_next`` compute the current
-    #: and the next-step values in one unroll; ``False`` forces the plain two passes (the
-    #: reference of the equivalence tests)
+    #: and the next-step values in one unroll, and ``forward_current`` the current ones from
+    #: the same shared inputs, both over the real steps only; ``False`` forces the plain
+    #: passes over every step (the reference of the equivalence tests)
     fast_unroll: bool = True
+    #: with ``fast_unroll``, compute only the real steps of whole padded episodes (packed
+    #: sequences): a batch of short episodes padded to its longest one costs what its real
+    #: steps cost; ``False``: every step (the same values at the real steps)
+    pack_padding: bool = True
     #: run a feed-forward agent network that is a plain ``TensorDictModule`` (one input, the
     #: utilities as its only output) on its input tensor directly, without TensorDict
     #: copies and module dispatch: the same module call, a third of a matrix-game update
@@ -418,9 +423,18 @@ class ValueFactorizationLoss(LossModule):
             # one unroll over T + 1 steps serves both passes (MultiAgentGRU.forward_with_next);
             # None when the data does not allow it, e.g. an episode restarting mid-sequence
             with set_recurrent_mode(True):
-                both = fast(td, self._padding(tensordict))
+                both = fast(td, self._padding(tensordict), self.pack_padding)
             if both is not None:
                 return both
+            td = tensordict.copy()
+        current = getattr(network, "forward_current", None)
+        if not with_next and recurrent and self.fast_unroll and current is not None:
+            # the inputs shared with the loss's other networks, only the real steps computed
+            # (MultiAgentGRU.forward_current); None when the data does not allow it
+            with set_recurrent_mode(True):
+                out = current(td, self._padding(tensordict), self.pack_padding)
+            if out is not None:
+                return out, None
             td = tensordict.copy()
         out = None
         if recurrent or not next_only:

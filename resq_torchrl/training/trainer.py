@@ -449,10 +449,12 @@ def train(cfg: Mapping) -> dict:
                 if len(buffer) >= buffer.batch_size
                 else 0.0
             )
-            last = None
+            last, real = None, None
             while p.credit >= 1.0:
                 p.credit -= 1.0
                 sample = buffer.sample().to(device)
+                real = sample.get(("collector", "mask"))  # the share of real steps: what
+                # packed unrolls compute of the padded [B, T] sample (read once per batch)
                 try:
                     with guard:
                         last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
@@ -469,6 +471,7 @@ def train(cfg: Mapping) -> dict:
                 p.updates += 1
             if last is not None:  # read back once per batch, not once per update
                 metrics["train/grad_norm"] = last[1].item()
+                metrics["train/real_step_share"] = real.float().mean().item()
                 metrics.update({f"train/{k}": v.item() for k, v in last[0].items()})
             if p.episodes - p.last_target >= target_every:
                 target_updater.step()
