@@ -97,6 +97,7 @@ class CentralValueLoss(ValueFactorizationLoss):
             gather_chosen(q, action, check=False),
             tensordict.get(self.tensor_keys.state),
             target=target,
+            valid=self._padding(tensordict),
         )
 
     def central_target(self, tensordict: TensorDictBase, next_greedy: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torchrl.objectives.value.functional import (
     vec_td_lambda_return_estimate,
 )
 
+from resq_torchrl.modules import rnn
 from resq_torchrl.modules.rnn import clear_shared_inputs
 
 __all__ = [
@@ -501,14 +502,45 @@ class ValueFactorizationLoss(LossModule):
         state: torch.Tensor,
         *,
         target: bool = False,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mix ``chosen`` ``[*B, N, 1]`` with ``state`` ``[*B, S]`` into ``[*B, 1]`` (for a
-        distributional mixer: quantiles ``[*B, N, K]`` into ``[*B, K]``)."""
+        distributional mixer: quantiles ``[*B, N, K]`` into ``[*B, K]``).
+
+        ``valid`` ``[*B]`` (the padding mask of ``[B, T]`` sequences, :meth:`_padding`): with
+        :attr:`pack_padding`, when at most ``PACK_MAX_FILL`` of the samples are real, the
+        mixer runs on the real ones only (a mixer mixes each sample on its own) and the
+        padded ones get 0."""
         self._checked_mixer(name, chosen.shape[-2])
         mixer = self._bound(name, target)
-        if isinstance(mixer, Mixer) and not mixer.needs_state:
-            return mixer(chosen)
-        return mixer(chosen, state)
+        needs_state = not (isinstance(mixer, Mixer) and not mixer.needs_state)
+        lead = chosen.shape[:-2]
+        rows = self._real_rows(valid, lead)
+        if rows is not None:
+            chosen = chosen.reshape(-1, *chosen.shape[-2:]).index_select(0, rows)
+            if needs_state:
+                state = state.reshape(-1, state.shape[-1]).index_select(0, rows)
+        out = mixer(chosen, state) if needs_state else mixer(chosen)
+        if rows is None:
+            return out
+        full = out.new_zeros(lead.numel(), *out.shape[1:])
+        return full.index_copy_(0, rows, out).view(*lead, *out.shape[1:])
+
+    def _real_rows(self, valid: torch.Tensor | None, lead: torch.Size) -> torch.Tensor | None:
+        """The flat indices of the real samples of ``[B, T]`` sequences ``lead`` when
+        :meth:`_mix` should mix only them (see there), else ``None``."""
+        if (
+            valid is None
+            or not (self.fast_unroll and self.pack_padding)
+            or len(lead) < 2
+            or valid.shape != lead
+            or _transformed()
+        ):
+            return None
+        real = valid.reshape(-1) > 0  # a float mask: positive exactly at the real samples
+        if int(real.sum()) > rnn.PACK_MAX_FILL * real.numel():
+            return None
+        return real.nonzero().squeeze(1)
 
     def _mask(self, tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor | None:
         return tensordict.get(key, None)
@@ -580,6 +612,7 @@ class ValueFactorizationLoss(LossModule):
             gather_chosen(q_next, next_greedy, check=False),
             tensordict.get(("next", self.tensor_keys.state)),
             target=True,
+            valid=self._padding(tensordict),
         )
 
     # ----------------------------------------------------------------- joint values
@@ -588,7 +621,9 @@ class ValueFactorizationLoss(LossModule):
         with ``with_next`` also the online greedy next action ``next_greedy_action``."""
         q, q_next = self._agent_q("agent_network", tensordict, with_next=with_next)
         action = tensordict.get(self.tensor_keys.action)
-        q_tot = self._mix("mixer", gather_chosen(q, action), tensordict.get(self.tensor_keys.state))
+        state = tensordict.get(self.tensor_keys.state)
+        pad = self._padding(tensordict)
+        q_tot = self._mix("mixer", gather_chosen(q, action), state, valid=pad)
         out = TensorDict(
             {"action_value": q, "greedy_action": self._greedy(tensordict, q), "q_tot": q_tot},
             batch_size=tensordict.batch_size,

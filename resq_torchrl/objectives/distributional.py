@@ -172,6 +172,7 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
             gather_quantiles(z_next, next_greedy),
             next_td.get(self.tensor_keys.state),
             target=True,
+            valid=self._padding(tensordict),
         )
 
     def _main_z(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
@@ -185,7 +186,10 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         action = tensordict.get(self.tensor_keys.action)
         q = z.mean(-1)
         z_tot = self._mix(
-            "mixer", gather_quantiles(z, action), tensordict.get(self.tensor_keys.state)
+            "mixer",
+            gather_quantiles(z, action),
+            tensordict.get(self.tensor_keys.state),
+            valid=self._padding(tensordict),
         )
         out = TensorDict(
             {

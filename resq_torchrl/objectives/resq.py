@@ -135,6 +135,7 @@ class ResQLoss(CentralValueLoss):
             "residual_mixer",
             gather_chosen(q, action, check=False),
             tensordict.get(self.tensor_keys.state),
+            valid=self._padding(tensordict),
         )
         return -r.abs() if self.residual_sign == "abs" else r
 

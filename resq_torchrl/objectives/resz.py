@@ -105,7 +105,9 @@ class ResZLoss(DistributionalFactorizationLoss):
         """``mixer`` of ``agent``'s quantiles of the taken actions at ``tau``: ``[*B, K]``."""
         z, _ = self._agent_z(agent, tensordict, tau)
         action = tensordict.get(self.tensor_keys.action)
-        return self._mix(mixer, gather_quantiles(z, action), tensordict.get(self.tensor_keys.state))
+        state = tensordict.get(self.tensor_keys.state)
+        pad = self._padding(tensordict)
+        return self._mix(mixer, gather_quantiles(z, action), state, valid=pad)
 
     def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         """:meth:`_main_z` plus ``z_r`` ``[*B, K]`` (``<= 0``), ``w_r`` ``[*B, 1]``, ``z_jt``
