@@ -87,7 +87,14 @@ def test_train_script_command_line(tmp_path, run_script):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "final evaluation (resq on predator_prey, seed 0)" in proc.stdout
-    assert json.loads((tmp_path / "final.json").read_text())["frames"] >= 200
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["frames"] >= 200
+    # what produced the run, in its log and its final.json (a commit here: a git checkout)
+    code = final["code"]
+    assert code["torch"] == torch.__version__ and code["cpu"]
+    if (ROOT / ".git").exists():
+        assert code["commit"] and code["commit"] in proc.stdout
+    assert f"cpu: {code['cpu']}" in proc.stdout
 
 
 def test_unknown_env_is_rejected(tmp_path):

@@ -11,6 +11,7 @@ Data flow (every arrow a torchrl/tensordict object)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -302,6 +303,38 @@ class NonFiniteGuard:
             raise _NonFinite("the gradient is not finite (every loss term was)")
 
 
+def provenance() -> dict:
+    """What produced a run, for its log and ``final.json``: the commit of this package's
+    checkout (``+changes`` when it has uncommitted ones; ``None`` outside a git checkout), the
+    CPU's model name and torch's version. Runs are deterministic per seed on one machine, but
+    a different CPU takes other kernel paths, so the same seed and commit can follow another
+    trajectory there (``docs/results.md``)."""
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD") if (root / ".git").exists() else None
+    if commit is not None and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"commit": commit, "cpu": cpu, "torch": torch.__version__}
+
+
 def train(cfg: Mapping) -> dict:
     """Train ``cfg["algorithm"]`` on ``cfg["env"]``; returns the final evaluation.
 
@@ -319,6 +352,8 @@ def train(cfg: Mapping) -> dict:
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    code = provenance()
+    print(f"code: {code['commit']}, cpu: {code['cpu']}, torch {code['torch']}", flush=True)
 
     # some simulators seed torch's global generator in set_seed (VMAS): keep the run's own
     # stream (networks, exploration, replay sampling) seeded by cfg.seed alone
@@ -513,6 +548,7 @@ def train(cfg: Mapping) -> dict:
     clock()
     final["seconds_total"] = p.seconds if math.isfinite(p.seconds) else None
     final["trained"] = p.updates > 0
+    final["code"] = code
     if not final["trained"]:
         final["note"] = (
             "no update was made: this evaluates the networks as initialised, not a trained "
