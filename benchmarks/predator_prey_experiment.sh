@@ -10,8 +10,9 @@
 # when this command is given again; finished runs are skipped, and so are runs whose
 # committed log (REF/<set>/<run>/final.json) reached FRAMES: runs/ is git-ignored, and a
 # fresh checkout holds only the committed logs. (A run cut short in a checkout that is then
-# lost restarts from zero: training is deterministic per seed, so it retraces the same
-# numbers; the report keeps its longer committed log until the restart goes past it.)
+# lost restarts from zero: training is deterministic per seed on one machine, so there it
+# retraces the same numbers, while another CPU takes another trajectory (docs/results.md);
+# the report keeps the longer committed log until the restart goes past it.)
 #   bash benchmarks/predator_prey_experiment.sh            # FRAMES=1000000 WORKERS=2
 #   ONLY=required bash benchmarks/predator_prey_experiment.sh   # parts 1 and 2 only
 #   DRY_RUN=1 ...     print each run's command instead of running it
@@ -23,9 +24,11 @@
 #                     "seconds_total", else "seconds" over the frames its last process
 #                     trained, read from "resumed_from_frames" or its newest kept
 #                     train_from_<frames>.log), else of the algorithm in any set, times the
-#                     frames still to train; a run with no estimate starts. For a session
-#                     that ends at a known time, so that no worker spends it on a run that
-#                     cannot finish and would be lost with runs/.
+#                     frames still to train (an overestimate for runs timed before the
+#                     packed unrolls of docs/speed.md, when short-episode runs such as
+#                     CW-QMIX's took up to twice as long); a run with no estimate starts.
+#                     For a session that ends at a known time, so that no worker spends it
+#                     on a run that cannot finish and would be lost with runs/.
 # Outputs: $RUNS/predator_prey_eps100000/, $RUNS/predator_prey_eps1000000/,
 # $RUNS/predator_prey_eps100000_totcw/ (one <algorithm>_seed<k>/ and .log per run); this
 # script's own lines go to stdout. Then the commands of docs/results.md copy the logs and
