@@ -46,6 +46,8 @@ def test_every_algorithm_trains_on_every_env(algorithm, env, tmp_path):
     csv = tmp_path / f"{algorithm}_{env}_seed0" / "scalars" / "train"
     assert (csv / "loss_td.csv").stat().st_size > 0
     assert (csv / "return.csv").stat().st_size > 0
+    share = [float(line.split(",")[-1]) for line in (csv / "real_step_share.csv").open()]
+    assert share and all(0 < x <= 1 for x in share)  # the real steps of the sampled batches
     if algorithm in ("resq", "resz"):
         assert (csv / "w_r_mean.csv").exists() and (csv / "loss_central.csv").exists()
     if algorithm.endswith("_qmix"):
