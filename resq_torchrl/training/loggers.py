@@ -99,7 +99,10 @@ def _new_logger(cfg: Mapping, out_dir: Path) -> Logger:
         }
         if offline:  # explicit, rather than through the WANDB_MODE torchrl sets
             wandb_kwargs["mode"] = "offline"
-        logger = get_logger(name, str(out_dir), exp_name, wandb_kwargs=wandb_kwargs)
+        # absolute: wandb's service process, started once per Python process, resolves a
+        # relative directory against its own working directory, not the caller's current one
+        # (it wrote a run's output.log under the repository while the run was elsewhere)
+        logger = get_logger(name, str(out_dir.resolve()), exp_name, wandb_kwargs=wandb_kwargs)
     elif name == "mlflow":
         # torchrl's get_logger points mlflow at a file store, which mlflow 3 refuses
         uri = cfg.get("mlflow_tracking_uri")
