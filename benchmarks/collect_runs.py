@@ -11,7 +11,9 @@ log (``<run>.log`` beside the run directory, overwritten by each resumed session
 kept as ``train_from_<frames>.log``, named by the frames the session resumed from; logs from
 past that point, left by an attempt whose checkpoint was lost and which this run retraced,
 are removed). A run that restarted from zero and so far retraces, evaluation for evaluation, a
-longer committed log (deterministic training, checkpoint lost) leaves that log in place until
+longer committed log (deterministic training on one machine, checkpoint lost) leaves that log
+in place until it goes further; so does an unfinished restart on another machine, which
+follows another trajectory (its CPU rounds differently) and replaces the committed log once
 it goes further. Nothing else: checkpoints and replay dumps stay in runs/.
 """
 
@@ -36,8 +38,13 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
         for old, new in renames:
             name = name.replace(old, new)
         out = dst / name
-        if _retraces(run / "eval.jsonl", out / "eval.jsonl") and not (run / "final.json").exists():
-            print(f"kept {out}: its committed log goes further, and {run} retraces it so far")
+        if _shorter(run / "eval.jsonl", out / "eval.jsonl") and not (run / "final.json").exists():
+            how = (
+                "retraces it so far"
+                if _retraces(run / "eval.jsonl", out / "eval.jsonl")
+                else "follows another trajectory (another machine's CPU: see docs/results.md)"
+            )
+            print(f"kept {out}: its committed log goes further, and {run} {how}")
             continue
         out.mkdir(parents=True, exist_ok=True)
         for file in ("eval.jsonl", "final.json"):
@@ -59,6 +66,15 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
             shutil.copy2(log, out / f"train_from_{start}.log")
         copied.append(out)
     return copied
+
+
+def _shorter(new: Path, committed: Path) -> bool:
+    """Has the run at ``new`` made fewer evaluations than the log committed at
+    ``committed``? An unfinished restart (its checkpoint lost with a fresh checkout) then
+    leaves the committed log in place until it goes further, whether it retraces it (same
+    machine) or not (another CPU rounds differently): its shorter log would only hide the
+    committed numbers."""
+    return committed.exists() and 0 < len(read_eval_rows(new)) < len(read_eval_rows(committed))
 
 
 def _retraces(new: Path, committed: Path) -> bool:

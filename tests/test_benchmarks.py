@@ -155,10 +155,10 @@ def test_update_worker_uses_only_the_checkouts_own_allocator_policy(tmp_path):
         assert answers["now"]["allocator"] == "freed memory kept for reuse"
 
 
-def test_collect_runs_keeps_a_longer_committed_log_that_a_restarted_run_retraces(tmp_path):
-    """A run restarted from zero (checkpoint lost) whose evaluations so far equal the start of
-    the committed log leaves that longer log in place; once it differs or finishes, it is
-    copied."""
+def test_collect_runs_keeps_a_longer_committed_log_until_a_restarted_run_passes_it(tmp_path):
+    """A run restarted from zero (checkpoint lost) leaves a longer committed log in place,
+    whether its evaluations so far equal that log's start (same machine) or not (another
+    CPU); once it goes further or finishes, it is copied."""
     script = ROOT / "benchmarks" / "collect_runs.py"
     rows = [{"frames": f, "updates": f // 10, "eval/return": float(f)} for f in (100, 200, 300)]
     committed = tmp_path / "docs" / "resq_seed0"
@@ -184,8 +184,14 @@ def test_collect_runs_keeps_a_longer_committed_log_that_a_restarted_run_retraces
         text=True,
     )
     assert proc.returncode == 0 and proc.stdout.startswith(f"kept {committed}"), proc.stderr
-    other = [rows[0], {**rows[1], "eval/return": -1.0}]  # not the same run: copied
-    assert collect(other)[0] == 2
+    other = [rows[0], {**rows[1], "eval/return": -1.0}]  # another trajectory: kept too
+    kept, out = collect(other)
+    assert kept == 3 and "follows another trajectory" in out
+    further = [*other, rows[2], {"frames": 400, "updates": 40, "eval/return": 4.0}]
+    assert collect(further)[0] == 4  # past the committed log: copied
+    (committed / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "final.json").write_text(json.dumps({"frames": 200}))
+    assert collect(other)[0] == 2  # finished (a shorter run asked for): copied
 
 
 def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
