@@ -163,12 +163,20 @@ class _GRUSequence(torch.autograd.Function):
         return grad_gi, dh, grad_w, grad_b, None
 
 
-#: pack sequences only when at most this share of the padded steps is real: packing costs
-#: a gather of the inputs and a scatter of the states (and their gradients), which the
-#: skipped steps repay only when there are enough of them. Measured on the predator-prey
-#: batch (32 episodes x 200 steps x 8 agents, one thread, docs/speed.md): qmix, cw_qmix and
-#: resq updates 0.39-0.49x at 22% real steps, no clear change at 78% and 94%
+#: pack sequences (and mix only the real samples) only when at most this share of the
+#: padded steps is real: packing costs a gather of the inputs and a scatter of the outputs
+#: (and their gradients), which the skipped steps repay only when there are enough of them.
+#: Measured on the predator-prey batch (32 episodes x 200 steps x 8 agents, one thread,
+#: docs/speed.md): qmix, cw_qmix and resq updates 0.28-0.29x at 22% real steps, 0.76-0.90x
+#: at 78%, no clear change at 94%
 PACK_MAX_FILL = 0.8
+
+
+def packing_pays(real: int, total: int) -> bool:
+    """Whether computing only ``real`` of ``total`` padded steps (or samples) pays for the
+    gather and scatter it takes (:data:`PACK_MAX_FILL`): the one rule of the packed unrolls
+    and of the losses' mixers."""
+    return real <= PACK_MAX_FILL * total
 
 
 def _packing(
@@ -185,7 +193,7 @@ def _packing(
     sort and copy the whole padded ``[T, M, .]`` tensor and whose backward copies it once
     per distinct length (about a third of a CW-QMIX update on short episodes)."""
     lengths = lengths.to("cpu", torch.int64).clamp(1, steps)
-    if int(lengths.sum()) > PACK_MAX_FILL * steps * lengths.numel():
+    if not packing_pays(int(lengths.sum()), steps * lengths.numel()):
         return None
     order = torch.argsort(lengths, descending=True, stable=True)
     active = lengths[order].unsqueeze(0) > torch.arange(steps).unsqueeze(1)  # [T, M]

@@ -34,8 +34,7 @@ from torchrl.objectives.value.functional import (
     vec_td_lambda_return_estimate,
 )
 
-from resq_torchrl.modules import rnn
-from resq_torchrl.modules.rnn import clear_shared_inputs
+from resq_torchrl.modules.rnn import clear_shared_inputs, packing_pays
 
 __all__ = [
     "gather_chosen",
@@ -538,7 +537,7 @@ class ValueFactorizationLoss(LossModule):
         ):
             return None
         real = valid.reshape(-1) > 0  # a float mask: positive exactly at the real samples
-        if int(real.sum()) > rnn.PACK_MAX_FILL * real.numel():
+        if not packing_pays(int(real.sum()), real.numel()):
             return None
         return real.nonzero().squeeze(1)
 

@@ -488,8 +488,7 @@ def train(cfg: Mapping) -> dict:
             while p.credit >= 1.0:
                 p.credit -= 1.0
                 sample = buffer.sample().to(device)
-                real = sample.get(("collector", "mask"))  # the share of real steps: what
-                # packed unrolls compute of the padded [B, T] sample (read once per batch)
+                real = sample.get(("collector", "mask"))  # its real steps: real_step_share
                 try:
                     with guard:
                         last = gradient_step(loss, optimizer, sample, grad_clip, buffer)
