@@ -27,6 +27,9 @@
 #                     frames still to train (an overestimate for runs timed before the
 #                     packed unrolls of docs/speed.md, when short-episode runs such as
 #                     CW-QMIX's took up to twice as long); a run with no estimate starts.
+#                     A partly done run that logged its own pace (`train/seconds`, CSV
+#                     logger; the trainer logs it since 2026-12-02) is estimated from its
+#                     last 100k frames instead.
 #                     For a session that ends at a known time, so that no worker spends it
 #                     on a run that cannot finish and would be lost with runs/.
 # Outputs: $RUNS/predator_prey_eps100000/, $RUNS/predator_prey_eps1000000/,
@@ -149,7 +152,30 @@ def pace(path):
     return final["seconds"] / trained if final.get("seconds") and trained > 0 else None
 def finished(pattern):
     return [x for x in map(pace, Path(ref).glob(pattern)) if x]
-per_frame = finished(f"{run_set}/{algorithm}_seed*/final.json") or finished(
+def own(run, span=100_000, least=20_000):
+    """Seconds per env step of the run itself over its last `span` frames, from the
+    `train/seconds` its trainer logs (CSV logger: <run>/<name>/scalars/train/seconds.csv,
+    lines "frames,seconds"), when they cover at least `least` frames: this machine, this
+    code, this stage of the run (a run's pace changes as its episodes shorten)."""
+    rows = []
+    for path in Path(run).glob("*/scalars/train/seconds.csv"):
+        lines = path.read_text().split("\n")[:-1]  # a last line with no newline: cut short
+        for line in lines:
+            try:
+                frames_at, seconds = map(float, line.split(","))
+            except ValueError:  # a header
+                continue
+            rows.append((frames_at, seconds))
+    if not rows:
+        return None
+    rows.sort()
+    last = rows[-1]
+    first = next(r for r in rows if r[0] >= last[0] - span)
+    if last[0] - first[0] < least or last[1] <= first[1]:
+        return None
+    return (last[1] - first[1]) / (last[0] - first[0])
+mine = own(run)
+per_frame = [mine] if mine else finished(f"{run_set}/{algorithm}_seed*/final.json") or finished(
     f"*/{algorithm}_seed*/final.json")
 if not per_frame:
     sys.exit(0)  # no estimate: start it

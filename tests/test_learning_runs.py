@@ -192,6 +192,38 @@ def test_the_experiment_starts_a_partly_done_run_by_the_frames_it_has_left(tmp_p
     assert bad.stderr.strip().startswith("UNTIL=teatime-ish: expected a time date -d reads")
 
 
+@pytest.mark.parametrize(
+    ("own_pace", "left", "starts"),
+    [
+        (0.001, 500_000, True),  # 500 s by its own pace; 5,000 s by the committed run's
+        (0.02, 100_000, False),  # 2,000 s by its own pace; 1,000 s by the committed run's
+    ],
+)
+def test_the_until_estimate_prefers_a_partly_done_runs_own_logged_pace(
+    tmp_path, own_pace, left, starts
+):
+    """A run that logged ``train/seconds`` is estimated from its own last 100k frames (this
+    machine, this code), not from the committed runs (here 0.01 s per frame); with 30
+    minutes left it starts exactly when its own pace says it ends in time. Earlier, slower
+    frames (0.05 s each) more than 100k back do not count."""
+    ref = tmp_path / "ref"
+    _committed(ref, "eps100000/cw_qmix_seed0", 1_000_000, 10_000.0)  # 0.01 s per frame
+    run = tmp_path / "runs" / "predator_prey_eps100000" / "cw_qmix_seed1"
+    at = 1_000_000 - left
+    (run / "cw_qmix_predator_prey_seed1" / "scalars" / "train").mkdir(parents=True)
+    (run / "eval.jsonl").write_text(json.dumps({"frames": at}) + "\n")
+    steps = range(0, at + 1, 10_000)
+    seconds = [0.05 * min(f, at - 100_000) + own_pace * max(f - (at - 100_000), 0) for f in steps]
+    lines = [f"{f},{s}" for f, s in zip(steps, seconds, strict=True)]
+    (run / "cw_qmix_predator_prey_seed1" / "scalars" / "train" / "seconds.csv").write_text(
+        "step,value\n" + "\n".join(lines) + f"\n{at + 10_000},1"  # a header; a line cut
+    )  # short by a kill (no newline, and its value would end the run in no time): not read
+    out = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+30 minutes", WORKERS="1")
+    assert out.returncode == 0, out.stderr
+    skipped = "skipped eps100000 cw_qmix_seed1: expected to end after" in out.stdout
+    assert skipped is not starts, out.stdout
+
+
 def test_the_experiment_hands_every_run_to_exactly_one_worker(tmp_path):
     done = _experiment(tmp_path, WORKERS="3")
     assert done.returncode == 0, done.stderr

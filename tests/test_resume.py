@@ -293,6 +293,10 @@ def test_a_crash_between_the_replay_and_the_checkpoint_keeps_the_replay(
     for path in logged:
         steps = [int(line.split(",")[0]) for line in path.read_text().splitlines()]
         assert steps == sorted(set(steps)), f"{path.name} logs a step twice: {steps}"
+    # the run's training time goes on across the resumes (the experiment's estimates read it)
+    (seconds,) = [path for path in logged if path.name == "seconds.csv"]
+    times = [float(line.split(",")[1]) for line in seconds.read_text().splitlines()]
+    assert len(times) > 2 and times == sorted(times) and times[0] > 0
 
 
 def test_resuming_an_earlier_kept_checkpoint_sets_the_later_ones_aside(tmp_path):

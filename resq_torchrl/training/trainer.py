@@ -503,6 +503,9 @@ def train(cfg: Mapping) -> dict:
                         "updates): lower lr or grad_clip, or resume from an earlier checkpoint"
                     ) from None
                 p.updates += 1
+            clock()  # the run's training time so far, across resumes: its pace from the logs
+            if math.isfinite(p.seconds):  # (not when resumed from a checkpoint without it)
+                metrics["train/seconds"] = p.seconds
             if last is not None:  # read back once per batch, not once per update
                 metrics["train/grad_norm"] = last[1].item()
                 metrics["train/real_step_share"] = real.float().mean().item()
