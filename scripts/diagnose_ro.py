@@ -27,7 +27,8 @@ def main(cfg: DictConfig) -> None:
         f"{result['algorithm']} (seed {result['seed']}): {d['capture_steps']} capture steps in "
         f"{d['episodes']} random-play episodes ({100 * d['capture_step_share']:.3f}% of "
         f"{d['steps']} steps); replay of {d['replay_episodes']} episodes, "
-        f"{100 * d['replay_capture_step_share']:.3f}% capture steps"
+        f"{100 * d['replay_capture_step_share']:.3f}% capture steps; {d['lone_catch_steps']} "
+        f"lone-catch steps (measured in {d['lone_catch_episodes_measured']} episodes)"
     )
     log = result["log"]
     rows = sorted({0, *range(0, len(log), max(1, len(log) // 10)), len(log) - 1})

@@ -207,6 +207,70 @@ def test_capture_state_metrics_read_the_losses_values():
     assert capture_state_metrics(qmix, episodes, CapturePredicate())["q_star"] is None
 
 
+def test_lone_catchers_are_the_catchers_that_captured_nothing():
+    only_stay = torch.zeros(6, dtype=torch.bool)
+    only_stay[STAY] = True
+    free = torch.ones(6, dtype=torch.bool)
+    td = TensorDict(
+        {
+            ("agents", "action"): torch.tensor(
+                [[CATCH, CATCH], [CATCH, STAY], [CATCH, CATCH], [0, 1], [CATCH, CATCH]]
+            ),
+            ("next", "agents", "action_mask"): torch.stack(
+                [
+                    torch.stack([only_stay, only_stay]),  # a joint capture
+                    torch.stack([free, free]),  # a lone catch
+                    torch.stack([only_stay, free]),  # a capture, and agent 1 alone
+                    torch.stack([free, free]),  # nobody caught
+                    torch.stack([free, free]),  # two lone catches (next to two prey)
+                ]
+            ),
+            ("next", "reward"): torch.tensor([[10.0], [-2.0], [8.0], [0.0], [-4.0]]),
+            ("collector", "mask"): torch.tensor([True, True, True, True, False]),
+        },
+        [5],
+    )
+    predicate = CapturePredicate()
+    assert predicate.lone_agents(td).tolist() == [
+        [False, False],
+        [True, False],
+        [False, True],
+        [False, False],
+        [True, True],
+    ]
+    # a step whose capture outweighs its lone catch (8) is a capture step, not a lone-catch
+    # step; padding (the last) is none
+    assert predicate.lone_steps(td).tolist() == [False, True, False, False, False]
+    td["collector", "mask"][-1] = True
+    assert predicate.lone_steps(td).tolist() == [False, True, False, False, True]
+    # with a step penalty -0.1, a quiet step (-0.1 net 0) is none; envs without a catch action
+    # have no lone catches
+    quiet = td.clone().set(("next", "reward"), torch.full((5, 1), -0.1))
+    assert not CapturePredicate(step_penalty=-0.1).lone_steps(quiet).any()
+    generic = CapturePredicate(threshold=5.0, catch_action=None, stay_action=None)
+    assert not generic.lone_steps(td).any() and not generic.lone_agents(td).any()
+
+
+def test_lone_catch_metrics_read_the_losses_values():
+    """At the lone catch of :func:`capture_transitions` (predator 0 catches, predator 1
+    stays): the values of that joint action and the gap of predator 0 alone."""
+    env, episodes = capture_transitions()
+    torch.manual_seed(0)
+    agent = {"type": "mlp", "hidden": [16], "agent_id": True}
+    loss = make_loss(compose_config("diagnose_ro")["algorithm"], agent, env_dims(env))  # resq
+    m = capture_state_metrics(loss, episodes, CapturePredicate(), at="lone")
+    with torch.no_grad():
+        joint = loss.joint_q(episodes[1:, 0])
+    gap = taken_action_gap(joint["action_value"], episodes[1:, 0]["agents", "action"])
+    assert m["capture_steps"] == 1 and m["capture_agents"] == 1
+    assert m["q_tot"] == pytest.approx(joint["q_tot"].item(), abs=1e-6)
+    assert m["q_jt"] == pytest.approx(joint["q_jt"].item(), abs=1e-6)
+    assert m["catch_gap"] == pytest.approx(gap[0, 0].item(), abs=1e-6)
+    assert m["greedy_agents"] == float(joint["greedy_action"][0, 0] == CATCH)
+    with pytest.raises(ValueError, match="at='both': expected 'capture' or 'lone'"):
+        capture_state_metrics(loss, episodes, CapturePredicate(), at="both")
+
+
 def random_play(seed: int, algorithm: str = "resq"):
     """The random-play episodes of a 2x2 game (captures at ~2% of the steps) and a GRU loss."""
     cfg = compose_config("diagnose_ro", f"algorithm={algorithm}", "env.grid_size=2")
@@ -423,6 +487,12 @@ def test_run_diagnostic_in_process(tmp_path, overrides):
     assert final["update"] == 4 and final["capture_steps"] == result["data"]["capture_steps"]
     assert all(math.isfinite(final[k]) for k in ("q_tot", "q_jt", "catch_gap"))
     assert (tmp_path / f"diagnose_{result['algorithm']}.png").exists()
+    if result["algorithm"] == "resq":  # predator-prey: the lone-catch states too
+        assert result["data"]["lone_catch_steps"] > 0 and final["lone_steps"] > 0
+        assert math.isfinite(final["lone_catch_gap"])
+        assert final["lone_residual"] == pytest.approx(final["lone_q_tot"] - final["lone_q_jt"])
+    else:  # the matrix game has no catch action: no lone catches
+        assert result["data"]["lone_catch_steps"] == 0 and "lone_steps" not in final
 
 
 def test_diagnose_rejects_an_env_without_a_capture_notion(tmp_path):

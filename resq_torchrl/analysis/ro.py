@@ -12,7 +12,10 @@ has learnt the capture. This module measures that at the joint-capture states of
   ``Q_i(catch) - max_{a != catch, available} Q_i(a)`` and the share of agents (and of joint
   actions) whose masked greedy action is the capture;
 * :func:`capture_state_metrics` - all of it read from a loss's own (unrolled) outputs on
-  whole episodes: ``Q*`` (methods with a central value), ``Q_tot``, ``Q_jt``;
+  whole episodes: ``Q*`` (methods with a central value), ``Q_tot``, ``Q_jt``; with
+  ``at="lone"`` the same at the lone-catch states (a step whose net reward is a punishment,
+  the catchers whose catch captured nothing): whether ``Q_tot`` and the greedy policy have
+  learnt that a lone catch is punished, or a residual (ResQ's ``Q_tot - Q_jt``) holds it;
 * :func:`run_diagnostic` - ``scripts/diagnose_ro.py``: a fixed replay of random-play
   episodes (optionally with the capture episodes repeated), offline training of any method
   as ``train()`` trains it, the metrics every ``log_every`` updates, JSON and a plot;
@@ -58,6 +61,11 @@ REWARD_KEY = ("next", "reward")
 PAD_KEY = EpisodeReplayBuffer.mask_key
 #: the metrics of :func:`summarize_capture_states`, in table order
 METRICS = ("q_star", "q_tot", "q_jt", "catch_gap", "greedy_agents", "greedy_joint")
+#: the metrics the diagnostic also reads at the lone-catch states (logged as ``lone_<name>``,
+#: with ``lone_steps`` and ``lone_residual = lone_q_tot - lone_q_jt``)
+LONE_METRICS = ("q_tot", "q_jt", "catch_gap", "greedy_agents")
+#: lone-catch episodes the diagnostic measures (the first ones of its replay)
+LONE_EPISODES = 64
 
 __all__ = [
     "CapturePredicate",
@@ -161,6 +169,31 @@ class CapturePredicate:
             self.catch_action,
             self.stay_action,
         )
+
+    def lone_agents(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``[*B, N]`` bool: the agents whose ``catch`` captured nothing (not frozen at the
+        next step); all ``False`` without a catch action."""
+        action = tensordict.get(ACTION_KEY)
+        if self.catch_action is None:
+            return torch.zeros_like(action, dtype=torch.bool)
+        took = action == self.catch_action
+        if self.stay_action is None:
+            return took
+        next_mask = tensordict.get(NEXT_MASK_KEY).bool()
+        frozen = next_mask[..., self.stay_action] & (next_mask.sum(-1) == 1)
+        return took & ~frozen
+
+    def lone_steps(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``[*B]`` bool: the real lone-catch steps: net reward ``reward - step_penalty < 0``
+        (a punishment outweighs any capture of the step) with an agent of
+        :meth:`lone_agents`. In predator-prey with one prey, exactly the punished lone
+        catches; with more prey, a step whose captures outweigh its lone catches is not
+        one."""
+        reward = tensordict.get(REWARD_KEY)
+        hit = ((reward - self.step_penalty) < 0).reshape(tensordict.batch_size)
+        hit &= self.lone_agents(tensordict).any(-1)
+        real = tensordict.get(PAD_KEY, None)
+        return hit if real is None else hit & real.bool()
 
 
 def capture_predicate(env_cfg: Mapping, threshold: float | None = None) -> CapturePredicate | None:
@@ -277,15 +310,26 @@ def _main_utilities(loss, tensordict: TensorDictBase) -> torch.Tensor:
 
 @torch.no_grad()
 def capture_state_metrics(
-    loss, episodes: TensorDictBase, predicate: CapturePredicate, values: bool = True
+    loss,
+    episodes: TensorDictBase,
+    predicate: CapturePredicate,
+    values: bool = True,
+    at: str = "capture",
 ) -> dict:
     """:func:`summarize_capture_states` at the capture steps of ``episodes`` ``[E, T]``,
     read from the loss's own outputs on the episodes up to their last capture step
     (recurrent agents unrolled from each episode's start): ``loss.joint_q`` and ``Q*`` where
     the method has one; with ``values=False`` only the main agents' utilities (catch gap and
     greedy shares, the value metrics ``None``: what ``train()`` logs, at a third of the cost
-    for ResQ). Draws nothing from torch's generators."""
-    steps = predicate.steps(episodes)
+    for ResQ). Draws nothing from torch's generators.
+
+    ``at="lone"``: the same at the lone-catch steps (:meth:`CapturePredicate.lone_steps`),
+    over the agents whose catch captured nothing: ``catch_gap`` is then their
+    ``Q_i(catch) - max other`` (negative: the lone catch is learnt as worse),
+    ``greedy_agents`` the share of them whose greedy is still ``catch``."""
+    if at not in ("capture", "lone"):
+        raise ValueError(f"at={at!r}: expected 'capture' or 'lone'")
+    steps = predicate.steps(episodes) if at == "capture" else predicate.lone_steps(episodes)
     if not bool(steps.any()):
         return {"capture_steps": 0, "capture_agents": 0} | dict.fromkeys(METRICS)
     last = int(steps.any(0).nonzero().max()) + 1  # later steps cannot change earlier values
@@ -308,7 +352,7 @@ def capture_state_metrics(
         None if mask is None else mask[steps],
         episodes.get(ACTION_KEY)[steps],
         greedy[steps],
-        predicate.agents(episodes)[steps],
+        (predicate.agents if at == "capture" else predicate.lone_agents)(episodes)[steps],
         q_tot,
         q_jt,
         q_star,
@@ -540,6 +584,13 @@ def run_diagnostic(cfg: Mapping) -> dict:
     capture_batch = episodes[capture_eps]
     if capture_eps.numel():
         capture_batch = capture_batch[:, : int(capture_batch.get(PAD_KEY).sum(-1).max())]
+    # the lone-catch states: the first LONE_EPISODES episodes holding one (they are common
+    # under random play; a fixed subset bounds the cost of each measurement)
+    lone = predicate.lone_steps(episodes)
+    lone_eps = lone.any(-1).nonzero().squeeze(-1)[:LONE_EPISODES]
+    lone_batch = episodes[lone_eps]
+    if lone_eps.numel():
+        lone_batch = lone_batch[:, : int(lone_batch.get(PAD_KEY).sum(-1).max())]
     replay = enrich_episodes(episodes, predicate, int(cfg["enrich"]))
     replay_steps = predicate.steps(replay)
     buffer = EpisodeReplayBuffer(
@@ -558,6 +609,8 @@ def run_diagnostic(cfg: Mapping) -> dict:
         "capture_steps": int(steps.sum()),
         "capture_episodes": int(capture_eps.numel()),
         "capture_step_share": float(steps.sum() / real.sum()),
+        "lone_catch_steps": int(lone.sum()),
+        "lone_catch_episodes_measured": int(lone_eps.numel()),
         "replay_episodes": int(replay.shape[0]),
         "replay_steps": int(replay.get(PAD_KEY).sum()),
         "replay_capture_steps": int(replay_steps.sum()),
@@ -572,13 +625,19 @@ def run_diagnostic(cfg: Mapping) -> dict:
         int(cfg["log_every"]),
         int(cfg["updates"]),
     )
-    capture_batch = capture_batch.to(device)
+    capture_batch, lone_batch = capture_batch.to(device), lone_batch.to(device)
     log: list[dict] = []
 
     def record(update: int, losses: TensorDictBase | None) -> None:
         entry = {"update": update}
         if capture_eps.numel():
             entry.update(capture_state_metrics(loss, capture_batch, predicate))
+        if lone_eps.numel():
+            at_lone = capture_state_metrics(loss, lone_batch, predicate, at="lone")
+            entry.update({f"lone_{k}": at_lone[k] for k in LONE_METRICS})
+            entry["lone_steps"] = at_lone["capture_steps"]
+            q_tot, q_jt = at_lone["q_tot"], at_lone["q_jt"]
+            entry["lone_residual"] = None if None in (q_tot, q_jt) else q_tot - q_jt
         if losses is not None:
             entry.update({f"loss/{k}": v for k, v in _loss_scalars(losses).items()})
         log.append(entry)
@@ -619,9 +678,22 @@ def _fmt(v) -> str:
 
 
 def format_log_table(log: list[dict], header: bool = True) -> str:
-    """Rows ``update | Q* | Q_tot | Q_jt | catch gap | greedy agents | greedy joint``."""
-    cols = ("update", *METRICS)
-    names = ("update", "Q*", "Q_tot", "Q_jt", "catch_gap", "greedy_agents", "greedy_joint")
+    """Rows ``update | Q* | Q_tot | Q_jt | catch gap | greedy agents | greedy joint`` at the
+    capture states, then ``lone gap | lone greedy | lone residual`` at the lone-catch
+    states."""
+    cols = ("update", *METRICS, "lone_catch_gap", "lone_greedy_agents", "lone_residual")
+    names = (
+        "update",
+        "Q*",
+        "Q_tot",
+        "Q_jt",
+        "catch_gap",
+        "greedy_agents",
+        "greedy_joint",
+        "lone_gap",
+        "lone_greedy",
+        "lone_residual",
+    )
     rows = [[_fmt(e.get(c)) for c in cols] for e in log]
     widths = [max(len(n), 6) for n in names]  # fixed: rows printed one by one line up
     lines = ["  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))] if header else []
@@ -654,13 +726,18 @@ def save_plot(result: Mapping, path: str | Path) -> None:
     axes[0].set_title("values of the taken capture action")
     if axes[0].get_legend_handles_labels()[0]:  # no capture state: nothing to label
         axes[0].legend()
-    axes[1].plot(updates, series("catch_gap"), color="C3")
+    axes[1].plot(updates, series("catch_gap"), color="C3", label="capture states")
+    if any(e.get("lone_catch_gap") is not None for e in log):
+        axes[1].plot(updates, series("lone_catch_gap"), color="C4", label="lone-catch states")
+        axes[1].legend()
     axes[1].axhline(0.0, color="grey", lw=0.8)
     axes[1].set_title("catch gap Q_i(catch) - max other")
-    axes[2].plot(updates, series("greedy_agents"), label="agents")
-    axes[2].plot(updates, series("greedy_joint"), label="joint actions")
+    axes[2].plot(updates, series("greedy_agents"), label="capture: agents")
+    axes[2].plot(updates, series("greedy_joint"), label="capture: joint actions")
+    if any(e.get("lone_greedy_agents") is not None for e in log):
+        axes[2].plot(updates, series("lone_greedy_agents"), label="lone catchers")
     axes[2].set_ylim(-0.05, 1.05)
-    axes[2].set_title("greedy = capture (share)")
+    axes[2].set_title("greedy = catch (share)")
     axes[2].legend()
     for ax in axes:
         ax.set_xlabel("updates")
