@@ -129,9 +129,16 @@ def capture_agents(
     took = action == catch_action
     if stay_action is None:
         return took
-    next_mask = next_mask.bool()
-    frozen = took & next_mask[..., stay_action] & (next_mask.sum(-1) == 1)
+    frozen = took & frozen_agents(next_mask, stay_action)
     return torch.where(frozen.any(-1, keepdim=True), frozen, took)
+
+
+def frozen_agents(next_mask: torch.Tensor, stay_action: int) -> torch.Tensor:
+    """``[*B, N]`` bool: the agents frozen at the next step (their next action mask
+    ``[*B, N, A]`` allows ``stay_action`` only: an active predator always has a move
+    available on a grid of side >= 2)."""
+    next_mask = next_mask.bool()
+    return next_mask[..., stay_action] & (next_mask.sum(-1) == 1)
 
 
 @dataclass(frozen=True)
@@ -156,10 +163,7 @@ class CapturePredicate:
         """``[*B]`` bool: the real (non-padded) capture steps of ``tensordict`` (episodes
         ``[E, T]`` with ``("next", "reward")`` and optionally ``("collector", "mask")``)."""
         reward = tensordict.get(REWARD_KEY)
-        hit = capture_step_mask(reward, self.step_penalty, self.threshold)
-        hit = hit.reshape(tensordict.batch_size)
-        real = tensordict.get(PAD_KEY, None)
-        return hit if real is None else hit & real.bool()
+        return _real(tensordict, capture_step_mask(reward, self.step_penalty, self.threshold))
 
     def agents(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``[*B, N]`` bool: :func:`capture_agents` at every step of ``tensordict``."""
@@ -179,9 +183,7 @@ class CapturePredicate:
         took = action == self.catch_action
         if self.stay_action is None:
             return took
-        next_mask = tensordict.get(NEXT_MASK_KEY).bool()
-        frozen = next_mask[..., self.stay_action] & (next_mask.sum(-1) == 1)
-        return took & ~frozen
+        return took & ~frozen_agents(tensordict.get(NEXT_MASK_KEY), self.stay_action)
 
     def lone_steps(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``[*B]`` bool: the real lone-catch steps: net reward ``reward - step_penalty < 0``
@@ -189,11 +191,15 @@ class CapturePredicate:
         :meth:`lone_agents`. In predator-prey with one prey, exactly the punished lone
         catches; with more prey, a step whose captures outweigh its lone catches is not
         one."""
-        reward = tensordict.get(REWARD_KEY)
-        hit = ((reward - self.step_penalty) < 0).reshape(tensordict.batch_size)
-        hit &= self.lone_agents(tensordict).any(-1)
-        real = tensordict.get(PAD_KEY, None)
-        return hit if real is None else hit & real.bool()
+        punished = (tensordict.get(REWARD_KEY) - self.step_penalty) < 0
+        return _real(tensordict, punished) & self.lone_agents(tensordict).any(-1)
+
+
+def _real(tensordict: TensorDictBase, hit: torch.Tensor) -> torch.Tensor:
+    """``hit`` (any shape with ``tensordict``'s elements) as ``[*B]``, False at padding."""
+    hit = hit.reshape(tensordict.batch_size)
+    real = tensordict.get(PAD_KEY, None)
+    return hit if real is None else hit & real.bool()
 
 
 def capture_predicate(env_cfg: Mapping, threshold: float | None = None) -> CapturePredicate | None:
@@ -540,6 +546,14 @@ def _loss_scalars(losses: TensorDictBase) -> dict:
     return {k: float(v) for k, v in losses.items() if v.numel() == 1}
 
 
+def _episodes_at(episodes: TensorDictBase, index: torch.Tensor) -> TensorDictBase:
+    """``episodes[index]`` cut to the longest of them (the steps the measurements unroll)."""
+    picked = episodes[index]
+    if index.numel():
+        picked = picked[:, : int(picked.get(PAD_KEY).sum(-1).max())]
+    return picked
+
+
 def run_diagnostic(cfg: Mapping) -> dict:
     """``scripts/diagnose_ro.py``: train ``cfg["algorithm"]`` offline on a fixed replay of
     random-play episodes of ``cfg["env"]`` and follow the capture states (module docstring).
@@ -581,16 +595,12 @@ def run_diagnostic(cfg: Mapping) -> dict:
     real = episodes.get(PAD_KEY)
     steps = predicate.steps(episodes)
     capture_eps = steps.any(-1).nonzero().squeeze(-1)
-    capture_batch = episodes[capture_eps]
-    if capture_eps.numel():
-        capture_batch = capture_batch[:, : int(capture_batch.get(PAD_KEY).sum(-1).max())]
+    capture_batch = _episodes_at(episodes, capture_eps)
     # the lone-catch states: the first LONE_EPISODES episodes holding one (they are common
     # under random play; a fixed subset bounds the cost of each measurement)
     lone = predicate.lone_steps(episodes)
     lone_eps = lone.any(-1).nonzero().squeeze(-1)[:LONE_EPISODES]
-    lone_batch = episodes[lone_eps]
-    if lone_eps.numel():
-        lone_batch = lone_batch[:, : int(lone_batch.get(PAD_KEY).sum(-1).max())]
+    lone_batch = _episodes_at(episodes, lone_eps)
     replay = enrich_episodes(episodes, predicate, int(cfg["enrich"]))
     replay_steps = predicate.steps(replay)
     buffer = EpisodeReplayBuffer(
