@@ -15,6 +15,8 @@ round by round (A, B, C, A, B, C, ...; medians and minima over the rounds):
    optimizer step (``make_optimizer``, ``train.yaml``'s optimizer), and its ratio to
    ``qmix``. Measured in worker processes (``benchmarks/update_worker.py``), one per
    revision, one request at a time.
+   ``clock=cpu`` reads the workers' process CPU time instead of wall time (a machine shared
+   with other work: what the update cost, not how long it waited for a core).
    ``short_updates``: the same on a batch of short episodes padded to the longest (one of
    200 steps, the others 20-60: a late sample of a run that has learned to catch), where
    the unrolls compute only the real steps (``docs/speed.md``).
@@ -67,6 +69,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 WORKER = Path(__file__).resolve().parent / "update_worker.py"
 NOW = "now"
+CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}  # clock= -> the update workers' answer read
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -296,8 +299,9 @@ def measure_updates(
     seconds = {label: {a: [] for a in algorithms} for label in workers}
     candidates = [(a, label) for a in algorithms for label in workers]
     rounds = int(ucfg.rounds)
+    clock = CLOCKS[cfg.get("clock", "wall")]
     for r, (algo, label) in interleaved(rounds, candidates):
-        seconds[label][algo].append(workers[label].ask(cmd="update", algorithm=algo)["seconds"])
+        seconds[label][algo].append(workers[label].ask(cmd="update", algorithm=algo)[clock])
         if all(len(seconds[lb][a]) == r + 1 for a, lb in candidates):
             line = ", ".join(f"{a}/{lb} {1e3 * seconds[lb][a][-1]:.0f}" for a, lb in candidates)
             print(f"{section} round {r + 1}/{rounds} (ms): {line}", flush=True)
@@ -314,7 +318,13 @@ def measure_updates(
             other = [lb for lb in workers if lb != NOW][0]
             row["ratio_now_vs_against"] = paired_ratio(seconds[NOW][algo], seconds[other][algo])
         rows.append(row)
-    return {"batch": batch, "agent": train["agent"], "optimizer": train["optimizer"], "rows": rows}
+    return {
+        "batch": batch,
+        "agent": train["agent"],
+        "optimizer": train["optimizer"],
+        "clock": cfg.get("clock", "wall"),
+        "rows": rows,
+    }
 
 
 # ---------------------------------------------------------------------------- 3: matrix game
@@ -763,6 +773,15 @@ def _rate(x: dict) -> str:
     return f"{x['median']:,.0f} ({x['best']:,.0f})"
 
 
+def _clock_note(up: dict) -> str:
+    if up.get("clock", "wall") == "cpu":
+        return (
+            " Times are the update workers' process CPU time (`clock=cpu`), not wall time: "
+            "on a shared machine they leave out the time other processes held the cores."
+        )
+    return ""
+
+
 def _updates_table(up: dict, rev: str | None) -> list[str]:
     """The markdown table of one :func:`measure_updates` result."""
     if rev:
@@ -850,7 +869,7 @@ def write_markdown(result: dict, path: Path) -> None:
             "predator-prey env's dims and masks, `benchmarks/update_worker.py`); GRU agents "
             f"`{json.dumps(up['agent'])}`; TD(lambda) as configured; one update = loss "
             f"forward + backward + {up['optimizer']} step. {len(up['rows'][0][NOW]['rounds'])}"
-            " rounds.",
+            f" rounds.{_clock_note(up)}",
             "",
             *_updates_table(up, rev),
         ]
@@ -867,7 +886,8 @@ def write_markdown(result: dict, path: Path) -> None:
             "learned to catch: CW-QMIX's predator-prey episodes shorten to about 40 steps), "
             "padded to the longest: the unrolls compute only the real steps (packed "
             "sequences, `resq_torchrl/modules/rnn.py`), where the revision before them "
-            f"computed every step. {len(short['rows'][0][NOW]['rounds'])} rounds.",
+            f"computed every step. {len(short['rows'][0][NOW]['rounds'])} rounds."
+            f"{_clock_note(short)}",
             "",
             *_updates_table(short, rev),
         ]
@@ -1009,6 +1029,14 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     cfg = apply_presets(cfg)
     device = check_device(cfg.device)
+    clock = cfg.get("clock", "wall")
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ConfigError(
+            f"clock=cpu reads the host's CPU time, which says nothing of work on "
+            f"{device.type}: use clock=wall there"
+        )
     threads = torch.get_num_threads()
     train = train_defaults()
     against = None if cfg.against in (None, "") else str(cfg.against)

@@ -22,7 +22,8 @@ Requests (``cmd``):
   builds every loss (TD(lambda) as its config says) with its optimizer and the batch, runs
   ``warmup`` untimed updates each; answers the parameter counts.
 - ``update``: ``algorithm`` -> the seconds of one update (forward + backward + optimizer
-  step), synchronized on CUDA.
+  step), synchronized on CUDA: ``seconds`` of wall time and ``cpu_seconds`` of this
+  process's CPU time (all its threads).
 - ``matrix``: ``algorithm``, ``n_updates``, ``device``, optional ``seeds`` ->
   ``train_matrix_game`` with the checkout's ``configs/matrix_game.yaml`` (``seeds`` > 1:
   ``train_matrix_game_vectorized`` over seeds ``0..seeds-1``): the seconds of
@@ -208,14 +209,18 @@ class Worker:
         data = self.batch.clone()  # the loss writes into its input: a fresh copy, untimed
         torch.manual_seed(0)  # the distributional losses draw their quantile fractions
         _sync(self.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses = loss(data)
         optimizer.zero_grad()
         total_loss(losses).backward()
         optimizer.step()
         _sync(self.device)
-        seconds = time.perf_counter() - start
-        return {"seconds": seconds, "loss": float(total_loss(losses).detach())}
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        return {
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "loss": float(total_loss(losses).detach()),
+        }
 
     def matrix(self, req: dict) -> dict:
         from resq_torchrl.training import matrix_game

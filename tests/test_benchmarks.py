@@ -107,6 +107,26 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
         assert "- allocator of the update workers" in md and "`now`: freed memory kept" in md
 
 
+def test_throughput_benchmark_reads_cpu_time_with_clock_cpu(tmp_path):
+    only_updates = [
+        "updates.algorithms=[qmix,vdn]",
+        "short_updates.algorithms=[]",
+        "matrix.algorithms=[]",
+        "collection.cases=[]",
+        "memory.env=null",
+    ]
+    data, md = _run(tmp_path, "clock=cpu", *only_updates)
+    assert data["updates"]["clock"] == "cpu"
+    for row in data["updates"]["rows"]:
+        assert row["now"]["median"] > 0
+    assert "process CPU time (`clock=cpu`)" in md
+    bad = run_in_process(["benchmarks/throughput.py", *TINY, *only_updates, "clock=sundial"])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: clock must be one of ['cpu', 'wall'], got 'sundial'"
+    )
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_throughput_benchmark_against_a_worktree(tmp_path):
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:

@@ -13,6 +13,7 @@ from resq_torchrl.modules import (
     FeedForwardMixer,
     IQNAgentMLP,
     MultiAgentIQN,
+    QattenMixer,
     QMixer,
     QuantileMixer,
 )
@@ -119,15 +120,40 @@ def test_dmix_shape_term_has_mean_zero_and_mean_is_qmix_of_means():
     torch.testing.assert_close(dmix(z, state).mean(-1, keepdim=True), z_mean)
 
 
-def test_quantile_mixer_applies_the_mixer_to_every_fraction():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FeedForwardMixer(n_agents=3, state_dim=20, embed_dim=16),
+        lambda: FeedForwardMixer(n_agents=3, state_dim=3, embed_dim=16),  # not split
+        lambda: QMixer(n_agents=3, state_dim=20),
+        lambda: QattenMixer(n_agents=3, state_dim=20),
+    ],
+    ids=["feedforward", "feedforward-narrow-state", "qmix", "qatten"],
+)
+def test_quantile_mixer_applies_the_mixer_to_every_fraction(make):
+    """The state's share of the mixer is computed once per state (``mix_fractions``): the
+    values and every gradient equal the mixer's own forward applied fraction by fraction."""
     torch.manual_seed(0)
-    ff = FeedForwardMixer(n_agents=2, state_dim=3, embed_dim=16)
-    mixer = QuantileMixer(ff)
-    z, state = torch.randn(5, 2, 4), torch.randn(5, 3)
+    base = make()
+    mixer = QuantileMixer(base)
+    z = (torch.randn(4, 6, 3, 8) * 3).requires_grad_()
+    state = torch.randn(4, 6, base.state_dim).requires_grad_()
     out = mixer(z, state)
-    assert out.shape == (5, 4)
-    for k in range(4):
-        torch.testing.assert_close(out[:, k : k + 1], ff(z[..., k : k + 1], state))
+    assert out.shape == (4, 6, 8)
+    ref = torch.cat([base(z[..., k : k + 1], state) for k in range(8)], dim=-1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    inputs = [z, state, *base.parameters()]
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    ref_grads = torch.autograd.grad(ref, inputs, grad_out)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_quantile_mixer_without_state_and_bad_shapes():
+    torch.manual_seed(0)
+    mixer = QuantileMixer(FeedForwardMixer(n_agents=2, state_dim=3, embed_dim=16))
+    z, state = torch.randn(5, 2, 4), torch.randn(5, 3)
     ddn = QuantileMixer(VDNMixer(n_agents=2, device="cpu"))
     torch.testing.assert_close(ddn(z, None), z.sum(-2))
     with pytest.raises(ValueError, match="agent quantiles"):

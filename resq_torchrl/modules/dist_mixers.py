@@ -42,6 +42,11 @@ class QuantileMixer(DistributionalMixer):
 
     ``Z(s, u)(tau_k) = mixer([z_1(tau_k), ..., z_N(tau_k)], s)``.
 
+    A mixer with a ``mix_fractions(q [*B, K, N], state [*B, S]) -> [*B, K]`` method (this
+    package's ``QMixer``, ``QattenMixer`` and ``FeedForwardMixer``) is given the ``K`` sets
+    at once and computes what depends on the state alone once per state; any other torchrl
+    ``Mixer`` is called on the state repeated ``K`` times.
+
     Shapes: ``z [*B, N, K]``, ``state [*B, S]`` -> ``[*B, K]``.
 
     Example:
@@ -63,6 +68,11 @@ class QuantileMixer(DistributionalMixer):
     def forward(self, z: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         self._check(z, state)
         k = z.shape[-1]
+        if self.needs_state and hasattr(self.mixer, "mix_fractions"):
+            # the state's share of the mixer once per state, not once per fraction
+            # (QMixer, QattenMixer, FeedForwardMixer; tests/test_distributional.py checks it
+            # against the mixer applied fraction by fraction)
+            return self.mixer.mix_fractions(z.transpose(-1, -2), state)
         per_fraction = z.transpose(-1, -2).unsqueeze(-1)  # [*B, K, N, 1]
         if not self.needs_state:
             return self.mixer(per_fraction).squeeze(-1)

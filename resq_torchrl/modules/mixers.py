@@ -2,8 +2,9 @@
 
 All mixers subclass torchrl's :class:`~torchrl.modules.models.multiagent.Mixer`, which checks
 the agent count and the state shape and flattens batch dimensions for us; each class here only
-writes ``mix``. torchrl's own ``QMixer`` has one-layer hypernetworks, so the pymarl two-layer
-variant used by the QMIX/ResQ reference configs is written here.
+writes ``mix``, and ``mix_fractions`` for the distributional methods (many sets of utilities,
+one state: ``QuantileMixer``). torchrl's own ``QMixer`` has one-layer hypernetworks, so the
+pymarl two-layer variant used by the QMIX/ResQ reference configs is written here.
 """
 
 from __future__ import annotations
@@ -73,15 +74,21 @@ class QMixer(Mixer):
         self.V = _mlp_head(state_dim, mixing_embed_dim, device)
 
     def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        batch = chosen_action_value.shape[:-2]
+        return self.mix_fractions(chosen_action_value.transpose(-1, -2), state)
+
+    def mix_fractions(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``K`` sets of utilities that share one state, ``q [*B, K, N]``, ``state [*B, S]``
+        -> ``[*B, K]``: the hypernetworks run once per state, not once per set (the same
+        operations as ``K`` calls of ``mix``; ``mix`` is the case ``K = 1``)."""
+        batch, k = q.shape[:-2], q.shape[-2]
         state = state.reshape(-1, self.state_dim)
-        q = chosen_action_value.reshape(-1, 1, self.n_agents)
+        q = q.reshape(-1, k, self.n_agents)
         w1 = self.hyper_w_1(state).abs().view(-1, self.n_agents, self.embed_dim)
         b1 = self.hyper_b_1(state).view(-1, 1, self.embed_dim)
-        hidden = nn.functional.elu(torch.bmm(q, w1) + b1)
+        hidden = nn.functional.elu(torch.bmm(q, w1) + b1)  # [M, K, E]
         w_final = self.hyper_w_final(state).abs().view(-1, self.embed_dim, 1)
         v = self.V(state).view(-1, 1, 1)
-        return (torch.bmm(hidden, w_final) + v).view(*batch, 1)
+        return (torch.bmm(hidden, w_final) + v).view(*batch, k)
 
 
 class FeedForwardMixer(Mixer):
@@ -121,6 +128,33 @@ class FeedForwardMixer(Mixer):
         q = chosen_action_value.reshape(-1, self.n_agents)
         out = self.net(torch.cat([state, q], dim=-1)) + self.V(state)
         return out.view(*batch, 1)
+
+    def mix_fractions(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``K`` sets of utilities that share one state, ``q [*B, K, N]``, ``state [*B, S]``
+        -> ``[*B, K]``, each mixed as ``mix`` mixes one (a distribution's quantile fractions:
+        ResZ's residual and central mixers).
+
+        The first layer is split by its inputs, ``W [s, q] + b = (W_s s + b) + W_q q``, and
+        the state's part and ``V(s)`` are computed once per state instead of once per set:
+        with a 200-feature state and 8 fractions that is about 2.9x fewer products for the
+        mixer. The same function; the split sum rounds differently from ``mix``'s single
+        product (float32: about 1e-6 relative).
+
+        A state no wider than the utilities (the matrix game's single feature) keeps
+        ``mix``'s single product per set: the split saves little there (0.86x the time of a
+        vectorised ResZ matrix-game update, 0.93x single-seed) and the single product keeps
+        the published matrix-game results bit for bit."""
+        if self.state_dim <= self.n_agents:
+            k = q.shape[-2]
+            per_set = state.unsqueeze(-2).expand(*state.shape[:-1], k, self.state_dim)
+            return self(q.unsqueeze(-1), per_set).squeeze(-1)
+        state = state.to(q.dtype)
+        first, hidden, last = self.net[0], self.net[2], self.net[4]
+        s = self.state_dim
+        h_state = nn.functional.linear(state, first.weight[:, :s], first.bias)  # [*B, E]
+        h = torch.relu(nn.functional.linear(q, first.weight[:, s:]) + h_state.unsqueeze(-2))
+        out = last(torch.relu(hidden(h))).squeeze(-1)  # [*B, K]
+        return out + self.V(state)
 
 
 class QattenMixer(Mixer):
@@ -198,9 +232,15 @@ class QattenMixer(Mixer):
         return torch.softmax((q * k).sum(-1) / d**0.5, dim=-1)
 
     def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        batch = chosen_action_value.shape[:-2]
-        state = state.reshape(-1, self.state_dim).to(chosen_action_value.dtype)
-        q = chosen_action_value.reshape(-1, 1, self.n_agents)  # [M, 1, N]
-        per_head = (self.attention(state) * q).sum(-1)  # [M, H]
-        w = self.head_weight(state).abs()  # [M, H], non-negative head weights
-        return ((w * per_head).sum(-1, keepdim=True) + self.V(state)).view(*batch, 1)
+        return self.mix_fractions(chosen_action_value.transpose(-1, -2), state)
+
+    def mix_fractions(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``K`` sets of utilities that share one state, ``q [*B, K, N]``, ``state [*B, S]``
+        -> ``[*B, K]``: the attention, head weights and ``V(s)`` are computed once per
+        state, not once per set (``mix`` is the case ``K = 1``)."""
+        batch, k = q.shape[:-2], q.shape[-2]
+        state = state.reshape(-1, self.state_dim).to(q.dtype)
+        q = q.reshape(-1, k, 1, self.n_agents)  # [M, K, 1, N]
+        per_head = (self.attention(state).unsqueeze(1) * q).sum(-1)  # [M, K, H]
+        w = self.head_weight(state).abs().unsqueeze(1)  # [M, 1, H], non-negative
+        return ((w * per_head).sum(-1) + self.V(state)).view(*batch, k)
