@@ -14,8 +14,8 @@ from resq_torchrl.objectives.common import gather_chosen, is_greedy_joint_action
 class ResQLoss(CentralValueLoss):
     """ResQ: ``Q_jt(s, u) = Q_tot(s, u) + w_r(s, u) Q_r(s, u)``.
 
-    * ``Q_tot`` - the monotonic ``mixer`` (QMIX or VDN) of the main utilities ``Q_i``; these
-      are the only networks used to act, so IGM holds by construction.
+    * ``Q_tot`` - the monotonic ``mixer`` (QMIX, Qatten or VDN) of the main utilities
+      ``Q_i``; these are the only networks used to act, so IGM holds by construction.
     * ``Q_r`` - the residual: an unconstrained ``residual_mixer`` ``R`` of a second set of
       utilities (``residual_agent_network``). With ``residual_sign="abs"`` (default)
       ``Q_r = -|R| <= 0``; with ``"penalty"`` ``Q_r = R`` and ``relu(Q_r)^2`` is added as
@@ -45,7 +45,8 @@ class ResQLoss(CentralValueLoss):
     Args:
         agent_network: main agents, ``TensorDictModule`` writing ``("agents", "action_value")``
             ``[*B, N, A]``.
-        mixer: monotonic torchrl ``Mixer`` for ``Q_tot`` (``QMixer`` or ``VDNMixer``).
+        mixer: monotonic torchrl ``Mixer`` for ``Q_tot`` (``QMixer``, ``QattenMixer`` or
+            ``VDNMixer``).
         residual_mixer: unconstrained ``Mixer`` for ``R`` (``FeedForwardMixer``).
         central_mixer: unconstrained ``Mixer`` for ``Q*`` (``FeedForwardMixer``).
 
