@@ -1,6 +1,9 @@
 """scripts/matrix_game_sweep.py and its run cache, on tiny budgets."""
 
 import json
+from pathlib import Path
+
+import yaml
 
 from resq_torchrl.training.matrix_game import job_key, train_matrix_game_seeds
 
@@ -103,3 +106,30 @@ def test_vectorized_sweep_keeps_variants_that_share_a_name_apart(tmp_path):
         train_matrix_game_seeds(BASE, {k: v}, [0], vectorize=True)[0] for k, v in variants.items()
     ]
     assert runs == singles
+
+
+def test_costliest_methods_train_first_and_results_keep_their_order():
+    """The sweep schedules the costliest method first (so ResZ's group never starts last
+    and runs alone), an unmeasured one counting as the costliest; the returned results stay
+    in (algorithm, seed) order."""
+    from resq_torchrl.training.matrix_game import _relative_cost
+
+    assert _relative_cost("resz") > _relative_cost("qplex") > _relative_cost("vdn")
+    assert _relative_cost("not_measured") == _relative_cost("resz")
+    qtran = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs/algorithm/qtran.yaml").read_text()
+    )
+    seen = []
+    results = train_matrix_game_seeds(
+        BASE,
+        {"vdn": VDN, "qtran": qtran},
+        [0, 1],
+        on_result=lambda n, total, r: seen.append((r["algorithm"], r["seed"])),
+    )
+    assert seen == [("qtran", 0), ("qtran", 1), ("vdn", 0), ("vdn", 1)]
+    assert [(r["algorithm"], r["seed"]) for r in results] == [
+        ("vdn", 0),
+        ("vdn", 1),
+        ("qtran", 0),
+        ("qtran", 1),
+    ]

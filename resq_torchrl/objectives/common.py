@@ -216,6 +216,14 @@ class ValueFactorizationLoss(LossModule):
     #: copies and module dispatch: the same module call, a third of a matrix-game update
     #: less overhead; ``False`` takes the TensorDict path (the equivalence tests' reference)
     direct_feedforward: bool = True
+    #: every transition of the data ends its episode (a one-step game, such as the matrix
+    #: game): the targets are the rewards, so the next-state passes (the online agents'
+    #: greedy next action, the target networks at ``s'``) are skipped. The random draws they
+    #: make (the distributional losses' target fractions) are still made, and a skipped
+    #: bootstrap is 0 where it was multiplied by 0, so training is bit for bit the same
+    #: (for finite values). The data must say so: outside ``torch.func`` transforms a sample
+    #: that does not terminate raises. ``False`` (default): every pass runs.
+    one_step: bool = False
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TDLambda)
 
     def __init__(self, *, gamma: float = 0.99) -> None:
@@ -329,6 +337,14 @@ class ValueFactorizationLoss(LossModule):
                 f"{type(self).__name__}: the input has an action mask at only one of "
                 f"{mask!r} and {next_mask!r}; {missing!r} is missing"
             )
+        if self.one_step and not _transformed():
+            terminated = tensordict.get(("next", self.tensor_keys.terminated))
+            if not bool(terminated.all()):
+                raise ValueError(
+                    f"{type(self).__name__}: one_step=True, but {int((~terminated.bool()).sum())}"
+                    f" of the samples do not terminate; set loss.one_step = False for "
+                    f"multi-step data"
+                )
 
     # ----------------------------------------------------------------- networks
     def _params(self, name: str, target: bool) -> TensorDictBase:
@@ -414,6 +430,8 @@ class ValueFactorizationLoss(LossModule):
             its ``"next"`` (else ``None``), holding the network's outputs; the input is not
             modified.
         """
+        if self.one_step and not next_only:
+            with_next = False  # one-step data: the next step is never bootstrapped from
         network = self._bound(name, target)
         # a recurrent module carries its state to the next step under "next"
         recurrent = any(unravel_key(k)[0] == "next" for k in network.out_keys)
@@ -457,6 +475,8 @@ class ValueFactorizationLoss(LossModule):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """:meth:`_agent_run`, returning the utilities ``[*B, N, A]`` read from
         ``tensor_keys.action_value`` (``None`` where a pass was skipped)."""
+        if self.one_step and not next_only:
+            with_next = False  # one-step data: the next step is never bootstrapped from
         network = self._bound(name, target)
         if self.direct_feedforward and self._is_direct(network):
             module, key = network.module, network.in_keys[0]
@@ -568,7 +588,10 @@ class ValueFactorizationLoss(LossModule):
         recursion stopping at ``done``. Truncation never stops the bootstrap itself.
         """
         with torch.no_grad():
-            next_value = self._bootstrap_value(tensordict, next_greedy, agent, mixer)
+            if self.one_step:  # terminal everywhere: the bootstrap is multiplied by 0
+                next_value = self._skipped_bootstrap(tensordict)
+            else:
+                next_value = self._bootstrap_value(tensordict, next_greedy, agent, mixer)
             return self._lambda_return(tensordict, next_value)
 
     def _lambda_return(self, tensordict: TensorDictBase, next_value: torch.Tensor) -> torch.Tensor:
@@ -614,6 +637,12 @@ class ValueFactorizationLoss(LossModule):
             valid=self._padding(tensordict),
         )
 
+    def _skipped_bootstrap(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """What stands for :meth:`_bootstrap_value` with :attr:`one_step`: zeros ``[*B, 1]``
+        (losses whose bootstrap draws random numbers draw them here, in the same order)."""
+        reward = tensordict.get(("next", self.tensor_keys.reward))
+        return torch.zeros(*tensordict.batch_size, 1, dtype=reward.dtype, device=reward.device)
+
     # ----------------------------------------------------------------- joint values
     def _main_joint(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         """Main utilities, their greedy tuple and the mixed ``Q_tot`` of the taken action;
@@ -644,6 +673,8 @@ class ValueFactorizationLoss(LossModule):
     def _next_greedy(self, tensordict: TensorDictBase, q_next: torch.Tensor) -> torch.Tensor:
         """Masked greedy action ``[*B, N]`` of the next-step utilities ``q_next``; samples after
         a termination (or padding) are never bootstrapped from, so their masks go unchecked."""
+        if q_next is None:  # one_step: no next pass, no bootstrap to pick an action for
+            return torch.zeros_like(tensordict.get(self.tensor_keys.action), dtype=torch.long)
         next_td = tensordict.get("next")
         skip = next_td.get(self.tensor_keys.terminated).bool()
         pad = self._padding(tensordict)

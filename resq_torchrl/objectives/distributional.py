@@ -175,6 +175,18 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
             valid=self._padding(tensordict),
         )
 
+    def _skipped_bootstrap(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """Zeros ``[*B, K']`` for :attr:`one_step`, after drawing the target fractions
+        :meth:`_bootstrap_value` would have drawn (the same calls, so the random stream, and
+        with it the training, stays the same)."""
+        next_td = tensordict.get("next")
+        device = next_td.get(self.tensor_keys.state).device
+        sample_fractions(tensordict.batch_size, self.n_target_quantiles, device=device)
+        reward = next_td.get(self.tensor_keys.reward)
+        return torch.zeros(
+            *tensordict.batch_size, self.n_target_quantiles, dtype=reward.dtype, device=device
+        )
+
     def _main_z(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
         """Main agents at the loss's fractions: ``fractions`` ``[*B, K]``,
         ``action_value_quantiles`` ``[*B, N, A, K]``, ``action_value`` (their mean,
@@ -203,7 +215,8 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
             batch_size=tensordict.batch_size,
         )
         if with_next:
-            out.set("next_greedy_action", self._next_greedy(tensordict, z_next.mean(-1)))
+            q_next = None if z_next is None else z_next.mean(-1)  # None: one_step
+            out.set("next_greedy_action", self._next_greedy(tensordict, q_next))
         return out
 
     def _quantile_loss(

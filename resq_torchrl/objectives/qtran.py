@@ -152,7 +152,8 @@ class QTRANLoss(ValueFactorizationLoss):
             batch_size=tensordict.batch_size,
         )
         if with_next:
-            q_next = out_next.get(self.tensor_keys.action_value)
+            # out_next is None with one_step (no next pass)
+            q_next = None if out_next is None else out_next.get(self.tensor_keys.action_value)
             joint.set("next_greedy_action", self._next_greedy(tensordict, q_next))
         return joint
 
