@@ -427,3 +427,58 @@ def test_one_step_vectorized_training_equals_the_full_passes(monkeypatch):
             )
             full = train_matrix_game_vectorized(cfg, [0, 1, 2])
         assert fast == full, f"{name}: one_step changed the vectorised training"
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_flat_adam_equals_torch_adam_bit_for_bit(eps, dtype):
+    """``FlatAdam`` (no ``sqrt`` of exact zeros) steps like ``torch.optim.Adam(foreach=True)``
+    to the bit: a flat parameter of which a third never gets a gradient (its second moment
+    stays exactly 0), another third only now and then, 300 steps under a cosine schedule,
+    gradients spanning 1e-20..1e3; then the same state dict keys."""
+    from resq_torchrl.training.builders import FlatAdam
+
+    n = 3000
+    start = torch.randn(n, dtype=dtype)
+    params, opts = [], []
+    for cls in (torch.optim.Adam, FlatAdam):
+        p = torch.nn.Parameter(start.clone())
+        params.append(p)
+        opts.append(cls([p], lr=0.01, eps=eps, foreach=True))
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, 300) for o in opts]
+    gen = torch.Generator().manual_seed(0)
+    for step in range(300):
+        scale = 10.0 ** torch.randint(-20, 4, (n,), generator=gen).to(dtype)
+        grad = torch.randn(n, generator=gen, dtype=dtype) * scale
+        grad[: n // 3] = 0  # never a gradient
+        if step % 7:
+            grad[n // 3 : 2 * n // 3] = 0  # a gradient now and then
+        for p, o, s in zip(params, opts, scheds, strict=True):
+            p.grad = grad.clone()
+            o.step()
+            s.step()
+        assert torch.equal(params[0], params[1]), f"step {step}"
+    torch_state, flat_state = (o.state_dict()["state"][0] for o in opts)
+    assert torch_state.keys() == flat_state.keys()
+    for key in torch_state:
+        assert torch.equal(torch_state[key], flat_state[key]), key
+        assert torch_state[key].dtype == flat_state[key].dtype, key
+
+
+def test_flat_adam_takes_torchs_step_for_other_options():
+    """Options the hand-written step does not cover (weight decay, amsgrad, an ``eps`` too
+    small for the clamp to round away) take torch's own step, so they still work."""
+    from resq_torchrl.training.builders import FlatAdam
+
+    for kwargs in ({"weight_decay": 0.1}, {"amsgrad": True}, {"eps": 0.0}):
+        p = torch.nn.Parameter(torch.ones(4))
+        q = torch.nn.Parameter(torch.ones(4))
+        a = FlatAdam([p], lr=0.1, **kwargs)
+        b = torch.optim.Adam([q], lr=0.1, **kwargs)
+        assert not a._plain() or kwargs == {}
+        for _ in range(3):
+            p.grad = torch.tensor([0.0, 1.0, -2.0, 3.0])
+            q.grad = p.grad.clone()
+            a.step()
+            b.step()
+        torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True, msg=str(kwargs))

@@ -399,12 +399,82 @@ def optimizer_over(
     # picks it by itself on CUDA, and on the CPU it saved ~12% of a matrix-game update
     if name == "rmsprop":
         optimizer = torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=eps, foreach=True)
+    elif flat:
+        optimizer = FlatAdam(params, lr=lr, eps=eps, foreach=True)
     else:
         optimizer = torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
     if flat:
         # set_to_none would drop the flat gradient that every parameter's .grad views
         optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
     return optimizer
+
+
+class FlatAdam(torch.optim.Adam):
+    """``torch.optim.Adam(foreach=True)``, step for step the same numbers, over the flat
+    parameter of :func:`flatten_parameters`, without ``sqrt`` of exact zeros.
+
+    Why by hand: on the project's AMD EPYC CPU, ``torch.sqrt`` of an exact 0 costs about
+    ten times a positive number (2.7M zeros: 13-17 ms against 1.9 ms for ones, into the same
+    buffer). Adam takes the square root of its second moment ``v`` every step, and in the
+    matrix game ``v`` stays exactly 0 for about 60% of the parameters (a constant input
+    leaves a ReLU unit dead for every sample, so its weights never get a gradient). A step
+    over ResQ's 43k parameters took 330 us with torch's Adam and 150 us here, over QPLEX's
+    2.7M vectorised ones 18 ms and 7.5 ms. Here ``v`` is clamped to the smallest
+    normal number first. Where ``v = 0`` Adam's denominator ``sqrt(v) / sqrt(1 - beta2^t) +
+    eps`` is ``eps``; with the clamp it is ``eps`` plus at most ``1.1e-19 / sqrt(1 - beta2)``,
+    far below half a unit in the last place of ``eps``, so it rounds to ``eps`` again: the
+    same bits (``tests/test_fast_unroll.py`` compares with torch's Adam). Every other
+    operation is the one torch's multi-tensor Adam runs on the CPU (whose ``_foreach_*`` ops
+    loop over the tensors with the per-tensor ops used here). Options beyond ``lr``,
+    ``betas`` and ``eps``, a closure, or an ``eps`` too small for the argument above take
+    torch's own step.
+    """
+
+    def _plain(self) -> bool:
+        for group in self.param_groups:
+            if group["amsgrad"] or group["maximize"] or group["weight_decay"] != 0:
+                return False
+            if group["capturable"] or group["differentiable"] or group.get("fused"):
+                return False
+            if any(isinstance(x, torch.Tensor) for x in (group["lr"], *group["betas"])):
+                return False
+            for p in group["params"]:
+                if p.is_complex() or p.grad is None or p.grad.is_sparse:
+                    return False
+                # the clamp's share of the denominator must round away (see above)
+                share = torch.finfo(p.dtype).tiny ** 0.5 / (1 - group["betas"][1]) ** 0.5
+                if not share < group["eps"] * torch.finfo(p.dtype).eps / 4:
+                    return False
+        return True
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None or not self._plain():
+            return super().step(closure)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:  # as torch's Adam initialises it
+                    double = torch.get_default_dtype() == torch.float64
+                    state["step"] = torch.tensor(
+                        0.0, dtype=torch.float64 if double else torch.float32
+                    )
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                step_t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                step_t.add_(torch.tensor(1.0), alpha=1.0)
+                exp_avg.lerp_(p.grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2)
+                exp_avg_sq.addcmul_(p.grad, p.grad, value=1 - beta2)
+                step = step_t.item()
+                step_size = (lr / (1 - beta1**step)) * -1
+                denom = exp_avg_sq.clamp_min(torch.finfo(p.dtype).tiny).sqrt_()
+                denom.div_((1 - beta2**step) ** 0.5)
+                denom.add_(eps)
+                p.addcdiv_(exp_avg, denom, value=step_size)
+        return None
 
 
 def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter:
