@@ -426,8 +426,8 @@ class FlatAdam(torch.optim.Adam):
     same bits (``tests/test_fast_unroll.py`` compares with torch's Adam). Every other
     operation is the one torch's multi-tensor Adam runs on the CPU (whose ``_foreach_*`` ops
     loop over the tensors with the per-tensor ops used here). Options beyond ``lr``,
-    ``betas`` and ``eps``, a closure, or an ``eps`` too small for the argument above take
-    torch's own step.
+    ``betas`` and ``eps``, a closure, parameters off the CPU, or an ``eps`` too small for
+    the argument above take torch's own step.
     """
 
     def _plain(self) -> bool:
@@ -439,7 +439,9 @@ class FlatAdam(torch.optim.Adam):
             if any(isinstance(x, torch.Tensor) for x in (group["lr"], *group["betas"])):
                 return False
             for p in group["params"]:
-                if p.is_complex() or p.grad is None or p.grad.is_sparse:
+                # the slow sqrt is the CPU's; elsewhere torch's fused multi-tensor kernels
+                # may round differently from per-tensor ops, so they keep torch's step
+                if p.device.type != "cpu" or p.is_complex() or p.grad is None or p.grad.is_sparse:
                     return False
                 # the clamp's share of the denominator must round away (see above)
                 share = torch.finfo(p.dtype).tiny ** 0.5 / (1 - group["betas"][1]) ** 0.5
