@@ -261,6 +261,21 @@ def test_direct_feedforward_agents_equal_the_tensordict_path(algorithm):
 def test_flat_optimizer_steps_equal_the_per_parameter_optimizer(algorithm, optimizer):
     """``make_optimizer(flat=True)`` (what the matrix-game trainer uses) trains bit for bit
     like the per-parameter optimizer: same batches, clipping, target updates, 60 updates."""
+    dims = EnvDims(n_agents=2, n_actions=3, obs_dim=1, state_dim=1)
+    cfg = _algorithm_cfg(algorithm)
+    trained = [
+        _train_matrix_game(cfg, dims, optimizer=optimizer, flat=flat, steps=60)[0]
+        for flat in (False, True)
+    ]
+    plain, flat = trained
+    assert (plain == flat).all(), "the flat optimizer changed the training"
+    assert not (plain == TensorDict.from_module(_fresh(cfg, dims))).all()  # it did train
+
+
+def _train_matrix_game(cfg, dims, *, optimizer, flat, steps, one_step=False):
+    """``steps`` updates of a loss built after ``torch.manual_seed(0)`` on the matrix game
+    (batches of 32, lr 0.01, clipping at 1 so that it bites, targets every 7 updates):
+    returns the trained parameters and each update's ``(loss_td, priorities)``."""
     from resq_torchrl.envs import MatrixGameEnv
     from resq_torchrl.training.builders import (
         gradient_step,
@@ -268,22 +283,19 @@ def test_flat_optimizer_steps_equal_the_per_parameter_optimizer(algorithm, optim
         make_target_updater,
     )
 
-    dims = EnvDims(n_agents=2, n_actions=3, obs_dim=1, state_dim=1)
-    cfg = _algorithm_cfg(algorithm)
-    trained = []
-    for flat in (False, True):
-        torch.manual_seed(0)
-        env = MatrixGameEnv(batch_size=[32])
-        loss = make_loss(cfg, {"hidden": [16], "agent_id": True}, dims, "cpu")
-        opt = make_optimizer(loss, optimizer, lr=0.01, flat=flat)
-        updater = make_target_updater(loss, interval=7)
-        for _ in range(60):
-            gradient_step(loss, opt, env.rand_transition(), grad_clip=1.0)  # clipping bites
-            updater.step()
-        trained.append(TensorDict.from_module(loss).clone())
-    plain, flat = trained
-    assert (plain == flat).all(), "the flat optimizer changed the training"
-    assert not (plain == TensorDict.from_module(_fresh(cfg, dims))).all()  # it did train
+    torch.manual_seed(0)
+    env = MatrixGameEnv(batch_size=[32])
+    loss = make_loss(cfg, {"hidden": [16], "agent_id": True}, dims, "cpu")
+    loss.one_step = one_step
+    opt = make_optimizer(loss, optimizer, lr=0.01, flat=flat)
+    updater = make_target_updater(loss, interval=7)
+    history = []
+    for _ in range(steps):
+        batch = env.rand_transition()
+        losses, _ = gradient_step(loss, opt, batch, grad_clip=1.0)
+        updater.step()
+        history.append((losses["loss_td"].detach().clone(), batch["td_error"].clone()))
+    return TensorDict.from_module(loss).clone(), history
 
 
 def _algorithm_cfg(name: str) -> dict:
@@ -362,26 +374,14 @@ def test_one_step_training_is_bitwise_the_full_passes(algorithm):
     of Adam with clipping and target updates give identical parameters, losses and
     priorities, and the random stream ends where it does without it (the distributional
     losses' target fractions are still drawn)."""
-    from resq_torchrl.envs import MatrixGameEnv
-    from resq_torchrl.training.builders import gradient_step, make_optimizer, make_target_updater
-
     dims = EnvDims(n_agents=2, n_actions=3, obs_dim=1, state_dim=1)
     cfg = _algorithm_cfg(algorithm)
     runs = []
     for one_step in (False, True):
-        torch.manual_seed(0)
-        env = MatrixGameEnv(batch_size=[32])
-        loss = make_loss(cfg, {"hidden": [16], "agent_id": True}, dims, "cpu")
-        loss.one_step = one_step
-        opt = make_optimizer(loss, "adam", lr=0.01, flat=True)
-        updater = make_target_updater(loss, interval=7)
-        history = []
-        for _ in range(40):
-            batch = env.rand_transition()
-            losses, _ = gradient_step(loss, opt, batch, grad_clip=1.0)
-            updater.step()
-            history.append((losses["loss_td"].detach().clone(), batch["td_error"].clone()))
-        runs.append((TensorDict.from_module(loss).clone(), history, torch.rand(3)))
+        params, history = _train_matrix_game(
+            cfg, dims, optimizer="adam", flat=True, steps=40, one_step=one_step
+        )
+        runs.append((params, history, torch.rand(3)))
     (params_a, hist_a, next_a), (params_b, hist_b, next_b) = runs
     assert (params_a == params_b).all(), "one_step changed the training"
     for (la, pa), (lb, pb) in zip(hist_a, hist_b, strict=True):

@@ -157,7 +157,6 @@ def test_resz_seed_0_sits_on_a_near_tie_on_the_vectorised_sweeps_fractions(monke
     q0 = result["q_agents"][0]
     assert abs(q0[0] - q0[2]) < 0.05, q0
     assert result["greedy_action"] in ([0, 0], [2, 0]), result["greedy_action"]
-    print("seed 0 on the group's fractions:", result["greedy_action"], result["q_agents"])
 
 
 @pytest.mark.slow
