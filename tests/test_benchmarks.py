@@ -322,3 +322,30 @@ def test_packed_unroll_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("qmix: packed / unpacked, median") == 3
     assert "real steps" in result.stdout
+
+
+def test_update_profile_benchmark_runs_and_rejects_an_unknown_method(tmp_path):
+    """``benchmarks/update_profile.py`` on a tiny batch: one line per update (the phases and
+    the rusage deltas), then the summary; an unknown method is one line naming the choices."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/update_profile.py", "--algorithm", "resq"]
+        + ["--updates", "3", "--warmup", "1", "--episodes", "3", "--steps", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("resq update ")]
+    assert len(lines) == 3 and all("minor faults" in line for line in lines)
+    assert "resq: median " in result.stdout and "over 3;" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "benchmarks/update_profile.py", "--algorithm", "resqq"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert "unknown --algorithm 'resqq'; choose one of [" in bad.stderr
+    assert "Traceback" not in bad.stderr
