@@ -3,6 +3,7 @@ code 2, no traceback), the thread policy, and training budgets that mean what th
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -303,3 +304,32 @@ def test_no_hydra_log_file_is_written(tmp_path):
     result = run_in_process("scripts/matrix_game.py n_updates=1 progress=false", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.stem
+        for p in (Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")
+        if "hydra" in p.read_text()
+    ),
+)
+def test_every_script_config_keeps_multirun_files_under_runs(name):
+    """``-m`` writes hydra's ``multirun.yaml`` under the ignored ``runs/multirun/``, never a
+    ``multirun/`` folder in the working directory (hydra's default)."""
+    from hydra import compose, initialize_config_dir
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        config = compose(name, return_hydra_config=True)
+    assert str(config.hydra.sweep.dir).startswith("runs/multirun/"), config.hydra.sweep.dir
+
+
+def test_the_small_predator_prey_game_has_its_own_run_directory():
+    """``env=predator_prey_small`` must not default to the full game's output_dir: a run (or
+    ``resume=auto``) would write into a full-size run of the same algorithm and seed."""
+    small = compose_config("train", "env=predator_prey_small")
+    full = compose_config("train", "env=predator_prey")
+    assert small["output_dir"] == "runs/resq_predator_prey_small_seed0"
+    assert full["output_dir"] == "runs/resq_predator_prey_seed0"
+    assert small["env"]["family"] == "predator_prey" and small["env"]["n_predators"] == 2

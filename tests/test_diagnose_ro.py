@@ -374,7 +374,7 @@ def test_train_logs_the_capture_diagnostics(tmp_path):
     final = train(
         train_config(tmp_path, "qmix", "predator_prey_small", "env.grid_size=2", "env.max_steps=10")
     )
-    csv = tmp_path / "qmix_predator_prey_seed0" / "scalars"
+    csv = tmp_path / "qmix_predator_prey_small_seed0" / "scalars"
     counts = [
         float(line.split(",")[1])
         for line in (csv / "train" / "capture_steps.csv").read_text().splitlines()
@@ -434,7 +434,7 @@ def test_diagnose_config_trains_as_train_yaml():
     )
     env = diag["env"]
     assert {k: env[k] for k in SMALL} == SMALL and env["episode_limit"] == 50
-    assert env["miscapture_punishment"] == -2.0 and env["name"] == "predator_prey"
+    assert env["miscapture_punishment"] == -2.0 and env["family"] == "predator_prey"
 
 
 def test_diagnose_script_writes_json_and_plot(tmp_path, run_script):

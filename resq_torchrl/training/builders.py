@@ -75,7 +75,8 @@ def _make_matrix_game(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
 
 
 def _make_predator_prey(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
-    kwargs = {k: v for k, v in env_cfg.items() if k not in ("name", "max_steps", "win_key")}
+    adapter = ("name", "family", "max_steps", "win_key")  # config keys, not env arguments
+    kwargs = {k: v for k, v in env_cfg.items() if k not in adapter}
     return PredatorPreyEnv(batch_size=[n_envs], device=device, **kwargs)
 
 
