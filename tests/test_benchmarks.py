@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from script_runner import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,3 +350,29 @@ def test_update_profile_benchmark_runs_and_rejects_an_unknown_method(tmp_path):
     assert bad.returncode == 2
     assert "unknown --algorithm 'resqq'; choose one of [" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_gpu_check_reports_versions_then_stops_without_cuda(tmp_path):
+    """``benchmarks/gpu_check.sh`` (the prepared device-machine command): it writes the
+    versions and what imports, and without a CUDA device stops with one line before any
+    benchmark runs; ``gpu_wheels.sh`` at least parses."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the whole check instead")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    env["WHEELS"] = str(tmp_path / "no_wheels")  # cp312 wheels of a .whl/ would not install
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().endswith(f"(see {tmp_path / 'out'}/versions.txt)")
+    versions = (tmp_path / "out" / "versions.txt").read_text()
+    assert "available False" in versions and "resq_torchrl" in versions
+    assert "FAILED" not in versions
+    assert not (tmp_path / "out" / "throughput.log").exists()
+    syntax = subprocess.run(["bash", "-n", "benchmarks/gpu_wheels.sh"], cwd=ROOT, timeout=60)
+    assert syntax.returncode == 0
