@@ -490,7 +490,8 @@ def test_run_diagnostic_in_process(tmp_path, overrides):
     if result["algorithm"] == "resq":  # predator-prey: the lone-catch states too
         assert result["data"]["lone_catch_steps"] > 0 and final["lone_steps"] > 0
         assert math.isfinite(final["lone_catch_gap"])
-        assert final["lone_residual"] == pytest.approx(final["lone_q_tot"] - final["lone_q_jt"])
+        # Q_tot - Q_jt = -w_r Q_r with ResQ's residual Q_r = -|R| <= 0: never negative
+        assert final["lone_residual"] >= -1e-5
     else:  # the matrix game has no catch action: no lone catches
         assert result["data"]["lone_catch_steps"] == 0 and "lone_steps" not in final
 

@@ -250,11 +250,14 @@ def test_resz_targets_come_from_the_target_central_networks_only():
     loss = _resz(gamma=0.9)
     td = transition(torch.randint(3, (8, 2)), torch.randn(8), torch.zeros(8))
     before = loss.target_central_mixer_params.clone()
+    online = loss.central_mixer_params.clone()
     out = loss(td)
     (out["loss_td"] + out["loss_central"]).backward()
+    torch.optim.SGD(loss.parameters(), lr=1.0).step()  # a step over all the loss trains
     assert (loss.target_central_mixer_params == before).all()
-    targets = list(loss.target_central_agent_network_params.values(True, True))
-    assert all(not p.requires_grad for p in targets)
+    assert not (loss.central_mixer_params == online).all()  # while the online Z* moved
+    for targets in (loss.target_central_mixer_params, loss.target_central_agent_network_params):
+        assert all(not p.requires_grad and p.grad is None for p in targets.values(True, True))
     # loss_td trains main and residual networks, never the central Z*
     central = [p for p in loss.central_mixer_params.values(True, True) if p.requires_grad]
     grads = torch.autograd.grad(loss(td)["loss_td"], central, allow_unused=True)

@@ -154,10 +154,18 @@ def test_uniform_buffer_ignores_priority_updates():
         {"x": torch.zeros(2, 2), ("collector", "mask"): torch.ones(2, 2, dtype=torch.bool)},
         batch_size=[2, 2],
     )
+    episodes["x"] = torch.arange(4.0).reshape(2, 2)
     buffer.extend(episodes)
+    torch.manual_seed(0)
+    draws = [buffer.sample()["x"][:, 0].tolist() for _ in range(20)]
     sample = buffer.sample()
     assert "_weight" not in sample.keys()
     buffer.update_priority(sample)  # no TD error needed: nothing happens
+    sample.set("td_error", torch.tensor([[1e6, 1e6], [0.0, 0.0]]))
+    buffer.update_priority(sample)  # a huge error changes nothing either
+    torch.manual_seed(0)
+    assert [buffer.sample()["x"][:, 0].tolist() for _ in range(20)] == draws
+    assert {x for draw in draws for x in draw} == {0.0, 2.0}  # both episodes, uniformly
 
 
 def test_losses_weight_their_means_by_the_importance_weights(make_table_qnet, make_transition):

@@ -166,16 +166,27 @@ def test_fast_path_is_taken_on_whole_episodes_and_declined_otherwise():
 
 
 @pytest.mark.parametrize("algorithm", ["qmix", "resq"])
-def test_losses_agree_when_the_fast_path_declines(algorithm):
-    """Rows holding back-to-back episodes (a restart mid-row): the fast path declines and the
-    loss is the plain one."""
+def test_losses_agree_when_the_fast_path_declines(algorithm, monkeypatch):
+    """Rows holding back-to-back episodes (a restart mid-row, at a real step of the row that
+    runs the whole sample): the fast path declines and the loss is the plain one."""
     loss = build(algorithm, seed=3, td_lambda=0.6)
     td = episodes(b=3, t=8, seed=4, garbage_padding=False)
-    td["is_init"][1, 4] = True
-    td["agents", "last_action"][1, 4] = 0.0
-    td["next", "agents", "last_action"][1, 3] = 0.0
+    assert bool(td["collector", "mask"][0].all())  # row 0 is real at every step
+    td["is_init"][0, 4] = True
+    td["agents", "last_action"][0, 4] = 0.0
+    td["next", "agents", "last_action"][0, 3] = 0.0
     plain, _, plain_grads = run(loss, td, fast=False)
+    declined = []
+    original = MultiAgentGRU.forward_with_next
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        declined.append(out is None)
+        return out
+
+    monkeypatch.setattr(MultiAgentGRU, "forward_with_next", spy)
     fast, _, fast_grads = run(loss, td, fast=True)
+    assert declined and all(declined)  # the fast path was asked, and said no
     for key in plain.keys():
         torch.testing.assert_close(fast[key], plain[key], atol=1e-6, rtol=1e-6, msg=key)
     for name in plain_grads:
@@ -243,6 +254,8 @@ def test_direct_feedforward_agents_equal_the_tensordict_path(algorithm):
     # the plain agents take the direct path (IQN agents and QTRAN's, with features, do not)
     plain = algorithm not in ("qtran", "ddn", "dmix", "resz")
     assert loss._is_direct(loss._bound("agent_network")) == plain
+    if not plain:
+        return  # both settings take the TensorDict path (asserted above): nothing to compare
     results = {}
     for direct in (True, False):
         loss.direct_feedforward = direct

@@ -145,7 +145,8 @@ def test_the_experiment_skips_runs_whose_committed_log_is_finished(tmp_path):
     assert any("SEEDS=2" in line for line in qmix)
     # a longer budget than the committed run reached: it is not finished any more
     longer = _experiment(tmp_path / "runs", REF=str(ref), FRAMES="2000000")
-    assert "skipped" not in longer.stdout
+    assert longer.returncode == 0, longer.stderr
+    assert len(longer.stdout.splitlines()) == 18 and "skipped" not in longer.stdout
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,8 @@ def test_the_until_estimate_takes_a_resumed_runs_pace_from_the_part_it_timed(
     late = [line for line in soon.stdout.splitlines() if "expected to end after" in line]
     assert len(late) == 5 and all("cw_qmix" in line for line in late)
     roomy = _experiment(tmp_path / "runs", REF=str(ref), UNTIL="+3 hours", WORKERS="1")
-    assert "expected to end after" not in roomy.stdout
+    assert roomy.returncode == 0, roomy.stderr
+    assert roomy.stdout.strip() and "expected to end after" not in roomy.stdout
 
 
 def test_the_experiment_starts_a_partly_done_run_by_the_frames_it_has_left(tmp_path):

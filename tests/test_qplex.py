@@ -123,9 +123,13 @@ def test_bootstrap_uses_target_networks_and_the_target_max(make_table_qnet, make
     out = loss(td)
     torch.testing.assert_close(out["loss_td"], torch.tensor((q_tot - target) ** 2))
     before = loss.target_mixer_params.clone()
+    online = loss.mixer_params.clone()
     out["loss_td"].backward()
+    torch.optim.SGD(loss.parameters(), lr=1.0).step()  # a step over all the loss trains
     assert (loss.target_mixer_params == before).all()
-    assert all(not p.requires_grad for p in loss.target_agent_network_params.values(True, True))
+    assert not (loss.mixer_params == online).all()  # while the online mixer moved
+    for targets in (loss.target_mixer_params, loss.target_agent_network_params):
+        assert all(not p.requires_grad and p.grad is None for p in targets.values(True, True))
 
 
 def test_trains_from_a_learned_agent_network(make_transition):

@@ -115,9 +115,13 @@ def test_bootstrap_uses_target_networks_at_the_online_greedy_next_action(make_tr
     q_jt = 8.0 + 1000.0
     torch.testing.assert_close(out["loss_td"], torch.tensor((q_jt - target) ** 2))
     before = loss.target_joint_network_params.clone()
+    online = loss.joint_network_params.clone()
     sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    torch.optim.SGD(loss.parameters(), lr=1.0).step()  # a step over all the loss trains
     assert (loss.target_joint_network_params == before).all()
-    assert all(not p.requires_grad for p in loss.target_agent_network_params.values(True, True))
+    assert not (loss.joint_network_params == online).all()  # while the online one moved
+    for targets in (loss.target_joint_network_params, loss.target_agent_network_params):
+        assert all(not p.requires_grad and p.grad is None for p in targets.values(True, True))
 
 
 def test_learns_on_random_data_and_reaches_finite_values(make_transition):
