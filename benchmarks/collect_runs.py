@@ -106,6 +106,8 @@ def table(root: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(root.glob("*/*_seed*")):
+        if not (run / "eval.jsonl").is_file():  # a logger's folder, not a run
+            continue
         lines = read_eval_rows(run / "eval.jsonl")
         if not lines:
             continue
@@ -129,13 +131,22 @@ def table(root: Path) -> str:
     return "\n".join(rows)
 
 
-def write_table(root: Path, markdown: Path) -> None:
+def write_table(root: Path, markdown: Path, parser: argparse.ArgumentParser) -> None:
+    """Replace the table between the markers of ``markdown``; a root without a run (a
+    mistyped path) is refused rather than written as an empty table."""
+    if not markdown.is_file():
+        parser.error(f"{markdown} is not a file (the results page whose runs table to rebuild)")
+    if not root.is_dir():
+        parser.error(f"{root} is not a directory (the docs root of <set>/<run>_seed<k>/ runs)")
+    rows = table(root)
+    if len(rows.splitlines()) <= 2:
+        parser.error(f"no <set>/<run>_seed<k>/eval.jsonl under {root}: nothing to tabulate")
     text = markdown.read_text()
     if MARK not in text or END not in text:
-        raise SystemExit(f"error: {markdown} has no {MARK} ... {END} markers")
+        parser.error(f"{markdown} has no {MARK} ... {END} markers")
     head, rest = text.split(MARK, 1)
     _, tail = rest.split(END, 1)
-    markdown.write_text(f"{head}{MARK}\n{table(root)}\n{END}{tail}")
+    markdown.write_text(f"{head}{MARK}\n{rows}\n{END}{tail}")
     print(f"wrote the runs table of {root} into {markdown}")
 
 
@@ -147,10 +158,13 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="rebuild the runs table instead")
     args = parser.parse_args()
     if args.table:
-        write_table(args.src, args.dst)
+        write_table(args.src, args.dst, parser)
         return
     if not args.src.is_dir():
-        raise SystemExit(f"error: {args.src} is not a directory of runs")
+        parser.error(f"{args.src} is not a directory of runs")
+    bad = [r for r in args.rename if "=" not in r or r.startswith("=")]
+    if bad:
+        parser.error(f"--rename takes OLD=NEW, got {bad[0]!r}")
     renames = [tuple(r.split("=", 1)) for r in args.rename]
     for out in collect(args.src, args.dst, renames):
         print(f"wrote {out}")

@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def run_once(name: str, overrides: list[str], out_dir: Path, threads: int) -> di
     )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        if proc.returncode == 2 and errors:  # a one-line user error of train.py: pass it on
+            raise ConfigError(f"{name}: scripts/train.py {errors[-1]}")
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{name}: scripts/train.py failed ({proc.returncode}):\n{tail}")
     final = json.loads((out_dir / "final.json").read_text())
@@ -84,6 +88,8 @@ def measure(cfg: DictConfig) -> dict:
         order = list(candidates) if r % 2 == 0 else list(reversed(candidates))
         for name in order:
             out_dir = Path(cfg.run_dir) / f"{name}_r{r}"
+            if out_dir.exists():  # this benchmark's own run of an earlier invocation
+                shutil.rmtree(out_dir)
             result = run_once(name, [*common, *candidates[name]], out_dir, int(cfg.threads))
             runs[name].append(result)
             print(

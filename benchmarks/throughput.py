@@ -1094,7 +1094,8 @@ def run(cfg: DictConfig) -> dict:
 @cli.main("throughput")
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
-    out, md = Path(cfg.out), Path(cfg.markdown)
+    settings = apply_presets(cfg)  # quick=true and gpu=true write under runs/, not docs/
+    out, md = Path(settings.out), Path(settings.markdown)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     write_markdown(result, md)

@@ -151,7 +151,9 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
 
     try:
         with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-            compose(config_name, overrides=overrides)
+            given = compose(config_name, overrides=overrides)
+            groups = [a for a in overrides if (configs / a.split("=", 1)[0].lstrip("+")).is_dir()]
+            defaults = compose(config_name, overrides=groups)
     except HydraException as err:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown and type(err.__cause__).__name__ == "ConfigAttributeError":
@@ -164,6 +166,42 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         message = " ".join(line for line in lines if not line.startswith("See https://"))
         raise ConfigError(f"{message} (configs/{config_name}.yaml)") from err
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and not (configs / key.lstrip("+~")).is_dir():
+            check_type(key.lstrip("+~"), value, defaults, given)
+
+
+#: keys whose values are of more than one type (``resume``: false, true, auto or a path;
+#: ``threads``: a number or auto), left out of :func:`check_type`
+POLYMORPHIC = frozenset({"resume", "threads"})
+
+
+def check_type(key: str, value: str, defaults, given) -> None:
+    """Raise a :class:`ConfigError` when the command line's ``key=value`` is not of the type
+    of ``key``'s default: true/false for a boolean, a whole number for an integer (``1e6``
+    is one), a number for a float. Hydra would take ``seed=1.5`` or ``n_envs=abc`` as given
+    and the run would truncate the one and fail on the other deep inside; a misspelt
+    ``prioritized_replay=maybe`` would even count as true. Keys whose default is ``null``,
+    a string, a list or a mapping, and :data:`POLYMORPHIC` ones, are not checked."""
+    from omegaconf import OmegaConf
+
+    if key.split(".")[-1] in POLYMORPHIC:
+        return
+    default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
+    new = OmegaConf.select(given, key, default=None, throw_on_missing=False)
+    if default is None or new is None:
+        return
+    if isinstance(default, bool):
+        if not isinstance(new, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        whole = isinstance(new, int) or (isinstance(new, float) and new.is_integer())
+        if isinstance(new, bool) or not whole:
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(new, bool) or not isinstance(new, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------- threads
@@ -328,6 +366,7 @@ __all__ = [
     "check_choice",
     "check_choices",
     "check_overrides",
+    "check_type",
     "use_threads",
     "resolve_threads",
     "use_allocator",

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resq_torchrl import cli
 from resq_torchrl.analysis.sweep import markdown_table, save_heatmap_grid, summarize
+from resq_torchrl.errors import ConfigError
 from resq_torchrl.training import train_matrix_game_seeds
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -34,8 +35,26 @@ def load_algorithm(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
+def check_sweep(cfg: DictConfig) -> None:
+    """One-line errors, before anything is trained or written, for a sweep that could only
+    produce an empty table (or train a method other than the one asked for)."""
+    if cli._command_line_value("algorithm") is not None:
+        raise ConfigError(
+            "the sweep trains algorithms=[...], not algorithm=: e.g. 'algorithms=[resq,qmix]'"
+        )
+    names = cfg.algorithms
+    if isinstance(names, str) or not OmegaConf.is_list(names):
+        raise ConfigError(f"algorithms must be a list like [resq,qmix], got {names!r}")
+    if len(names) == 0:
+        raise ConfigError("algorithms is empty: list at least one, e.g. 'algorithms=[resq]'")
+    for key in ("n_seeds", "workers"):
+        if int(cfg[key]) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+
+
 @cli.main("matrix_game_sweep")
 def main(cfg: DictConfig) -> None:
+    check_sweep(cfg)
     base = OmegaConf.to_container(cfg, resolve=True)
     # what a single run sees (and what its cache key hashes): not the sweep's own options
     for key in (

@@ -376,3 +376,44 @@ def test_gpu_check_reports_versions_then_stops_without_cuda(tmp_path):
     assert not (tmp_path / "out" / "throughput.log").exists()
     syntax = subprocess.run(["bash", "-n", "benchmarks/gpu_wheels.sh"], cwd=ROOT, timeout=60)
     assert syntax.returncode == 0
+
+
+def test_collect_runs_refuses_a_root_without_runs_and_leaves_the_table(tmp_path):
+    """A mistyped docs root once rewrote the results page's runs table as an empty one."""
+    page = tmp_path / "results.md"
+    page.write_text("intro\n<!-- runs-table -->\n| old | table |\n<!-- /runs-table -->\nend\n")
+    text = page.read_text()
+    script = str(ROOT / "benchmarks" / "collect_runs.py")
+    for root in (tmp_path / "typo", tmp_path):  # missing, then without any run
+        done = subprocess.run(
+            [sys.executable, script, "--table", str(root), str(page)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("collect_runs.py: error: ")
+        assert page.read_text() == text
+    bad = subprocess.run(
+        [sys.executable, script, str(tmp_path), str(tmp_path / "d"), "--rename", "vdn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--rename takes OLD=NEW, got 'vdn'" in bad.stderr
+
+
+def test_a_quick_throughput_run_never_replaces_the_committed_figures(tmp_path):
+    """``quick=true`` writes runs/benchmarks_quick.{json,md} (docs/benchmarks.* are the
+    committed full run); an explicit out=/markdown= still wins."""
+    off = ["'updates.algorithms=[]'", "'short_updates.algorithms=[]'", "'matrix.algorithms=[]'"]
+    off += ["'collection.cases=[]'", "reference.env=null", "memory.env=null"]
+    result = run_in_process(f"benchmarks/throughput.py quick=true {' '.join(off)}", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "runs" / "benchmarks_quick.json").is_file()
+    assert (tmp_path / "runs" / "benchmarks_quick.md").is_file()
+    assert not (tmp_path / "docs").exists()
+    chosen = f"{' '.join(off)} out={tmp_path}/q.json markdown={tmp_path}/q.md"
+    result = run_in_process(f"benchmarks/throughput.py quick=true {chosen}", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "q.json").is_file() and (tmp_path / "q.md").is_file()

@@ -1,6 +1,7 @@
 """What every script shares (resq_torchrl/cli.py): one-line errors for user mistakes (exit
 code 2, no traceback), the thread policy, and training budgets that mean what they say."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,12 @@ def one_error_line(result) -> str:
         ),
         ("scripts/matrix_game.py -m algorithm=resq,nope", ["unknown algorithm 'nope'"]),
         ("scripts/matrix_game_sweep.py algorithms=[vdn,nope]", ["unknown algorithm 'nope'"]),
+        # a sweep that could only write an empty table stops before writing anything
+        ("scripts/matrix_game_sweep.py n_seeds=0 out_dir={out}", ["n_seeds must be >= 1"]),
+        ("scripts/matrix_game_sweep.py algorithms=[] out_dir={out}", ["algorithms is empty"]),
+        ("scripts/matrix_game_sweep.py algorithm=qmix", ["not algorithm=", "algorithms=[resq"]),
+        ("scripts/matrix_game_sweep.py algorithms=vdn", ["must be a list like [resq,qmix]"]),
+        ("scripts/matrix_game_sweep.py workers=0 out_dir={out}", ["workers must be >= 1"]),
         ("scripts/matrix_game.py payoff=[[1,2],[3]]", ["payoff", "ragged"]),
         ("scripts/matrix_game.py payoff=[1,2,3]", ["payoff", "at least 2 agents"]),
         ("scripts/evaluate.py", ["output_dir is required"]),
@@ -333,3 +340,61 @@ def test_the_small_predator_prey_game_has_its_own_run_directory():
     assert small["output_dir"] == "runs/resq_predator_prey_small_seed0"
     assert full["output_dir"] == "runs/resq_predator_prey_seed0"
     assert small["env"]["family"] == "predator_prey" and small["env"]["n_predators"] == 2
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("seed=1.5", "seed must be a whole number, got '1.5'"),
+        ("n_envs=abc", "n_envs must be a whole number, got 'abc'"),
+        ("prioritized_replay=maybe", "prioritized_replay must be true or false, got 'maybe'"),
+        ("lr=abc", "lr must be a number, got 'abc'"),
+        ("exploration.eps_end=x", "exploration.eps_end must be a number, got 'x'"),
+        ("env.grid_size=2.5", "env.grid_size must be a whole number, got '2.5'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_key(arg, message):
+    """Hydra takes any value: ``seed=1.5`` would be truncated, ``prioritized_replay=maybe``
+    read as true, ``n_envs=abc`` fail deep inside with int()'s message."""
+    with pytest.raises(ConfigError) as err:
+        cli.check_overrides("train", [arg])
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "arg", ["total_frames=1e4", "lr=1", "seed=3", "resume=auto", "threads=auto", "+extra=x"]
+)
+def test_values_of_the_right_type_pass(arg):
+    cli.check_overrides("train", [arg])  # 1e4 is a whole number; resume/threads take words
+
+
+def test_a_new_run_never_writes_over_another_run(tmp_path):
+    """A second run into the same output_dir without resume= stops before touching it;
+    overwrite=true starts over there (no evaluation of the old run is left in eval.jsonl);
+    resume=auto without a checkpoint clears an attempt that never reached one."""
+    args = ["scripts/train.py", "env=matrix_game", "algorithm=vdn", "total_frames=200"]
+    args += ["n_envs=2", "rollout_steps=5", "episodes_per_batch=2", "batch_episodes=2"]
+    args += ["eval_episodes=1", "eval_interval=100", "progress=false", f"output_dir={tmp_path}"]
+    first = run_in_process(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    evaluations = len((tmp_path / "eval.jsonl").read_text().splitlines())
+    again = run_in_process([*args, "seed=1"], tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: output_dir={tmp_path} already holds a run (checkpoint.pt, final.json, "
+        "eval.jsonl): continue it with resume=true (or resume=auto), start over there with "
+        "overwrite=true, or choose another output_dir"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    over = run_in_process([*args, "seed=1", "overwrite=true"], tmp_path)
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert "overwrite=true: removed the earlier" in over.stdout
+    assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == evaluations
+    assert json.loads((tmp_path / "final.json").read_text())["frames"] >= 200
+    (tmp_path / "checkpoint.pt").unlink()  # an attempt that never reached a checkpoint
+    (tmp_path / "final.json").unlink()
+    auto = run_in_process([*args, "resume=auto"], tmp_path)
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert "resume=auto without a checkpoint: removed the earlier eval.jsonl" in auto.stdout
+    assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == evaluations

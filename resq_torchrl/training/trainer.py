@@ -263,6 +263,33 @@ def resume_path(cfg: Mapping, out_dir: Path) -> Path | None:
     return path
 
 
+#: the files of a run in its output_dir: a new run there would replace or append to them
+RUN_FILES = (CHECKPOINT, "final.json", "eval.jsonl")
+
+
+def check_fresh_output_dir(out_dir: Path, overwrite: bool, auto: bool = False) -> None:
+    """Before a new run (nothing to resume) writes into ``out_dir``: raise a
+    :class:`ConfigError` when another run's files are there (:data:`RUN_FILES`), whose
+    checkpoint and results the new run would replace and whose evaluations it would append
+    to. ``overwrite=true`` (or ``resume=auto``, which found no checkpoint: what is there is
+    an attempt that never reached one) removes them first, so the new run starts clean."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output_dir={out_dir} is a file, not a directory: choose another")
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return
+    if not (overwrite or auto):
+        raise ConfigError(
+            f"output_dir={out_dir} already holds a run ({', '.join(found)}): continue it with "
+            "resume=true (or resume=auto), start over there with overwrite=true, or choose "
+            "another output_dir"
+        )
+    for name in found:
+        (out_dir / name).unlink()
+    why = "overwrite=true" if overwrite else "resume=auto without a checkpoint"
+    print(f"{why}: removed the earlier {', '.join(found)} of {out_dir}", flush=True)
+
+
 class _NonFinite(Exception):
     """Raised by :class:`NonFiniteGuard` inside an update; carries what was not finite."""
 
@@ -351,6 +378,9 @@ def train(cfg: Mapping) -> dict:
     check_budget(cfg)
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
+    if start_from is None:
+        auto = str(cfg.get("resume", False)) == "auto"
+        check_fresh_output_dir(out_dir, bool(cfg.get("overwrite", False)), auto)
     out_dir.mkdir(parents=True, exist_ok=True)
     code = provenance()
     print(f"code: {code['commit']}, cpu: {code['cpu']}, torch {code['torch']}", flush=True)
