@@ -66,6 +66,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=32, help="episodes per batch")
     parser.add_argument("--steps", type=int, default=200, help="the batch's (longest) length")
     args = parser.parse_args()
+    known = sorted(p.stem for p in (ROOT / "configs" / "algorithm").glob("*.yaml"))
+    unknown = [a for a in args.algorithms.split(",") if a not in known]
+    if unknown:
+        parser.error(f"unknown algorithm {unknown[0]!r} in --algorithms; choose from {known}")
+    if min(args.rounds, args.episodes, args.steps) < 1:
+        parser.error(
+            f"--rounds, --episodes and --steps must be >= 1, got {args.rounds}, "
+            f"{args.episodes}, {args.steps}"
+        )
     torch.set_num_threads(1)
     reused = reuse_freed_memory()
     print(f"freed memory kept for reuse: {reused}; torch threads: 1", flush=True)

@@ -1029,6 +1029,17 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     cfg = apply_presets(cfg)
     device = check_device(cfg.device)
+    for section in ("updates", "short_updates", "matrix"):
+        for name in cfg[section].algorithms or []:
+            cli.check_choice("algorithm", name)  # an unknown one lists the algorithms
+    for key in ("rounds", "updates.rounds", "matrix.rounds", "collection.rounds"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key in ("updates.episodes", "updates.steps", "short_updates.episodes"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
     clock = cfg.get("clock", "wall")
     if clock not in CLOCKS:
         raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown --algorithm {args.algorithm!r}; choose one of {algorithms()}")
     if args.updates < 1 or args.warmup < 0:
         parser.error(f"--updates must be >= 1 and --warmup >= 0, got {args.updates}, {args.warmup}")
+    if args.episodes < 1 or args.steps < 1:
+        parser.error(f"--episodes and --steps must be >= 1, got {args.episodes}, {args.steps}")
     torch.set_num_threads(1)
     reused = reuse_freed_memory()
     print(f"pid {os.getpid()}; torch threads 1; freed memory kept for reuse: {reused}", flush=True)

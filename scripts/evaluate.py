@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resq_torchrl import cli
+from resq_torchrl.errors import ConfigError
 from resq_torchrl.training.evaluation import (
     EVALUATION_JSON,
     evaluate_run,
@@ -35,6 +36,11 @@ PER_EPISODE = ("returns", "lengths", "wins", "captures_per_episode", "lone_catch
 @cli.main("evaluate", auto_threads={"cpu": 1, "cuda": 1})
 def main(cfg: DictConfig) -> None:
     loaded = load_run(cfg.output_dir, cfg.checkpoint)
+    out = Path(cfg.json_out or Path(cfg.output_dir) / EVALUATION_JSON)
+    if out.is_dir():  # checked before the evaluation, which it would otherwise lose
+        raise ConfigError(f"json_out={out} is a directory: give a file path, e.g. {out}/eval.json")
+    if int(cfg.bootstrap_resamples) < 1:
+        raise ConfigError(f"bootstrap_resamples must be >= 1, got {cfg.bootstrap_resamples}")
     if cfg.render:  # a render that cannot work fails before the evaluation
         from resq_torchrl.render import check_render, env_family
 
@@ -49,7 +55,6 @@ def main(cfg: DictConfig) -> None:
         resamples=int(cfg.bootstrap_resamples),
         loaded=loaded,
     )
-    out = Path(cfg.json_out or Path(cfg.output_dir) / EVALUATION_JSON)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -11,10 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from resq_torchrl import cli
 from resq_torchrl.analysis import format_table
 from resq_torchrl.training import train_matrix_game
+from resq_torchrl.training.matrix_game import check_matrix_game_settings
 
 
 @cli.main("matrix_game")
 def main(cfg: DictConfig) -> None:
+    check_matrix_game_settings(cfg)
     result = train_matrix_game(OmegaConf.to_container(cfg, resolve=True))
     print(f"{result['algorithm']} on the matrix game, seed {result['seed']}")
     print(format_table(result))

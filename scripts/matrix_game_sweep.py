@@ -25,6 +25,7 @@ from resq_torchrl import cli
 from resq_torchrl.analysis.sweep import markdown_table, save_heatmap_grid, summarize
 from resq_torchrl.errors import ConfigError
 from resq_torchrl.training import train_matrix_game_seeds
+from resq_torchrl.training.matrix_game import check_matrix_game_settings
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -50,6 +51,7 @@ def check_sweep(cfg: DictConfig) -> None:
     for key in ("n_seeds", "workers"):
         if int(cfg[key]) < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    check_matrix_game_settings(cfg)
 
 
 @cli.main("matrix_game_sweep")

@@ -68,6 +68,28 @@ def one_error_line(result) -> str:
             ["total_frames=100 is less than one batch", "1600"],
         ),
         ("scripts/train.py threads=0 output_dir={out}", ["threads must be a whole number"]),
+        # settings out of range: one line naming the key, not an IndexError deep inside
+        ("scripts/train.py n_envs=0 output_dir={out}", ["n_envs must be >= 1, got 0"]),
+        ("scripts/train.py eval_interval=0 output_dir={out}", ["eval_interval must be >= 1"]),
+        ("scripts/train.py lr=0 output_dir={out}", ["lr must be > 0, got 0"]),
+        (
+            "scripts/train.py exploration.eps_end=2 output_dir={out}",
+            ["0 <= eps_end <= eps_init <= 1", "eps_end=2"],
+        ),
+        ("scripts/train.py priority_beta=1.5 output_dir={out}", ["priority_beta must lie in"]),
+        ("scripts/matrix_game.py n_updates=0", ["n_updates must be >= 1, got 0"]),
+        ("scripts/matrix_game.py lr=0", ["lr must be > 0, got 0"]),
+        ("scripts/matrix_game.py n_updates=3 json_out=.", ["json_out=. is a directory"]),
+        ("scripts/diagnose_ro.py log_every=0 out_dir={out}", ["log_every must be >= 1"]),
+        ("scripts/diagnose_ro.py device=cuda:7 out_dir={out}", ["device=cuda"]),
+        (
+            "benchmarks/throughput.py rounds=0 out={out}/b.json markdown={out}/b.md",
+            ["rounds must be >= 1, got 0"],
+        ),
+        (
+            "benchmarks/throughput.py updates.algorithms=[foo] out={out}/b.json",
+            ["unknown algorithm 'foo'", "resq"],
+        ),
         (
             "scripts/train.py logger=nope output_dir={out}",
             ["unknown logger 'nope'", "tensorboard"],
@@ -242,7 +264,8 @@ def test_scripts_say_which_allocator_they_use(args, line, tmp_path):
     """(The default's line is checked with the threads' above.)"""
     result = run_in_process(f"scripts/matrix_game.py n_updates=1 progress=false {args}", tmp_path)
     assert result.returncode == (2 if "error" in line else 0), result.stderr[-3000:]
-    assert result.stderr.splitlines()[1].startswith(line)
+    # a value of the wrong type stops before the policy lines: its error is the only line
+    assert result.stderr.splitlines()[-1 if "error" in line else 1].startswith(line)
 
 
 # ------------------------------------------------------------------------------------ budgets
@@ -398,3 +421,25 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
     assert auto.returncode == 0, auto.stderr[-2000:]
     assert "resume=auto without a checkpoint: removed the earlier eval.jsonl" in auto.stdout
     assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == evaluations
+
+
+def test_resuming_another_methods_checkpoint_is_one_line(tmp_path):
+    """``resume=true`` on a checkpoint of another method: one line saying what each was
+    trained with, not torch's state-dict mismatch of a hundred lines; the run is untouched."""
+    args = ["scripts/train.py", "env=matrix_game", "total_frames=200", "n_envs=2"]
+    args += ["rollout_steps=5", "episodes_per_batch=2", "batch_episodes=2", "eval_episodes=1"]
+    args += ["progress=false", f"output_dir={tmp_path}"]
+    first = run_in_process([*args, "algorithm=vdn"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    other = run_in_process([*args, "algorithm=qmix", "resume=true", "total_frames=400"], tmp_path)
+    line = one_error_line(other)
+    assert "checkpoint.pt holds other networks than this run builds" in line
+    assert "trained with algorithm=vdn env=matrix_game" in line
+    assert "this run asks for algorithm=qmix" in line
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    # evaluate.py refuses a json_out it could not write before evaluating, not after
+    line = one_error_line(
+        run_in_process(["scripts/evaluate.py", f"output_dir={tmp_path}", "json_out=."], tmp_path)
+    )
+    assert line == "error: json_out=. is a directory: give a file path, e.g. ./eval.json"

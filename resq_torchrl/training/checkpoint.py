@@ -63,7 +63,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
 from resq_torchrl.data import EpisodeReplayBuffer
-from resq_torchrl.errors import CheckpointNotFoundError, UnsafeCheckpointError
+from resq_torchrl.errors import CheckpointNotFoundError, ConfigError, UnsafeCheckpointError
 from resq_torchrl.training.assembler import EpisodeAssembler
 
 #: the latest checkpoint of a run, in its ``output_dir``
@@ -207,6 +207,13 @@ def saved_frames(path: Path) -> int:
     return int(load_checkpoint(path, map_location="cpu").get("frames", 0))
 
 
+def _model_of(cfg: Mapping) -> str:
+    """``algorithm=<name> env=<name> agent=<settings>`` of a run config, for messages."""
+    algo, env = cfg.get("algorithm") or {}, cfg.get("env") or {}
+    agent = ",".join(f"{k}={v}" for k, v in (cfg.get("agent") or {}).items())
+    return f"algorithm={algo.get('name', '?')} env={env.get('name', '?')} agent=({agent})"
+
+
 def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> dict:
     """Load the checkpoint at ``path`` into ``run`` (built as for a new run, collector
     included) and, with ``cfg["checkpoint_buffer"]``, the replay buffer saved with it
@@ -217,7 +224,13 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
     if legacy:  # written before FORMAT 2: one torch generator, the env's own one
         state["rng"] = {"torch": state["rng"]}
         state["env"] = {"rng": state.get("env_rng")}
-    run.loss.load_state_dict(state["loss"])
+    try:
+        run.loss.load_state_dict(state["loss"])
+    except RuntimeError as err:  # other networks: a checkpoint of another method or env
+        raise ConfigError(
+            f"{path} holds other networks than this run builds: it was trained with "
+            f"{_model_of(state.get('config') or {})}, this run asks for {_model_of(cfg)}"
+        ) from err
     run.optimizer.load_state_dict(state["optimizer"])
     run.egreedy.load_state_dict(state["egreedy"])
     for name, default in asdict(Progress()).items():

@@ -186,6 +186,44 @@ def _final_at(path: Path) -> int:
         return -1
 
 
+def check_settings(cfg: Mapping) -> None:
+    """Raise a :class:`ConfigError` naming the key for a setting out of its range, before
+    anything is built: each would otherwise fail deep inside (``n_envs=0``: an IndexError;
+    ``eval_interval=0``: a division by zero) or train nothing without a word (``lr=0``)."""
+
+    def at_least(key: str, low: float, value=None, strict: bool = False) -> None:
+        value = cfg.get(key) if value is None else value
+        if value is None:
+            return
+        if float(value) < low or (strict and float(value) == low):
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            raise ConfigError(f"{key} must be {bound}, got {value}")
+
+    for key in ("n_envs", "rollout_steps", "episodes_per_batch", "batch_episodes"):
+        at_least(key, 1)
+    for key in ("eval_interval", "eval_episodes", "checkpoint_interval"):
+        at_least(key, 1)
+    at_least("keep_checkpoints", 0)
+    at_least("target_update_episodes", 0, strict=True)
+    at_least("updates_per_episode", 0)
+    for key in ("lr", "optim_eps", "grad_clip"):
+        at_least(key, 0, strict=True)
+    at_least("priority_alpha", 0)
+    beta = cfg.get("priority_beta")
+    if beta is not None and not 0.0 <= float(beta) <= 1.0:
+        raise ConfigError(f"priority_beta must lie in [0, 1], got {beta}")
+    eps = cfg.get("exploration") or {}
+    start, end = float(eps.get("eps_init", 1.0)), float(eps.get("eps_end", 0.0))
+    if not 0.0 <= end <= start <= 1.0:
+        raise ConfigError(
+            f"exploration needs 0 <= eps_end <= eps_init <= 1, got eps_init={start:g}, "
+            f"eps_end={end:g}"
+        )
+    at_least("exploration.anneal_frames", 1, eps.get("anneal_frames"))
+    agent = cfg.get("agent") or {}
+    at_least("agent.hidden_dim", 1, agent.get("hidden_dim"))
+
+
 def check_budget(cfg: Mapping) -> None:
     """Raise a :class:`ConfigError` for a budget that cannot buy one batch of the collector
     (``episodes_per_batch`` episodes of up to ``max_steps`` steps) or a replay that can never
@@ -375,6 +413,7 @@ def train(cfg: Mapping) -> dict:
     device = check_device(cfg["device"])
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     max_len = int(env_cfg["max_steps"])
+    check_settings(cfg)
     check_budget(cfg)
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
