@@ -93,12 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=48, help="episodes per sample")
     parser.add_argument("--out", type=Path, help="JSON output (default: stdout)")
     args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     replay = args.replay or args.run / "replay"
     if not (replay / "episodes.json").exists():
         packed = args.run / "replay.tar.zst"
         hint = f" (unpack {packed} first)" if packed.exists() else ""
         print(f"error: no replay dump at {replay}{hint}", file=sys.stderr)
         return 2
+    env = load_run(args.run)[1]["config"].get("env") or {}
+    family = env.get("family", env.get("name"))
+    if family != "predator_prey":
+        parser.error(
+            f"{args.run} is a run on {env.get('name')!r}: lone catches exist in predator_prey "
+            "runs only"
+        )
     result = json.dumps(lone_catch_values(args.run, replay, args.episodes), indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

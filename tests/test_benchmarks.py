@@ -306,6 +306,16 @@ def test_lone_catch_values_reads_a_runs_checkpoint_and_replay(tmp_path):
             if kinds[k]["steps"]:
                 assert kinds[k]["q_tot_minus_q_jt"] >= -1e-5
                 assert 0.0 <= kinds[k]["non_greedy_share"] <= 1.0
+    with pytest.raises(SystemExit) as err:  # argparse's one-line error, exit code 2
+        probe.main([str(run), "--episodes", "0"])
+    assert err.value.code == 2
+    # a run on another env has no lone catches: refused, not answered with meaningless rows
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["config"]["env"] = {"name": "matrix_game", "max_steps": 1}
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(SystemExit) as err:
+        probe.main([str(run)])
+    assert err.value.code == 2
     shutil.rmtree(run / "replay")
     assert probe.main([str(run)]) == 2
 

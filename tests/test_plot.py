@@ -296,3 +296,22 @@ def test_multirun_with_the_joblib_launcher(tmp_path):
     for seed in (0, 1):  # the jobs' own output goes to their processes' stdout, not this one's
         final = json.loads((tmp_path / f"runs/vdn_predator_prey_seed{seed}/final.json").read_text())
         assert 60 <= final["frames"] < 80
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        # a panel asked for but logged by no run was dropped without a word
+        ("train_metric=train/foo", "train_metric 'train/foo' is logged by no run"),
+        ("grid_step=0", "grid_step must be > 0 (or null"),
+        ("grid_step=-5", "grid_step must be > 0"),
+    ],
+)
+def test_plot_settings_it_cannot_honour_are_one_line(logs, tmp_path, arg, message):
+    result = run_in_process(
+        f"scripts/plot.py runs='[{logs}/good_seed*]' out={tmp_path}/p reps=20 {arg}", tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert "train/return" in result.stderr or "grid_step" in arg  # the scalars it has
+    assert not list(tmp_path.glob("p.*"))

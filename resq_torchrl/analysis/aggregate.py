@@ -210,6 +210,20 @@ def load_runs(
             )
         train = read_scalar(path, train_metric) if train_metric else None
         runs.append(Run(path, method, seed, frames, values, train))
+    every = [run for runs in methods.values() for run in runs]
+    if train_metric and every and all(run.train is None for run in every):
+        logged = sorted(
+            {
+                f.relative_to(d).with_suffix("").as_posix()
+                for r in every
+                for d in r.path.glob("*/scalars")
+                for f in d.rglob("*.csv")
+            }
+        )
+        raise ConfigError(
+            f"train_metric {train_metric!r} is logged by no run (their CSV scalars: "
+            f"{', '.join(logged) or 'none'}); or train_metric=null for no training panel"
+        )
     if not methods:
         if seen_keys and metric not in seen_keys:
             choices = [k for k in sorted(seen_keys) if k.startswith("eval/")] or sorted(seen_keys)
@@ -230,6 +244,10 @@ def common_grid(
     the earliest first evaluation to the latest last one; a run counts at a grid point within
     ``tolerance`` (half a step) of its evaluated range. Runs of one evaluation each and no
     ``step``: the distinct frames, tolerance 0."""
+    if step is not None and float(step) <= 0:
+        raise ConfigError(
+            f"grid_step must be > 0 (or null: the median gap between evaluations), got {step}"
+        )
     gaps = np.concatenate([np.diff(f) for f in frames])
     if step is None:
         step = float(np.median(gaps)) if gaps.size else 0.0
