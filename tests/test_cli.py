@@ -77,6 +77,10 @@ def one_error_line(result) -> str:
             ["0 <= eps_end <= eps_init <= 1", "eps_end=2"],
         ),
         ("scripts/train.py priority_beta=1.5 output_dir={out}", ["priority_beta must lie in"]),
+        (
+            "scripts/train.py checkpoint_buffer=foo output_dir={out}",
+            ["checkpoint_buffer must be true, false or auto, got 'foo'"],
+        ),
         ("scripts/matrix_game.py n_updates=0", ["n_updates must be >= 1, got 0"]),
         ("scripts/matrix_game.py lr=0", ["lr must be > 0, got 0"]),
         ("scripts/matrix_game.py n_updates=3 json_out=.", ["json_out=. is a directory"]),

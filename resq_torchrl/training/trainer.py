@@ -222,6 +222,9 @@ def check_settings(cfg: Mapping) -> None:
     at_least("exploration.anneal_frames", 1, eps.get("anneal_frames"))
     agent = cfg.get("agent") or {}
     at_least("agent.hidden_dim", 1, agent.get("hidden_dim"))
+    buffer = cfg.get("checkpoint_buffer", "auto")
+    if not isinstance(buffer, bool) and str(buffer) != "auto":
+        raise ConfigError(f"checkpoint_buffer must be true, false or auto, got {buffer!r}")
 
 
 def check_budget(cfg: Mapping) -> None:
