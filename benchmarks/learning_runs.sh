@@ -76,8 +76,10 @@ queue() {  # algorithm; returns 1 if one of its runs failed
             archive_replay "$dir"
         else
             unpack_replay "$dir"
-            local resume=false
-            [ -f "$dir/checkpoint.pt" ] && resume=true
+            # auto: continue from its checkpoint, else start from zero (clearing the files
+            # of an attempt that never reached a checkpoint: train.py refuses to write over
+            # a run otherwise)
+            local resume=auto
             if OMP_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" \
                 python scripts/train.py algorithm="$1" env="$ENV" seed="$seed" \
                 total_frames=$((FRAMES + ${PAD:-0})) output_dir="$dir" resume=$resume \
