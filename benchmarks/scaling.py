@@ -77,6 +77,15 @@ def paired(runs: dict, name: str, baseline: str, key: str) -> dict:
 
 def measure(cfg: DictConfig) -> dict:
     candidates = {k: list(v) for k, v in cfg.candidates.items()}
+    only = cfg.get("only")
+    if only is not None:  # candidates={...} on the command line merges into the defaults
+        unknown = [name for name in only if name not in candidates]
+        if unknown or not only:
+            raise ConfigError(
+                f"only= lists the candidates to run, got {list(only)}; choose from: "
+                f"{', '.join(candidates)}"
+            )
+        candidates = {name: candidates[name] for name in only}
     if cfg.baseline not in candidates:
         raise ConfigError(
             f"baseline={cfg.baseline!r} is not a candidate; choose one of: {', '.join(candidates)}"

@@ -95,6 +95,10 @@ def one_error_line(result) -> str:
             ["unknown algorithm 'foo'", "resq"],
         ),
         (
+            "benchmarks/scaling.py only=[single,nope] run_dir={out} out={out}/s.json",
+            ["only= lists the candidates to run", "'nope'", "multi_sync_2"],
+        ),
+        (
             "scripts/train.py logger=nope output_dir={out}",
             ["unknown logger 'nope'", "tensorboard"],
         ),
