@@ -25,17 +25,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RL_WARNINGS", "False")
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torchrl.objectives import ValueEstimators  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from update_worker import reference_batch  # noqa: E402
+from update_worker import algorithm_names, reference_batch, reference_loss  # noqa: E402
 
 from resq_torchrl.cli import reuse_freed_memory  # noqa: E402
-from resq_torchrl.training.builders import EnvDims, make_loss, make_optimizer, total_loss  # noqa: E402
+from resq_torchrl.training.builders import total_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT = {"type": "gru", "hidden_dim": 64, "last_action": True, "agent_id": True}
 BATCHES = {  # name: arguments of reference_batch (32 episodes x 200 steps x 8 agents)
     "short (31 episodes of 20-60 steps, one of 200)": {
         "early_end_fraction": 1.0,
@@ -66,7 +63,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=32, help="episodes per batch")
     parser.add_argument("--steps", type=int, default=200, help="the batch's (longest) length")
     args = parser.parse_args()
-    known = sorted(p.stem for p in (ROOT / "configs" / "algorithm").glob("*.yaml"))
+    known = algorithm_names(ROOT)
     unknown = [a for a in args.algorithms.split(",") if a not in known]
     if unknown:
         parser.error(f"unknown algorithm {unknown[0]!r} in --algorithms; choose from {known}")
@@ -83,18 +80,7 @@ def main() -> None:
         share = float(batch.get(("collector", "mask")).float().mean())
         print(f"\n{name}: {share:.0%} real steps", flush=True)
         for algo in args.algorithms.split(","):
-            cfg = OmegaConf.to_container(
-                OmegaConf.load(ROOT / "configs/algorithm" / f"{algo}.yaml")
-            )
-            torch.manual_seed(0)
-            loss = make_loss(cfg, AGENT, EnvDims(8, 6, 50, 200), "cpu")
-            if float(cfg.get("td_lambda", 0.0)) > 0:
-                loss.make_value_estimator(
-                    ValueEstimators.TDLambda,
-                    gamma=float(cfg["gamma"]),
-                    lmbda=float(cfg["td_lambda"]),
-                )
-            optimizer = make_optimizer(loss, "rmsprop", 1e-3)
+            loss, optimizer = reference_loss(algo, ROOT)
 
             timed(loss, optimizer, batch, True), timed(loss, optimizer, batch, False)  # untimed
             ratios = []

@@ -29,23 +29,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RL_WARNINGS", "False")
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torchrl.objectives import ValueEstimators  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from update_worker import reference_batch  # noqa: E402
+from update_worker import algorithm_names, reference_batch, reference_loss  # noqa: E402
 
 from resq_torchrl.cli import reuse_freed_memory  # noqa: E402
-from resq_torchrl.training.builders import EnvDims, make_loss, make_optimizer, total_loss  # noqa: E402
+from resq_torchrl.training.builders import total_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT = {"type": "gru", "hidden_dim": 64, "last_action": True, "agent_id": True}
 #: minor page faults from which an update counts as having paged in new memory
 FAULTS_PAGED_IN = 100
-
-
-def algorithms() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "configs" / "algorithm").glob("*.yaml"))
 
 
 def one_update(loss, optimizer, batch) -> dict:
@@ -80,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=32, help="episodes per batch")
     parser.add_argument("--steps", type=int, default=200, help="the batch's length")
     args = parser.parse_args(argv)
-    if args.algorithm not in algorithms():
-        parser.error(f"unknown --algorithm {args.algorithm!r}; choose one of {algorithms()}")
+    known = algorithm_names(ROOT)
+    if args.algorithm not in known:
+        parser.error(f"unknown --algorithm {args.algorithm!r}; choose one of {known}")
     if args.updates < 1 or args.warmup < 0:
         parser.error(f"--updates must be >= 1 and --warmup >= 0, got {args.updates}, {args.warmup}")
     if args.episodes < 1 or args.steps < 1:
@@ -89,16 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     reused = reuse_freed_memory()
     print(f"pid {os.getpid()}; torch threads 1; freed memory kept for reuse: {reused}", flush=True)
-    cfg = OmegaConf.to_container(
-        OmegaConf.load(ROOT / "configs" / "algorithm" / f"{args.algorithm}.yaml")
-    )
-    torch.manual_seed(0)
-    loss = make_loss(cfg, AGENT, EnvDims(8, 6, 50, 200), "cpu")
-    if float(cfg.get("td_lambda", 0.0)) > 0:
-        loss.make_value_estimator(
-            ValueEstimators.TDLambda, gamma=float(cfg["gamma"]), lmbda=float(cfg["td_lambda"])
-        )
-    optimizer = make_optimizer(loss, "rmsprop", 1e-3)
+    loss, optimizer = reference_loss(args.algorithm, ROOT)
     batch = reference_batch(episodes=args.episodes, steps=args.steps)
     for _ in range(args.warmup):
         one_update(loss, optimizer, batch)

@@ -132,6 +132,34 @@ def reference_batch(
     return td.to(device)
 
 
+#: the agents of the reference batch's updates (train.yaml's GRU agents)
+REFERENCE_AGENT = {"type": "gru", "hidden_dim": 64, "last_action": True, "agent_id": True}
+
+
+def algorithm_names(root: Path) -> list[str]:
+    """The methods of ``root/configs/algorithm``, sorted."""
+    return sorted(p.stem for p in (root / "configs" / "algorithm").glob("*.yaml"))
+
+
+def reference_loss(algorithm: str, root: Path, seed: int = 0):
+    """(loss, rmsprop optimizer) of ``root/configs/algorithm/<algorithm>.yaml`` for
+    :func:`reference_batch`'s default dims (8 agents, 6 actions, observation 50, state 200)
+    with :data:`REFERENCE_AGENT`, TD(lambda) as configured, seeded: what the one-process
+    tools (``packed_unroll.py``, ``update_profile.py``) time."""
+    from torchrl.objectives import ValueEstimators
+
+    from resq_torchrl.training.builders import EnvDims, make_loss, make_optimizer
+
+    cfg = _load_yaml(root / "configs" / "algorithm" / f"{algorithm}.yaml")
+    torch.manual_seed(seed)
+    loss = make_loss(cfg, REFERENCE_AGENT, EnvDims(8, 6, 50, 200), "cpu")
+    if float(cfg.get("td_lambda", 0.0)) > 0:
+        loss.make_value_estimator(
+            ValueEstimators.TDLambda, gamma=float(cfg["gamma"]), lmbda=float(cfg["td_lambda"])
+        )
+    return loss, make_optimizer(loss, "rmsprop", 1e-3)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
