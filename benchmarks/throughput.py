@@ -62,7 +62,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from resq_torchrl import cli  # noqa: E402
-from resq_torchrl.errors import ConfigError  # noqa: E402
+from resq_torchrl.errors import ConfigError, at_least  # noqa: E402
 from resq_torchrl.training.builders import check_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1032,14 +1032,9 @@ def run(cfg: DictConfig) -> dict:
     for section in ("updates", "short_updates", "matrix"):
         for name in cfg[section].algorithms or []:
             cli.check_choice("algorithm", name)  # an unknown one lists the algorithms
-    for key in ("rounds", "updates.rounds", "matrix.rounds", "collection.rounds"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and int(value) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    for key in ("updates.episodes", "updates.steps", "short_updates.episodes"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and int(value) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
+    counts = ("rounds", "updates.rounds", "matrix.rounds", "collection.rounds")
+    for key in (*counts, "updates.episodes", "updates.steps", "short_updates.episodes"):
+        at_least(key, OmegaConf.select(cfg, key), 1)
     clock = cfg.get("clock", "wall")
     if clock not in CLOCKS:
         raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")

@@ -37,6 +37,16 @@ class TrainingDivergedError(ValueError):
     update, the term and the frames collected just before it."""
 
 
+def at_least(key: str, value, low: float, strict: bool = False) -> None:
+    """Raise a :class:`ConfigError` ``<key> must be >= <low>, got <value>`` (``> <low>``
+    with ``strict``) for a setting below its range; ``None`` (not set) passes. The one
+    range check of the entry points, run before they build anything."""
+    if value is None:
+        return
+    if float(value) < low or (strict and float(value) == low):
+        raise ConfigError(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
+
+
 def require(module: str, extra: str, needed_by: str) -> ModuleType:
     """Import ``module`` or raise a :class:`MissingDependencyError` saying that ``needed_by``
     (e.g. ``"logger=tensorboard"``) needs the package extra ``extra``."""

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resq_torchrl import cli
 from resq_torchrl.analysis.sweep import markdown_table, save_heatmap_grid, summarize
-from resq_torchrl.errors import ConfigError
+from resq_torchrl.errors import ConfigError, at_least
 from resq_torchrl.training import train_matrix_game_seeds
 from resq_torchrl.training.matrix_game import check_matrix_game_settings
 
@@ -49,8 +49,7 @@ def check_sweep(cfg: DictConfig) -> None:
     if len(names) == 0:
         raise ConfigError("algorithms is empty: list at least one, e.g. 'algorithms=[resq]'")
     for key in ("n_seeds", "workers"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+        at_least(key, cfg[key], 1)
     check_matrix_game_settings(cfg)
 
 

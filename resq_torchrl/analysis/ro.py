@@ -43,7 +43,7 @@ from torchrl.objectives import ValueEstimators
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.data.episodes import DEFAULT_EXCLUDE
 from resq_torchrl.envs.predator_prey import CATCH, STAY
-from resq_torchrl.errors import ConfigError
+from resq_torchrl.errors import at_least
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.objectives.common import masked_greedy
 from resq_torchrl.training.builders import (
@@ -565,10 +565,8 @@ def run_diagnostic(cfg: Mapping) -> dict:
     """
     seed, device = int(cfg["seed"]), check_device(cfg["device"])
     for key in ("episodes", "n_envs", "updates", "log_every"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-    if float(cfg.get("lr", 1.0)) <= 0:
-        raise ConfigError(f"lr must be > 0, got {cfg['lr']}")
+        at_least(key, cfg[key], 1)
+    at_least("lr", cfg.get("lr"), 0, strict=True)
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     predicate = capture_predicate(env_cfg, cfg.get("capture_threshold"))
     if predicate is None:

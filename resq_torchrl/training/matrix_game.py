@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from resq_torchrl.analysis import evaluate_matrix_game, save_heatmap
 from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
-from resq_torchrl.errors import ConfigError
+from resq_torchrl.errors import ConfigError, at_least
 from resq_torchrl.training.builders import (
     EnvDims,
     check_device,
@@ -40,11 +40,9 @@ def check_matrix_game_settings(cfg: Mapping) -> None:
     inside (``batch_size=0``); what ``scripts/matrix_game.py`` and the sweep check first.
     (The library functions take ``n_updates=0``: the benchmark times a run's set-up so.)"""
     for key in ("n_updates", "batch_size"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+        at_least(key, cfg[key], 1)
     for key in ("lr", "optim_eps", "grad_clip"):
-        if key in cfg and float(cfg[key]) <= 0:
-            raise ConfigError(f"{key} must be > 0, got {cfg[key]}")
+        at_least(key, cfg.get(key), 0, strict=True)
     for key in ("json_out", "plot"):  # before the training, whose result would be lost
         if cfg.get(key) and Path(str(cfg[key])).is_dir():
             raise ConfigError(f"{key}={cfg[key]} is a directory: give a file path")

@@ -31,7 +31,12 @@ from tqdm.auto import tqdm
 
 from resq_torchrl.analysis.ro import CaptureMonitor
 from resq_torchrl.data import EpisodeReplayBuffer
-from resq_torchrl.errors import CheckpointNotFoundError, ConfigError, TrainingDivergedError
+from resq_torchrl.errors import (
+    CheckpointNotFoundError,
+    ConfigError,
+    TrainingDivergedError,
+    at_least,
+)
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.training import checkpoint
 from resq_torchrl.training.assembler import EpisodeAssembler
@@ -190,25 +195,16 @@ def check_settings(cfg: Mapping) -> None:
     """Raise a :class:`ConfigError` naming the key for a setting out of its range, before
     anything is built: each would otherwise fail deep inside (``n_envs=0``: an IndexError;
     ``eval_interval=0``: a division by zero) or train nothing without a word (``lr=0``)."""
-
-    def at_least(key: str, low: float, value=None, strict: bool = False) -> None:
-        value = cfg.get(key) if value is None else value
-        if value is None:
-            return
-        if float(value) < low or (strict and float(value) == low):
-            bound = f"> {low:g}" if strict else f">= {low:g}"
-            raise ConfigError(f"{key} must be {bound}, got {value}")
-
     for key in ("n_envs", "rollout_steps", "episodes_per_batch", "batch_episodes"):
-        at_least(key, 1)
+        at_least(key, cfg.get(key), 1)
     for key in ("eval_interval", "eval_episodes", "checkpoint_interval"):
-        at_least(key, 1)
-    at_least("keep_checkpoints", 0)
-    at_least("target_update_episodes", 0, strict=True)
-    at_least("updates_per_episode", 0)
+        at_least(key, cfg.get(key), 1)
+    at_least("keep_checkpoints", cfg.get("keep_checkpoints"), 0)
+    at_least("target_update_episodes", cfg.get("target_update_episodes"), 0, strict=True)
+    at_least("updates_per_episode", cfg.get("updates_per_episode"), 0)
     for key in ("lr", "optim_eps", "grad_clip"):
-        at_least(key, 0, strict=True)
-    at_least("priority_alpha", 0)
+        at_least(key, cfg.get(key), 0, strict=True)
+    at_least("priority_alpha", cfg.get("priority_alpha"), 0)
     beta = cfg.get("priority_beta")
     if beta is not None and not 0.0 <= float(beta) <= 1.0:
         raise ConfigError(f"priority_beta must lie in [0, 1], got {beta}")
@@ -219,9 +215,8 @@ def check_settings(cfg: Mapping) -> None:
             f"exploration needs 0 <= eps_end <= eps_init <= 1, got eps_init={start:g}, "
             f"eps_end={end:g}"
         )
-    at_least("exploration.anneal_frames", 1, eps.get("anneal_frames"))
-    agent = cfg.get("agent") or {}
-    at_least("agent.hidden_dim", 1, agent.get("hidden_dim"))
+    at_least("exploration.anneal_frames", eps.get("anneal_frames"), 1)
+    at_least("agent.hidden_dim", (cfg.get("agent") or {}).get("hidden_dim"), 1)
     buffer = cfg.get("checkpoint_buffer", "auto")
     if not isinstance(buffer, bool) and str(buffer) != "auto":
         raise ConfigError(f"checkpoint_buffer must be true, false or auto, got {buffer!r}")
