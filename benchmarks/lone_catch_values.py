@@ -61,8 +61,12 @@ def summarize(rows: list[dict[str, torch.Tensor]]) -> dict:
     return out
 
 
-def lone_catch_values(run: Path, replay: Path, episodes: int = 48, seed: int = 0) -> dict:
-    _, state = load_run(run)
+def lone_catch_values(
+    run: Path, replay: Path, episodes: int = 48, seed: int = 0, state: dict | None = None
+) -> dict:
+    """``state``: the run's loaded checkpoint, when the caller has it already."""
+    if state is None:
+        _, state = load_run(run)
     cfg = state["config"]
     env = make_env(cfg["env"], 1, "cpu", seed=0)
     loss = make_loss(cfg["algorithm"], cfg["agent"], env_dims(env), "cpu")
@@ -101,14 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (unpack {packed} first)" if packed.exists() else ""
         print(f"error: no replay dump at {replay}{hint}", file=sys.stderr)
         return 2
-    env = load_run(args.run)[1]["config"].get("env") or {}
+    _, state = load_run(args.run)
+    env = state["config"].get("env") or {}
     family = env.get("family", env.get("name"))
     if family != "predator_prey":
         parser.error(
             f"{args.run} is a run on {env.get('name')!r}: lone catches exist in predator_prey "
             "runs only"
         )
-    result = json.dumps(lone_catch_values(args.run, replay, args.episodes), indent=1)
+    result = json.dumps(lone_catch_values(args.run, replay, args.episodes, state=state), indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result + "\n")

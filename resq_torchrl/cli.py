@@ -152,8 +152,6 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     try:
         with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
             given = compose(config_name, overrides=overrides)
-            groups = [a for a in overrides if (configs / a.split("=", 1)[0].lstrip("+")).is_dir()]
-            defaults = compose(config_name, overrides=groups)
     except HydraException as err:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown and type(err.__cause__).__name__ == "ConfigAttributeError":
@@ -166,10 +164,15 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         message = " ".join(line for line in lines if not line.startswith("See https://"))
         raise ConfigError(f"{message} (configs/{config_name}.yaml)") from err
-    for arg in overrides:
-        key, sep, value = arg.partition("=")
-        if sep and not (configs / key.lstrip("+~")).is_dir():
-            check_type(key.lstrip("+~"), value, defaults, given)
+    # values are checked against the defaults of the chosen groups (algorithm=qmix, ...)
+    groups = [a for a in overrides if (configs / a.partition("=")[0].lstrip("+~")).is_dir()]
+    values = [a.partition("=") for a in overrides if "=" in a and a not in groups]
+    if not values:  # only group choices: nothing to type-check, no second composition
+        return
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        defaults = compose(config_name, overrides=groups)
+    for key, _, value in values:
+        check_type(key.lstrip("+~"), value, defaults, given)
 
 
 #: keys whose values are of more than one type (``resume``: false, true, auto or a path;
