@@ -1,7 +1,7 @@
 """What every script shares: one-line answers to user mistakes, one thread policy and one
 memory-allocator policy.
 
-    @cli.main("train", auto_threads={"cpu": 1, "cuda": 1})   # hydra.main over configs/train.yaml
+    @cli.main("evaluate", auto_threads={"cpu": 1, "cuda": 1})  # hydra.main, configs/evaluate.yaml
     def main(cfg): ...
 
 **Errors.** A user mistake ends the script with ``error: <message>`` on one line of stderr
@@ -15,8 +15,11 @@ keep theirs.
 
 **Threads.** The torch thread count is, in this order of precedence: ``threads=N`` on the
 command line, else ``OMP_NUM_THREADS`` when set, else the config's ``threads`` (``auto``:
-the script's default for the device). The script prints the count it used, and why, on one
-line of stderr at start; child processes inherit it through ``OMP_NUM_THREADS``.
+the script's default for the device: a count, or a rule of the config such as
+``train.py``'s every usable core). The script prints the
+count it used, and why, on one line of stderr at start (with a hint when ``auto`` took several
+threads on cores other work keeps busy); child processes inherit it through
+``OMP_NUM_THREADS``.
 
 **Allocator.** With ``reuse_freed_memory`` true (the default of every script; a config key,
 ``reuse_freed_memory=false`` turns it off), the process keeps the memory torch frees for its
@@ -233,7 +236,20 @@ def _positive_int(value, what: str) -> int:
     return n
 
 
-def resolve_threads(cfg: Mapping, auto: Mapping[str, int]) -> tuple[int, str]:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: what ``threads=auto`` means on a device: a count, or a function of the config returning
+#: (count, why)
+AutoThreads = int | Callable[[Mapping], tuple[int, str]]
+
+
+def resolve_threads(cfg: Mapping, auto: Mapping[str, AutoThreads]) -> tuple[int, str]:
     """(thread count, where it came from) by the precedence of the module docstring."""
     given = _command_line_value("threads")
     if given is not None and given not in ("auto", "null"):
@@ -245,14 +261,34 @@ def resolve_threads(cfg: Mapping, auto: Mapping[str, int]) -> tuple[int, str]:
     if value in (None, "auto"):
         device = str(cfg.get("device") or "cpu").split(":")[0]
         n = auto.get(device, auto.get("cpu", 1))
+        if callable(n):
+            n, why = n(cfg)
+            return n, f"threads=auto on {device}: {why}"
         return n, f"threads=auto on {device}"
     return _positive_int(value, "threads"), "the config's threads"
 
 
-def use_threads(cfg: Mapping, auto: Mapping[str, int] | None = None) -> int:
+def busy_cores_note(n: int) -> str:
+    """A hint, or "", for ``threads=auto`` taking ``n > 1`` threads while other work already
+    keeps the cores busy (the 1-minute load average plus ``n`` exceeds the usable cores by
+    more than half a core): oversubscribed threads wait for each other. On the 2-core
+    machine of ``docs/speed.md`` two threads beside other work took 2.5-5x the time of one."""
+    if n < 2 or not hasattr(os, "getloadavg"):
+        return ""
+    load, cores = os.getloadavg()[0], usable_cores()
+    if load + n <= cores + 0.5:
+        return ""
+    return (
+        f"; the cores are busy (load average {load:.1f} on {cores} cores): beside other work "
+        "threads=1 is much faster (docs/speed.md)"
+    )
+
+
+def use_threads(cfg: Mapping, auto: Mapping[str, AutoThreads] | None = None) -> int:
     """Set torch's intra-op thread count by :func:`resolve_threads`, export it as
     ``OMP_NUM_THREADS`` for child processes (and one XLA thread for one torch thread), and
-    print one line saying what was used."""
+    print one line saying what was used (with :func:`busy_cores_note` when ``auto`` chose
+    several threads on busy cores)."""
     import torch
 
     n, why = resolve_threads(cfg, auto or {"cpu": 1})
@@ -260,7 +296,8 @@ def use_threads(cfg: Mapping, auto: Mapping[str, int] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(n)
     if n == 1:  # JAX (SMAX) otherwise spreads its CPU work over every core
         os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    print(f"threads: {n} ({why})", file=sys.stderr, flush=True)
+    note = busy_cores_note(n) if why.startswith("threads=auto") else ""
+    print(f"threads: {n} ({why}){note}", file=sys.stderr, flush=True)
     return n
 
 
@@ -321,11 +358,11 @@ def use_allocator(cfg: Mapping) -> bool:
 
 
 def main(
-    config_name: str, auto_threads: Mapping[str, int] | None = None
+    config_name: str, auto_threads: Mapping[str, AutoThreads] | None = None
 ) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
     """Decorator making ``task(cfg)`` a script entry point over ``configs/<config_name>``:
     ``hydra.main`` plus the one-line user errors and the thread policy of this module
-    (``auto_threads``: the thread count of ``threads=auto`` per device type)."""
+    (``auto_threads``: what ``threads=auto`` means per device type, :data:`AutoThreads`)."""
 
     def decorate(task: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(task)
@@ -372,6 +409,7 @@ __all__ = [
     "check_type",
     "use_threads",
     "resolve_threads",
+    "usable_cores",
     "use_allocator",
     "reuse_freed_memory",
 ]

@@ -20,7 +20,20 @@ from resq_torchrl import cli
 from resq_torchrl.training.trainer import train
 
 
-@cli.main("train", auto_threads={"cpu": 1, "cuda": 1})
+def auto_cpu_threads(cfg) -> tuple[int, str]:
+    """``threads=auto`` on the CPU: every usable core, but one for the matrix game. Measured
+    on the 2-core machine, 1 and 2 threads alternating (``docs/speed.md``, "Threads"): with the
+    machine otherwise idle, 2 threads took 0.72-0.80x the wall time of 1 on predator-prey
+    (resq) and 0.87-0.97x on vmas/balance, but 0.97-1.25x on the matrix game, whose networks
+    are too small to share between threads, for twice the CPU."""
+    env = cfg.get("env") or {}
+    if env.get("family", env.get("name")) == "matrix_game":
+        return 1, "1 for the matrix game's tiny networks"
+    n = cli.usable_cores()
+    return n, f"the {n} usable cores"
+
+
+@cli.main("train", auto_threads={"cpu": auto_cpu_threads, "cuda": 1})
 def main(cfg: DictConfig) -> None:
     final = train(OmegaConf.to_container(cfg, resolve=True))
     print(f"final evaluation ({cfg.algorithm.name} on {cfg.env.name}, seed {cfg.seed}):")

@@ -4,6 +4,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("RL_WARNINGS", "False")
+# one thread for the tests and the scripts they start (train.py's threads=auto would take every
+# core): seeded runs then compute the same numbers on any machine's core count
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,7 +1,9 @@
 """What every script shares (resq_torchrl/cli.py): one-line errors for user mistakes (exit
 code 2, no traceback), the thread policy, and training budgets that mean what they say."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,13 +214,81 @@ def test_thread_precedence(omp, args, expected, tmp_path, monkeypatch):
         )
 
 
-def test_train_threads_auto_resolves_per_device(tmp_path, monkeypatch):
+def test_train_threads_auto_takes_every_usable_core(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
     result = run_in_process(
         f"scripts/train.py {' '.join(TINY_PP)} total_frames=20 output_dir={tmp_path}", tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.splitlines()[0] == "threads: 1 (threads=auto on cpu)"
+    n = cli.usable_cores()
+    assert (
+        result.stderr.splitlines()[0] == f"threads: {n} (threads=auto on cpu: the {n} usable cores)"
+    )
+
+
+def test_threads_auto_per_device_and_env(monkeypatch):
+    """evaluate.py: one thread; train.py: every usable core on the CPU, one for the matrix
+    game (tiny networks) and on CUDA."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cli.resolve_threads({"threads": "auto"}, {"cpu": 1, "cuda": 1}) == (
+        1,
+        "threads=auto on cpu",
+    )
+    spec = importlib.util.spec_from_file_location("train_script", cli.REPO / "scripts" / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    train_auto = {"cpu": train_script.auto_cpu_threads, "cuda": 1}
+    n = cli.usable_cores()
+    assert cli.resolve_threads(
+        {"threads": "auto", "env": {"name": "predator_prey"}}, train_auto
+    ) == (
+        n,
+        f"threads=auto on cpu: the {n} usable cores",
+    )
+    matrix = {"threads": "auto", "env": {"name": "matrix_game"}}
+    assert cli.resolve_threads(matrix, train_auto) == (
+        1,
+        "threads=auto on cpu: 1 for the matrix game's tiny networks",
+    )
+    on_cuda = {"threads": "auto", "device": "cuda:0", "env": {"name": "predator_prey"}}
+    assert cli.resolve_threads(on_cuda, train_auto) == (1, "threads=auto on cuda")
+
+
+@pytest.mark.parametrize(
+    "load, cores, n, noted",
+    [
+        (0.0, 2, 2, False),  # idle: every core is free
+        (0.4, 2, 2, False),  # under half a core of other work
+        (1.0, 2, 2, True),  # one core's worth of other work, two threads
+        (4.5, 2, 2, True),
+        (6.0, 8, 2, False),  # two of eight cores are still free
+        (7.0, 8, 2, True),
+        (9.0, 2, 1, False),  # one thread is never oversubscribed by this process
+    ],
+)
+def test_busy_cores_note(load, cores, n, noted, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(cli, "usable_cores", lambda: cores)
+    note = cli.busy_cores_note(n)
+    assert bool(note) == noted
+    if noted:
+        assert f"load average {load:.1f} on {cores} cores" in note and "threads=1" in note
+
+
+def test_busy_cores_note_only_for_auto(tmp_path, monkeypatch):
+    """A count the user chose is taken without comment, even on busy cores."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    chosen = run_in_process("scripts/matrix_game.py n_updates=1 progress=false threads=2", tmp_path)
+    assert chosen.stderr.splitlines()[0] == "threads: 2 (threads= on the command line)"
+    auto = run_in_process(
+        f"scripts/train.py {' '.join(TINY_PP)} total_frames=20 output_dir={tmp_path}/run", tmp_path
+    )
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    first = auto.stderr.splitlines()[0]
+    if cli.usable_cores() > 1:
+        assert "the cores are busy (load average 50.0" in first, first
 
 
 # ---------------------------------------------------------------------------------- allocator
