@@ -83,6 +83,23 @@ def one_error_line(result) -> str:
             "scripts/train.py checkpoint_buffer=foo output_dir={out}",
             ["checkpoint_buffer must be true, false or auto, got 'foo'"],
         ),
+        # network sizes: a layer of 0 units trained in silence, a negative one was a traceback
+        ("scripts/matrix_game.py agent.hidden=[0]", ["agent.hidden[0] must be a whole number"]),
+        ("scripts/matrix_game.py agent.hidden=[64,-4]", ["agent.hidden[1]", "got -4"]),
+        ("scripts/matrix_game.py agent.hidden=64", ["agent.hidden must be a list", "[64]"]),
+        (
+            "scripts/matrix_game.py algorithm.mixing_embed_dim=0",
+            ["algorithm.mixing_embed_dim must be a whole number >= 1, got 0"],
+        ),
+        (
+            "scripts/train.py algorithm=ddn algorithm.n_quantiles=0 output_dir={out}",
+            ["algorithm.n_quantiles must be a whole number >= 1"],
+        ),
+        (
+            "scripts/train.py algorithm.td_lambda=1.5 output_dir={out}",
+            ["algorithm.td_lambda must lie in [0, 1], got 1.5"],
+        ),
+        ("scripts/train.py agent.hidden_dim=0 output_dir={out}", ["agent.hidden_dim", "got 0"]),
         ("scripts/matrix_game.py n_updates=0", ["n_updates must be >= 1, got 0"]),
         ("scripts/matrix_game.py lr=0", ["lr must be > 0, got 0"]),
         ("scripts/matrix_game.py n_updates=3 json_out=.", ["json_out=. is a directory"]),
@@ -487,6 +504,10 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
         "eval.jsonl): continue it with resume=true (or resume=auto), start over there with "
         "overwrite=true, or choose another output_dir"
     )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # a setting that cannot build the networks is refused before overwrite=true clears anything
+    bad = run_in_process([*args, "seed=1", "overwrite=true", "algorithm.td_lambda=2"], tmp_path)
+    assert bad.returncode == 2 and "algorithm.td_lambda must lie in" in bad.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     over = run_in_process([*args, "seed=1", "overwrite=true"], tmp_path)
     assert over.returncode == 0, over.stderr[-2000:]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -363,13 +363,57 @@ LOSS_BUILDERS: dict[str, Callable[..., LossModule]] = {
 }
 
 
+#: the algorithm settings that are a count of units, fractions or kernels (>= 1 each)
+ALGORITHM_SIZES = (
+    "mixing_embed_dim",
+    "hypernet_embed",
+    "central_mixer_embed",
+    "adv_hypernet_embed",
+    "n_kernels",
+    "n_quantiles",
+    "n_target_quantiles",
+    "n_acting_quantiles",
+    "n_cos",
+)
+
+
+def _whole(key: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be a whole number >= {low}, got {value!r}")
+
+
+def check_network_sizes(algo: Mapping, agent_cfg: Mapping) -> None:
+    """Raise a one-line :class:`ConfigError` for a network width, layer list or count that
+    cannot build the networks (``agent.hidden=[0]`` built a layer of no units that trained
+    in silence; a negative one ended in a traceback), and for ``td_lambda`` outside [0, 1]."""
+    for key in ALGORITHM_SIZES:
+        if algo.get(key) is not None:
+            _whole(f"algorithm.{key}", algo[key], 1)
+    lam = algo.get("td_lambda")
+    if lam is not None and (isinstance(lam, bool) or not 0 <= float(lam) <= 1):
+        raise ConfigError(f"algorithm.td_lambda must lie in [0, 1], got {lam!r}")
+    if agent_cfg.get("hidden_dim") is not None:
+        _whole("agent.hidden_dim", agent_cfg["hidden_dim"], 1)
+    hidden = agent_cfg.get("hidden")
+    if hidden is not None:
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ConfigError(
+                f"agent.hidden must be a list of layer widths such as [64] or [256, 256], "
+                f"got {hidden!r}"
+            )
+        for i, width in enumerate(hidden):
+            _whole(f"agent.hidden[{i}]", width, 1)
+
+
 def make_loss(
     algo: Mapping, agent_cfg: Mapping, dims: EnvDims, device: torch.device | str = "cpu"
 ) -> LossModule:
-    """The loss named ``algo["name"]`` with freshly initialised networks on ``device``."""
+    """The loss named ``algo["name"]`` with freshly initialised networks on ``device``
+    (sizes checked first, :func:`check_network_sizes`)."""
     name = algo.get("name")
     if name not in LOSS_BUILDERS:
         raise ConfigError(f"unknown algorithm {name!r}; available: {sorted(LOSS_BUILDERS)}")
+    check_network_sizes(algo, agent_cfg)
     return LOSS_BUILDERS[name](algo, agent_cfg, dims, device)
 
 

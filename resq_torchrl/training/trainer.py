@@ -42,6 +42,7 @@ from resq_torchrl.training import checkpoint
 from resq_torchrl.training.assembler import EpisodeAssembler
 from resq_torchrl.training.builders import (
     check_device,
+    check_network_sizes,
     env_dims,
     gradient_step,
     make_env,
@@ -216,7 +217,7 @@ def check_settings(cfg: Mapping) -> None:
             f"eps_end={end:g}"
         )
     at_least("exploration.anneal_frames", eps.get("anneal_frames"), 1)
-    at_least("agent.hidden_dim", (cfg.get("agent") or {}).get("hidden_dim"), 1)
+    check_network_sizes(cfg.get("algorithm") or {}, cfg.get("agent") or {})
     buffer = cfg.get("checkpoint_buffer", "auto")
     if not isinstance(buffer, bool) and str(buffer) != "auto":
         raise ConfigError(f"checkpoint_buffer must be true, false or auto, got {buffer!r}")
