@@ -33,6 +33,9 @@ round by round (A, B, C, A, B, C, ...; medians and minima over the rounds):
    ``qmix`` with matched sizes, on the same batch of VMAS balance transitions.
 6. **Replay memory**: bytes per stored agent-step of ``EpisodeReplayBuffer`` holding real
    predator-prey episodes, against the raw bytes of what they hold.
+7. **Thread counts** (``thread_counts``): the reference batch's update of a few methods in
+   a worker of one thread and one of every usable core, wall time: what ``train.py``'s
+   ``threads=auto`` rests on, measured on the machine at hand (skipped on one core).
 
 Writes ``out`` (JSON) and ``markdown`` (tables, command, machine) and prints both paths.
 Worker processes run with ``OMP_NUM_THREADS`` and torch threads set to this script's thread
@@ -144,7 +147,7 @@ def machine_facts(device: torch.device) -> dict:
     facts = {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores_usable": cli.usable_cores(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchrl": torchrl.__version__,
@@ -267,10 +270,15 @@ def interleaved(rounds: int, candidates: list) -> Iterator[tuple[int, object]]:
 
 
 def measure_updates(
-    workers: dict[str, UpdateWorker], cfg: DictConfig, train: dict, section: str = "updates"
+    workers: dict[str, UpdateWorker],
+    cfg: DictConfig,
+    train: dict,
+    section: str = "updates",
+    clock: str | None = None,
 ) -> dict:
     """Items 1-2 on the batch of ``cfg[section]``: ``updates`` (the reference batch) or
-    ``short_updates`` (short episodes padded to the longest, ``early_lengths``)."""
+    ``short_updates`` (short episodes padded to the longest, ``early_lengths``); item 7
+    (``thread_counts``) with ``clock="wall"`` whatever ``cfg.clock`` says."""
     ucfg = cfg[section]
     algorithms = list(ucfg.algorithms)
     batch = {
@@ -299,7 +307,8 @@ def measure_updates(
     seconds = {label: {a: [] for a in algorithms} for label in workers}
     candidates = [(a, label) for a in algorithms for label in workers]
     rounds = int(ucfg.rounds)
-    clock = CLOCKS[cfg.get("clock", "wall")]
+    clock_name = clock or cfg.get("clock", "wall")
+    clock = CLOCKS[clock_name]
     for r, (algo, label) in interleaved(rounds, candidates):
         seconds[label][algo].append(workers[label].ask(cmd="update", algorithm=algo)[clock])
         if all(len(seconds[lb][a]) == r + 1 for a, lb in candidates):
@@ -314,7 +323,7 @@ def measure_updates(
             if "qmix" in algorithms:
                 qmix = seconds[label]["qmix"]
                 row[label]["ratio_to_qmix"] = paired_ratio(seconds[label][algo], qmix)
-        if len(workers) == 2:
+        if len(workers) == 2 and NOW in workers:
             other = [lb for lb in workers if lb != NOW][0]
             row["ratio_now_vs_against"] = paired_ratio(seconds[NOW][algo], seconds[other][algo])
         rows.append(row)
@@ -322,9 +331,35 @@ def measure_updates(
         "batch": batch,
         "agent": train["agent"],
         "optimizer": train["optimizer"],
-        "clock": cfg.get("clock", "wall"),
+        "clock": clock_name,
         "rows": rows,
     }
+
+
+# ----------------------------------------------------------------------- 7: thread counts
+
+
+def measure_thread_counts(cfg: DictConfig, train: dict, logs: Path) -> dict:
+    """Item 7: the same update in a worker of one torch thread and one of every usable core
+    (``cli.usable_cores``), interleaved, wall time (CPU time would count every thread)."""
+    many = cli.usable_cores()
+    labels = {1: "1 thread", many: f"{many} threads"}
+    workers = {}
+    try:
+        for n, label in labels.items():
+            print(f"thread_counts: starting worker {label}", flush=True)
+            workers[label] = UpdateWorker(
+                label, REPO, n, logs, bool(cfg.get("reuse_freed_memory", True))
+            )
+        measured = measure_updates(workers, cfg, train, "thread_counts", clock="wall")
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for row in measured["rows"]:
+        row["ratio_many_vs_one"] = paired_ratio(
+            row[labels[many]]["rounds"], row[labels[1]]["rounds"]
+        )
+    return {**measured, "threads": [1, many], "labels": [labels[1], labels[many]]}
 
 
 # ---------------------------------------------------------------------------- 3: matrix game
@@ -356,7 +391,7 @@ def measure_matrix(workers: dict[str, UpdateWorker], cfg: DictConfig) -> dict:
         row = {"algorithm": algo}
         for c in [c for c in candidates if c[0] == algo]:
             row[name[c]] = {**summary(ms[c]), "setup_ms": statistics.median(setup[c])}
-        if len(workers) == 2:
+        if len(workers) == 2 and NOW in workers:
             other = [lb for lb in workers if lb != NOW][0]
             row["ratio_now_vs_against"] = paired_ratio(ms[algo, NOW, 1], ms[algo, other, 1])
         if n_vec > 1:
@@ -829,7 +864,8 @@ def write_markdown(result: dict, path: Path) -> None:
         f"- python {m['python']}, torch {m['torch']}, torchrl {m['torchrl']}, tensordict "
         f"{m['tensordict']}" + (f", vmas {m['vmas']}" if "vmas" in m else ""),
         f"- torch threads: {m['torch_threads']} here and in the update workers "
-        "(`OMP_NUM_THREADS` too): every workload measured is a one-thread workload",
+        "(`OMP_NUM_THREADS` too): every workload measured is a one-thread workload"
+        + (", but for the thread-count section" if "thread_counts" in result else ""),
         *(
             [
                 "- allocator of the update workers (`reuse_freed_memory`, `resq_torchrl/cli.py`): "
@@ -891,6 +927,27 @@ def write_markdown(result: dict, path: Path) -> None:
             "",
             *_updates_table(short, rev),
         ]
+    tc = result.get("thread_counts")
+    if tc:
+        one, many = tc["labels"]
+        lines += [
+            "",
+            "## Threads: one worker per thread count",
+            "",
+            f"The reference batch's update in a worker of {one} and one of {many} (every "
+            "usable core), interleaved, wall time: what `train.py`'s `threads=auto` (every "
+            "usable core on the CPU) rests on. On a machine shared with other work the "
+            f"threads wait for each other and the ratio says so. "
+            f"{len(tc['rows'][0][one]['rounds'])} rounds.",
+            "",
+            f"| method | ms, {one} | ms, {many} | {many} / {one} |",
+            "|---|---|---|---|",
+        ]
+        for row in tc["rows"]:
+            lines.append(
+                f"| {row['algorithm']} | {_ms(row[one])} | {_ms(row[many])} | "
+                f"{row['ratio_many_vs_one']:.2f} |"
+            )
     mg = result.get("matrix")
     if mg:
         lines += [
@@ -1029,10 +1086,16 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     cfg = apply_presets(cfg)
     device = check_device(cfg.device)
-    for section in ("updates", "short_updates", "matrix"):
-        for name in cfg[section].algorithms or []:
+    for section in ("updates", "short_updates", "matrix", "thread_counts"):
+        for name in (cfg[section].algorithms if section in cfg else None) or []:
             cli.check_choice("algorithm", name)  # an unknown one lists the algorithms
-    counts = ("rounds", "updates.rounds", "matrix.rounds", "collection.rounds")
+    counts = (
+        "rounds",
+        "updates.rounds",
+        "matrix.rounds",
+        "collection.rounds",
+        "thread_counts.rounds",
+    )
     for key in (*counts, "updates.episodes", "updates.steps", "short_updates.episodes"):
         at_least(key, OmegaConf.select(cfg, key), 1)
     clock = cfg.get("clock", "wall")
@@ -1082,6 +1145,11 @@ def run(cfg: DictConfig) -> dict:
             result["short_updates"] = measure_updates(workers, cfg, train, "short_updates")
         if list(cfg.matrix.algorithms):
             result["matrix"] = measure_matrix(workers, cfg)
+        if "thread_counts" in cfg and list(cfg.thread_counts.algorithms):
+            if cli.usable_cores() > 1:
+                result["thread_counts"] = measure_thread_counts(cfg, train, logs)
+            else:
+                print("thread_counts: skipped (one usable core)", flush=True)
     if list(cfg.collection.cases):
         result["collection"] = measure_collection(cfg, train)
     if cfg.reference.env:

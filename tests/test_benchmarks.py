@@ -13,6 +13,8 @@ import pytest
 import torch
 from script_runner import run_in_process
 
+from resq_torchrl import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = [
@@ -24,6 +26,7 @@ TINY = [
     "matrix.rounds=1",
     "matrix.vectorized_seeds=2",
     "reference.env=null",  # needs vmas and its slow import; the GPU/CPU runs cover it
+    "thread_counts.algorithms=[]",
 ]
 
 
@@ -57,6 +60,7 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
         "memory.env=predator_prey_small",
         "memory.n_envs=2",
         "memory.batches=1",
+        "thread_counts.algorithms=[qmix]",
     )
     assert {"command", "machine", "config", "wall_seconds", "updates", "matrix"} <= set(data)
     assert data["machine"]["torch_threads"] == 1
@@ -89,6 +93,16 @@ def test_throughput_benchmark_writes_its_tables(tmp_path):
     assert "next/agents/observation" not in kinds and kinds["agents/observation"] == "data"
     assert kinds["next/reward"] == "data"
     assert "reference" not in data
+    if cli.usable_cores() > 1:  # 1 thread against every usable core, wall time
+        threads = data["thread_counts"]
+        (trow,) = threads["rows"]
+        one, many = threads["labels"]
+        assert threads["threads"] == [1, cli.usable_cores()] and threads["clock"] == "wall"
+        assert trow["algorithm"] == "qmix" and trow[one]["median"] > 0 and trow[many]["median"] > 0
+        assert trow["ratio_many_vs_one"] > 0
+        assert "## Threads: one worker per thread count" in md and f"| ms, {many} |" in md
+    else:
+        assert "thread_counts" not in data
 
     for heading in (
         "## ms per update, predator-prey reference batch",
