@@ -97,6 +97,7 @@ def test_train_script_command_line(tmp_path, run_script):
     if (ROOT / ".git").exists():
         assert code["commit"] and code["commit"] in proc.stdout
     assert f"cpu: {code['cpu']}" in proc.stdout
+    assert code["threads"] == 1 and ", 1 thread" in proc.stdout  # the tests' OMP_NUM_THREADS
 
 
 def test_unknown_env_is_rejected(tmp_path):

@@ -370,9 +370,10 @@ class NonFiniteGuard:
 def provenance() -> dict:
     """What produced a run, for its log and ``final.json``: the commit of this package's
     checkout (``+changes`` when it has uncommitted ones; ``None`` outside a git checkout), the
-    CPU's model name and torch's version. Runs are deterministic per seed on one machine, but
-    a different CPU takes other kernel paths, so the same seed and commit can follow another
-    trajectory there (``docs/results.md``)."""
+    CPU's model name, torch's version and its thread count. Runs are deterministic per seed
+    on one machine and thread count, but a different CPU takes other kernel paths, and torch
+    splits its reductions over its threads, so the same seed and commit can follow another
+    trajectory on another CPU or thread count (``docs/results.md``, ``docs/speed.md``)."""
     import platform
     import subprocess
 
@@ -396,7 +397,12 @@ def provenance() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"commit": commit, "cpu": cpu, "torch": torch.__version__}
+    return {
+        "commit": commit,
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def train(cfg: Mapping) -> dict:
@@ -421,7 +427,11 @@ def train(cfg: Mapping) -> dict:
         check_fresh_output_dir(out_dir, bool(cfg.get("overwrite", False)), auto)
     out_dir.mkdir(parents=True, exist_ok=True)
     code = provenance()
-    print(f"code: {code['commit']}, cpu: {code['cpu']}, torch {code['torch']}", flush=True)
+    print(
+        f"code: {code['commit']}, cpu: {code['cpu']}, torch {code['torch']}, "
+        f"{code['threads']} thread{'s' if code['threads'] > 1 else ''}",
+        flush=True,
+    )
 
     # some simulators seed torch's global generator in set_seed (VMAS): keep the run's own
     # stream (networks, exploration, replay sampling) seeded by cfg.seed alone
