@@ -476,3 +476,28 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_on_resume(
     # finished now: resuming it again has nothing to do, as before
     with pytest.raises(ConfigError, match=f"nothing to do: {end} frames done"):
         train(_config(out, "total_frames=180", "eval_interval=60", "resume=true"))
+
+
+def test_resuming_on_another_thread_count_says_it_is_not_exact(tmp_path, capsys):
+    """The checkpoint records torch's thread count: a resume on another one continues with a
+    warning (split reductions round differently), on the same one without."""
+    threads = torch.get_num_threads()
+    first = train(_config(tmp_path, "total_frames=120", "checkpoint_buffer=false"))
+    assert load_checkpoint(tmp_path / CHECKPOINT)["threads"] == threads
+    capsys.readouterr()
+    try:
+        torch.set_num_threads(threads + 1)
+        second = train(
+            _config(tmp_path, "total_frames=200", "resume=true", "checkpoint_buffer=false")
+        )
+        out = capsys.readouterr().out
+        assert f"written with {threads} torch threads and the run continues with {threads + 1}" in (
+            out
+        )
+        assert f"threads={threads} resumes exactly" in out
+        assert second["updates"] > first["updates"]
+        assert load_checkpoint(tmp_path / CHECKPOINT)["threads"] == threads + 1
+        train(_config(tmp_path, "total_frames=280", "resume=true", "checkpoint_buffer=false"))
+        assert "torch threads" not in capsys.readouterr().out  # the same count: no warning
+    finally:
+        torch.set_num_threads(threads)

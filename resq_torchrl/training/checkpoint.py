@@ -164,6 +164,7 @@ def save(out_dir: Path, run: RunState, cfg: Mapping, keep: int = 0) -> Path:
         "collector": collector_state(run.collector) if "simulator" in env else None,
         "capture": None if run.capture is None else run.capture.state_dict(),
         "config": plain_config(cfg),
+        "threads": torch.get_num_threads(),  # split reductions round by the thread count
     }
     path = out_dir / CHECKPOINT
     tmp = path.with_name(path.name + ".tmp")
@@ -259,6 +260,15 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
         print(
             f"warning: {why}: the run continues from {path}, but starts new episodes (the "
             "ones in flight at the checkpoint are dropped): not exact",
+            flush=True,
+        )
+    saved_threads, threads = state.get("threads"), torch.get_num_threads()
+    if saved_threads is not None and saved_threads != threads:
+        print(
+            f"warning: {path} was written with {saved_threads} torch threads and the run "
+            f"continues with {threads}: torch splits its reductions over its threads, so the "
+            f"run continues, but not bit for bit as it would have (threads={saved_threads} "
+            "resumes exactly)",
             flush=True,
         )
     if str(cfg.get("checkpoint_buffer", "auto")).lower() not in ("false", "0"):
