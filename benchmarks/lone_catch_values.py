@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from resq_torchrl.data.episodes import EpisodeReplayBuffer
-from resq_torchrl.training.builders import env_dims, make_env, make_loss
+from resq_torchrl.training.builders import env_dims, env_family, make_env, make_loss
 from resq_torchrl.training.evaluation import load_run
 
 KINDS = ("lone_catch", "capture", "other")
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _, state = load_run(args.run)
     env = state["config"].get("env") or {}
-    family = env.get("family", env.get("name"))
-    if family != "predator_prey":
+    if env_family(env) != "predator_prey":
         parser.error(
             f"{args.run} is a run on {env.get('name')!r}: lone catches exist in predator_prey "
             "runs only"

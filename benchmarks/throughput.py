@@ -934,11 +934,11 @@ def write_markdown(result: dict, path: Path) -> None:
             "",
             "## Threads: one worker per thread count",
             "",
-            f"The reference batch's update in a worker of {one} and one of {many} (every "
-            "usable core), interleaved, wall time: what `train.py`'s `threads=auto` (every "
-            "usable core on the CPU) rests on. On a machine shared with other work the "
-            f"threads wait for each other and the ratio says so. "
-            f"{len(tc['rows'][0][one]['rounds'])} rounds.",
+            f"The reference batch's update on {m['device']} in a worker of {one} and one of "
+            f"{many} (every usable core), interleaved, wall time: what `train.py`'s "
+            "`threads=auto` rests on (every usable core on the CPU, one thread on CUDA). On a "
+            "machine shared with other work the threads wait for each other and the ratio "
+            f"says so. {len(tc['rows'][0][one]['rounds'])} rounds.",
             "",
             f"| method | ms, {one} | ms, {many} | {many} / {one} |",
             "|---|---|---|---|",

@@ -236,51 +236,83 @@ def _positive_int(value, what: str) -> int:
     return n
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` elsewhere)."""
+def _cgroup_cpu_limit(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """The CPUs a cgroup v2 quota allows this process (``docker --cpus``, a Kubernetes
+    limit), rounded up; ``None`` without a quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, -(-int(quota) // int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``os.cpu_count()`` where there is
+    none), capped by a cgroup CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return min(n, limit) if limit else n
 
 
 #: what ``threads=auto`` means on a device: a count, or a function of the config returning
 #: (count, why)
 AutoThreads = int | Callable[[Mapping], tuple[int, str]]
 
+#: ``OMP_NUM_THREADS`` before :func:`use_threads` last exported it, and what it exported: a
+#: later job of the same process (a sequential Hydra multirun) resolves its threads from the
+#: user's setting, not from the previous job's choice
+_exported: tuple[str | None, str] | None = None
 
-def resolve_threads(cfg: Mapping, auto: Mapping[str, AutoThreads]) -> tuple[int, str]:
-    """(thread count, where it came from) by the precedence of the module docstring."""
+
+def _resolve(cfg: Mapping, auto: Mapping[str, AutoThreads]) -> tuple[int, str, bool]:
+    """(thread count, where it came from, whether ``auto`` chose it)."""
     given = _command_line_value("threads")
     if given is not None and given not in ("auto", "null"):
-        return _positive_int(given, "threads"), "threads= on the command line"
+        return _positive_int(given, "threads"), "threads= on the command line", False
     env = os.environ.get("OMP_NUM_THREADS")
     if env and given is None:
-        return _positive_int(env, "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
+        return _positive_int(env, "OMP_NUM_THREADS"), "OMP_NUM_THREADS", False
     value = cfg.get("threads", "auto")
     if value in (None, "auto"):
         device = str(cfg.get("device") or "cpu").split(":")[0]
         n = auto.get(device, auto.get("cpu", 1))
         if callable(n):
             n, why = n(cfg)
-            return n, f"threads=auto on {device}: {why}"
-        return n, f"threads=auto on {device}"
-    return _positive_int(value, "threads"), "the config's threads"
+            return n, f"threads=auto on {device}: {why}", True
+        return n, f"threads=auto on {device}", True
+    return _positive_int(value, "threads"), "the config's threads", False
+
+
+def resolve_threads(cfg: Mapping, auto: Mapping[str, AutoThreads]) -> tuple[int, str]:
+    """(thread count, where it came from) by the precedence of the module docstring."""
+    return _resolve(cfg, auto)[:2]
 
 
 def busy_cores_note(n: int) -> str:
     """A hint, or "", for ``threads=auto`` taking ``n > 1`` threads while other work already
-    keeps the cores busy (the 1-minute load average plus ``n`` exceeds the usable cores by
-    more than half a core): oversubscribed threads wait for each other. On the 2-core
-    machine of ``docs/speed.md`` two threads beside other work took 2.5-5x the time of one."""
+    keeps at least one of the cores busy (the 1-minute load average, rounded, plus ``n``
+    exceeds the usable cores): oversubscribed threads wait for each other. On the 2-core
+    machine of ``docs/speed.md`` two threads beside other work took 2.5-5x the time of one.
+    The hint names the count that leaves the busy cores to the other work."""
     if n < 2 or not hasattr(os, "getloadavg"):
         return ""
     load, cores = os.getloadavg()[0], usable_cores()
-    if load + n <= cores + 0.5:
+    busy = round(load)
+    if busy + n <= cores:
         return ""
+    free = max(1, cores - busy)
     return (
-        f"; the cores are busy (load average {load:.1f} on {cores} cores): beside other work "
-        "threads=1 is much faster (docs/speed.md)"
+        f"; other work keeps about {busy} of the {cores} cores busy (load average "
+        f"{load:.1f}): threads={free} leaves them to it, and oversubscribed threads wait for "
+        "each other (docs/speed.md, Threads)"
     )
 
 
@@ -291,12 +323,20 @@ def use_threads(cfg: Mapping, auto: Mapping[str, AutoThreads] | None = None) -> 
     several threads on busy cores)."""
     import torch
 
-    n, why = resolve_threads(cfg, auto or {"cpu": 1})
+    global _exported
+    if _exported is not None and os.environ.get("OMP_NUM_THREADS") == _exported[1]:
+        # this process's own export for an earlier job (a sequential multirun): undo it
+        if _exported[0] is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = _exported[0]
+    n, why, chosen_by_auto = _resolve(cfg, auto or {"cpu": 1})
     torch.set_num_threads(n)
+    _exported = (os.environ.get("OMP_NUM_THREADS"), str(n))
     os.environ["OMP_NUM_THREADS"] = str(n)
     if n == 1:  # JAX (SMAX) otherwise spreads its CPU work over every core
         os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    note = busy_cores_note(n) if why.startswith("threads=auto") else ""
+    note = busy_cores_note(n) if chosen_by_auto else ""
     print(f"threads: {n} ({why}){note}", file=sys.stderr, flush=True)
     return n
 

@@ -33,6 +33,7 @@ from tensordict import TensorDictBase
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from resq_torchrl.errors import ConfigError
+from resq_torchrl.training.builders import env_family
 
 #: the env families :func:`render_run` draws
 RENDERABLE = ("predator_prey", "matrix_game", "vmas")
@@ -41,11 +42,6 @@ FORMATS = ("gif", "mp4")
 
 class RenderUnavailableError(ConfigError):
     """Rendering needs something this machine lacks (ffmpeg, an OpenGL display)."""
-
-
-def env_family(env_cfg: Mapping) -> str:
-    """The env family of a run's env config (``family``, else ``name``)."""
-    return str(env_cfg.get("family", env_cfg.get("name")))
 
 
 def check_render(family: str, fmt: str) -> None:

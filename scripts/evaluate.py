@@ -42,7 +42,8 @@ def main(cfg: DictConfig) -> None:
     if int(cfg.bootstrap_resamples) < 1:
         raise ConfigError(f"bootstrap_resamples must be >= 1, got {cfg.bootstrap_resamples}")
     if cfg.render:  # a render that cannot work fails before the evaluation
-        from resq_torchrl.render import check_render, env_family
+        from resq_torchrl.render import check_render
+        from resq_torchrl.training.builders import env_family
 
         check_render(env_family(loaded[1]["config"]["env"]), cfg.render_format)
     result = evaluate_run(

@@ -17,18 +17,21 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from resq_torchrl import cli
+from resq_torchrl.training.builders import env_family
 from resq_torchrl.training.trainer import train
 
 
 def auto_cpu_threads(cfg) -> tuple[int, str]:
-    """``threads=auto`` on the CPU: every usable core, but one for the matrix game. Measured
-    on the 2-core machine, 1 and 2 threads alternating (``docs/speed.md``, "Threads"): with the
-    machine otherwise idle, 2 threads took 0.72-0.80x the wall time of 1 on predator-prey
-    (resq) and 0.87-0.97x on vmas/balance, but 0.97-1.25x on the matrix game, whose networks
-    are too small to share between threads, for twice the CPU."""
-    env = cfg.get("env") or {}
-    if env.get("family", env.get("name")) == "matrix_game":
+    """``threads=auto`` on the CPU: every usable core for a training with the single
+    collector; one for the matrix game (networks too small to share between threads: twice
+    the CPU for no gain) and beside the worker processes of the multi-process collectors
+    (each worker takes the training process's thread count). Measured 1 against 2 threads
+    in ``docs/speed.md``, "Threads"."""
+    if env_family(cfg.get("env") or {}) == "matrix_game":
         return 1, "1 for the matrix game's tiny networks"
+    collector = str((cfg.get("collector") or {}).get("type", "single"))
+    if collector != "single":
+        return 1, f"1 beside collector={collector}'s worker processes"
     n = cli.usable_cores()
     return n, f"the {n} usable cores"
 

@@ -4,6 +4,7 @@ code 2, no traceback), the thread policy, and training budgets that mean what th
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,29 +269,72 @@ def test_threads_auto_per_device_and_env(monkeypatch):
         1,
         "threads=auto on cpu: 1 for the matrix game's tiny networks",
     )
+    workers = {
+        "threads": "auto",
+        "env": {"name": "predator_prey"},
+        "collector": {"type": "multi_sync"},
+    }
+    assert cli.resolve_threads(workers, train_auto) == (
+        1,
+        "threads=auto on cpu: 1 beside collector=multi_sync's worker processes",
+    )
     on_cuda = {"threads": "auto", "device": "cuda:0", "env": {"name": "predator_prey"}}
     assert cli.resolve_threads(on_cuda, train_auto) == (1, "threads=auto on cuda")
 
 
 @pytest.mark.parametrize(
-    "load, cores, n, noted",
+    "load, cores, n, free",
     [
-        (0.0, 2, 2, False),  # idle: every core is free
-        (0.4, 2, 2, False),  # under half a core of other work
-        (1.0, 2, 2, True),  # one core's worth of other work, two threads
-        (4.5, 2, 2, True),
-        (6.0, 8, 2, False),  # two of eight cores are still free
-        (7.0, 8, 2, True),
-        (9.0, 2, 1, False),  # one thread is never oversubscribed by this process
+        (0.0, 2, 2, None),  # idle: every core is free
+        (0.4, 2, 2, None),  # under half a core of other work
+        (1.0, 2, 2, 1),  # one core's worth of other work, two threads
+        (4.5, 2, 2, 1),
+        (6.0, 8, 2, None),  # two of eight cores are still free
+        (7.0, 8, 2, 1),
+        (1.2, 64, 64, 63),  # one background job on a large machine: leave it its core
+        (9.0, 2, 1, None),  # one thread is never oversubscribed by this process
     ],
 )
-def test_busy_cores_note(load, cores, n, noted, monkeypatch):
+def test_busy_cores_note(load, cores, n, free, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
     monkeypatch.setattr(cli, "usable_cores", lambda: cores)
     note = cli.busy_cores_note(n)
-    assert bool(note) == noted
-    if noted:
-        assert f"load average {load:.1f} on {cores} cores" in note and "threads=1" in note
+    if free is None:
+        assert note == ""
+    else:
+        assert f"of the {cores} cores busy (load average {load:.1f})" in note
+        assert f"threads={free} leaves them to it" in note
+
+
+@pytest.mark.parametrize(
+    "text, cpus",
+    [("max 100000\n", None), ("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1)],
+)
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(text, cpus, tmp_path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text(text)
+    assert cli._cgroup_cpu_limit(quota) == cpus
+    assert cli._cgroup_cpu_limit(tmp_path / "absent") is None
+    (tmp_path / "bad").write_text("garbage")
+    assert cli._cgroup_cpu_limit(tmp_path / "bad") is None
+
+
+def test_a_sequential_multirun_resolves_auto_afresh_for_every_job(monkeypatch):
+    """use_threads exports OMP_NUM_THREADS for child processes; the next job of the same
+    process (hydra -m without a launcher) must not take that export for the user's setting."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli, "_exported", None)
+    threads = torch.get_num_threads()
+    try:
+        assert cli.use_threads({"threads": "auto"}, {"cpu": lambda cfg: (2, "two")}) == 2
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+        assert cli.resolve_threads({"threads": "auto"}, {"cpu": 1})[1] == "OMP_NUM_THREADS"
+        assert cli.use_threads({"threads": "auto"}, {"cpu": 1}) == 1  # not the export's 2
+        # a value the user sets between jobs is theirs
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert cli.use_threads({"threads": "auto"}, {"cpu": 1}) == 3
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_busy_cores_note_only_for_auto(tmp_path, monkeypatch):
@@ -305,7 +349,7 @@ def test_busy_cores_note_only_for_auto(tmp_path, monkeypatch):
     assert auto.returncode == 0, auto.stderr[-3000:]
     first = auto.stderr.splitlines()[0]
     if cli.usable_cores() > 1:
-        assert "the cores are busy (load average 50.0" in first, first
+        assert "busy (load average 50.0)" in first, first
 
 
 # ---------------------------------------------------------------------------------- allocator
@@ -542,3 +586,24 @@ def test_resuming_another_methods_checkpoint_is_one_line(tmp_path):
         run_in_process(["scripts/evaluate.py", f"output_dir={tmp_path}", "json_out=."], tmp_path)
     )
     assert line == "error: json_out=. is a directory: give a file path, e.g. ./eval.json"
+
+
+def test_check_network_sizes_for_library_callers():
+    """make_loss's size check: whole floats pass (as cli.check_type lets 1e2 through for an
+    int), everything else that cannot build a network is one ConfigError naming the key."""
+    from resq_torchrl.training.builders import check_network_sizes
+
+    check_network_sizes({"mixing_embed_dim": 32.0, "td_lambda": 0.6}, {"hidden": [64.0, 32]})
+    check_network_sizes({"hypernet_layers": 1}, {"hidden_dim": 1e2})
+    bad = [
+        ({"td_lambda": "abc"}, {}, "algorithm.td_lambda must lie in [0, 1], got 'abc'"),
+        ({"td_lambda": True}, {}, "algorithm.td_lambda"),
+        ({"hypernet_layers": 3}, {}, "algorithm.hypernet_layers must be 1 or 2, got 3"),
+        ({"adv_hypernet_layers": 0}, {}, "algorithm.adv_hypernet_layers must be a whole"),
+        ({"n_cos": 2.5}, {}, "algorithm.n_cos must be a whole number >= 1, got 2.5"),
+        ({}, {"hidden_dim": True}, "agent.hidden_dim"),
+        ({}, {"hidden": "64"}, "agent.hidden must be a list"),
+    ]
+    for algo, agent, message in bad:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_network_sizes(algo, agent)

@@ -491,7 +491,8 @@ def test_resuming_on_another_thread_count_says_it_is_not_exact(tmp_path, capsys)
             _config(tmp_path, "total_frames=200", "resume=true", "checkpoint_buffer=false")
         )
         out = capsys.readouterr().out
-        assert f"written with {threads} torch threads and the run continues with {threads + 1}" in (
+        unit = "thread" if threads == 1 else "threads"
+        assert f"written with {threads} torch {unit} and the run continues with {threads + 1}" in (
             out
         )
         assert f"threads={threads} resumes exactly" in out

@@ -49,6 +49,7 @@ from resq_torchrl.objectives.common import masked_greedy
 from resq_torchrl.training.builders import (
     check_device,
     env_dims,
+    env_family,
     gradient_step,
     make_env,
     make_loss,
@@ -208,7 +209,7 @@ def capture_predicate(env_cfg: Mapping, threshold: float | None = None) -> Captu
     """The predicate of an env config: predator-prey with ``capture_reward > 0`` (reward
     above the step penalty, catchers = frozen ``catch``-takers); any other env only with an
     explicit ``threshold`` (every agent's taken action counts); else ``None``."""
-    family = env_cfg.get("family", env_cfg.get("name"))
+    family = env_family(env_cfg)
     if family == "predator_prey" and threshold is None:
         if float(env_cfg.get("capture_reward", 10.0)) <= 0:
             return None

@@ -90,8 +90,7 @@ def _lazy(module: str, fn: str, extra: str) -> Callable[[Mapping, int, object], 
             adapter = importlib.import_module(module)
         except ModuleNotFoundError as err:
             raise MissingDependencyError(
-                f"env={env_cfg.get('family', env_cfg.get('name'))} needs {err.name!r}, which "
-                f"is not installed: {extra}"
+                f"env={env_family(env_cfg)} needs {err.name!r}, which is not installed: {extra}"
             ) from err
         return getattr(adapter, fn)(env_cfg, n_envs, device)
 
@@ -141,7 +140,7 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     """Batched env of family ``env_cfg["family"]`` (or ``env_cfg["name"]``) with ``n_envs``
     copies, plus the transforms training needs: ``InitTracker`` (``"is_init"``) and
     ``RewardSum`` (``"episode_reward"``)."""
-    family = env_cfg.get("family", env_cfg.get("name"))
+    family = env_family(env_cfg)
     if family not in ENV_BUILDERS:
         raise ConfigError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
     env = ENV_BUILDERS[family](env_cfg, n_envs, device)
@@ -176,7 +175,7 @@ def _agent_net(
         if iqn is not None:
             return MultiAgentIQN(**common, **iqn)
         return MultiAgentGRU(**common, features_key=FEATURES_KEY if features else None)
-    common["hidden"] = tuple(agent_cfg.get("hidden", (64,)))
+    common["hidden"] = tuple(int(width) for width in agent_cfg.get("hidden", (64,)))
     if iqn is not None:
         return IQNAgentMLP(**common, **iqn)
     return make_agent_qnet(**common, features_key=FEATURES_KEY if features else None)
@@ -378,20 +377,33 @@ ALGORITHM_SIZES = (
 
 
 def _whole(key: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """A whole number >= ``low``; a whole float (``1e2``) passes, as in ``cli.check_type``."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < low:
         raise ConfigError(f"{key} must be a whole number >= {low}, got {value!r}")
 
 
 def check_network_sizes(algo: Mapping, agent_cfg: Mapping) -> None:
-    """Raise a one-line :class:`ConfigError` for a network width, layer list or count that
-    cannot build the networks (``agent.hidden=[0]`` built a layer of no units that trained
-    in silence; a negative one ended in a traceback), and for ``td_lambda`` outside [0, 1]."""
+    """Raise a one-line :class:`ConfigError` for a network width, layer count, layer list or
+    quantile count that cannot build the networks (``agent.hidden=[0]`` built a layer of no
+    units that trained in silence; a negative one ended in a traceback), and for
+    ``td_lambda`` outside [0, 1]."""
     for key in ALGORITHM_SIZES:
         if algo.get(key) is not None:
             _whole(f"algorithm.{key}", algo[key], 1)
+    if algo.get("adv_hypernet_layers") is not None:
+        _whole("algorithm.adv_hypernet_layers", algo["adv_hypernet_layers"], 1)
+    layers = algo.get("hypernet_layers")
+    if layers is not None and (isinstance(layers, bool) or layers not in (1, 2)):
+        raise ConfigError(f"algorithm.hypernet_layers must be 1 or 2, got {layers!r}")
     lam = algo.get("td_lambda")
-    if lam is not None and (isinstance(lam, bool) or not 0 <= float(lam) <= 1):
-        raise ConfigError(f"algorithm.td_lambda must lie in [0, 1], got {lam!r}")
+    if lam is not None:
+        try:
+            ok = not isinstance(lam, bool) and 0 <= float(lam) <= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"algorithm.td_lambda must lie in [0, 1], got {lam!r}")
     if agent_cfg.get("hidden_dim") is not None:
         _whole("agent.hidden_dim", agent_cfg["hidden_dim"], 1)
     hidden = agent_cfg.get("hidden")
@@ -403,6 +415,12 @@ def check_network_sizes(algo: Mapping, agent_cfg: Mapping) -> None:
             )
         for i, width in enumerate(hidden):
             _whole(f"agent.hidden[{i}]", width, 1)
+
+
+def env_family(env_cfg: Mapping) -> str:
+    """The builder an env config asks for: its ``family`` (``env=predator_prey_small``:
+    ``predator_prey``), else its ``name``."""
+    return str(env_cfg.get("family", env_cfg.get("name")))
 
 
 def make_loss(

@@ -215,6 +215,10 @@ def _model_of(cfg: Mapping) -> str:
     return f"algorithm={algo.get('name', '?')} env={env.get('name', '?')} agent=({agent})"
 
 
+def _threads(n: int) -> str:
+    return f"{n} torch thread{'' if n == 1 else 's'}"
+
+
 def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> dict:
     """Load the checkpoint at ``path`` into ``run`` (built as for a new run, collector
     included) and, with ``cfg["checkpoint_buffer"]``, the replay buffer saved with it
@@ -262,12 +266,15 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
             "ones in flight at the checkpoint are dropped): not exact",
             flush=True,
         )
-    saved_threads, threads = state.get("threads"), torch.get_num_threads()
-    if saved_threads is not None and saved_threads != threads:
+    # checkpoints from before the count was recorded were written with threads=auto's
+    # one thread of then (or OMP_NUM_THREADS): taken as 1, the likely case
+    saved_threads, threads = int(state.get("threads", 1)), torch.get_num_threads()
+    if saved_threads != threads:
+        recorded = "" if "threads" in state else " (not recorded: 1 assumed, the default then)"
         print(
-            f"warning: {path} was written with {saved_threads} torch threads and the run "
-            f"continues with {threads}: torch splits its reductions over its threads, so the "
-            f"run continues, but not bit for bit as it would have (threads={saved_threads} "
+            f"warning: {path} was written with {_threads(saved_threads)}{recorded} and the run "
+            f"continues with {threads}: torch splits its reductions over its threads, so "
+            f"the run continues, but not bit for bit as it would have (threads={saved_threads} "
             "resumes exactly)",
             flush=True,
         )

@@ -617,7 +617,11 @@ def train(cfg: Mapping) -> dict:
     bar.close()
     if saved_at != p.frames:  # not twice at the same frames (a replay dump can be GBs)
         save(keep)
+    threads = torch.get_num_threads()
     collector.shutdown()
+    # torchrl's multi-process collectors set the thread count on shutdown: the final
+    # evaluation runs on the run's own, the one its provenance names
+    torch.set_num_threads(threads)
     # the last periodic evaluation may have been made at these very frames: not twice
     final = dict(latest) if latest and latest["frames"] == p.frames else run_eval()
     close_logger(logger)
