@@ -20,6 +20,7 @@ it goes further. Nothing else: checkpoints and replay dumps stay in runs/.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 from pathlib import Path
@@ -38,7 +39,11 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
         for old, new in renames:
             name = name.replace(old, new)
         out = dst / name
-        if _shorter(run / "eval.jsonl", out / "eval.jsonl") and not (run / "final.json").exists():
+        if not read_eval_rows(run / "eval.jsonl") and (out / "eval.jsonl").exists():
+            print(f"kept {out}: {run / 'eval.jsonl'} has no readable evaluation")
+            continue
+        finished = _readable_json(run / "final.json")
+        if _shorter(run / "eval.jsonl", out / "eval.jsonl") and not finished:
             how = (
                 "retraces it so far"
                 if _retraces(run / "eval.jsonl", out / "eval.jsonl")
@@ -47,9 +52,9 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
             print(f"kept {out}: its committed log goes further, and {run} {how}")
             continue
         out.mkdir(parents=True, exist_ok=True)
-        for file in ("eval.jsonl", "final.json"):
-            if (run / file).exists():
-                shutil.copy2(run / file, out / file)
+        shutil.copy2(run / "eval.jsonl", out / "eval.jsonl")
+        if finished:  # never a final.json cut short over a whole one
+            shutil.copy2(run / "final.json", out / "final.json")
         for scalars in run.glob("*/scalars"):
             shutil.copytree(scalars, out / scalars.parent.name / "scalars", dirs_exist_ok=True)
         log = run.with_name(run.name + ".log")
@@ -66,6 +71,16 @@ def collect(src: Path, dst: Path, renames: list[tuple[str, str]]) -> list[Path]:
             shutil.copy2(log, out / f"train_from_{start}.log")
         copied.append(out)
     return copied
+
+
+def _readable_json(path: Path) -> bool:
+    """Whether ``path`` holds a whole JSON document (a run's ``final.json``: one cut short by
+    a run killed while writing it does not make the run finished)."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _shorter(new: Path, committed: Path) -> bool:

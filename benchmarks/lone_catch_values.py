@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from resq_torchrl.data.episodes import EpisodeReplayBuffer
+from resq_torchrl.errors import ConfigError, check_writable
 from resq_torchrl.training.builders import env_dims, env_family, make_env, make_loss
 from resq_torchrl.training.evaluation import load_run
 
@@ -97,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=48, help="episodes per sample")
     parser.add_argument("--out", type=Path, help="JSON output (default: stdout)")
     args = parser.parse_args(argv)
+    try:
+        check_writable("--out", args.out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     replay = args.replay or args.run / "replay"

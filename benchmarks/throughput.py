@@ -65,7 +65,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from resq_torchrl import cli  # noqa: E402
-from resq_torchrl.errors import ConfigError, at_least  # noqa: E402
+from resq_torchrl.errors import ConfigError, at_least, check_writable  # noqa: E402
 from resq_torchrl.training.builders import check_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,7 +176,13 @@ def git(*args: str) -> str:
 def worktree(rev: str) -> Iterator[tuple[Path, str]]:
     """A ``git worktree`` of ``rev`` in a temporary directory (and its full commit hash),
     removed on exit."""
-    sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    try:
+        sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    except ConfigError as err:
+        raise ConfigError(
+            f"against={rev} is not a commit of this repository: give a commit hash, tag or "
+            "branch, e.g. against=f4b0b87"
+        ) from err
     tmp = Path(tempfile.mkdtemp(prefix="throughput_"))
     path = tmp / f"rev_{sha[:10]}"
     git("worktree", "add", "--detach", str(path), sha)
@@ -1098,6 +1104,8 @@ def run(cfg: DictConfig) -> dict:
     )
     for key in (*counts, "updates.episodes", "updates.steps", "short_updates.episodes"):
         at_least(key, OmegaConf.select(cfg, key), 1)
+    for key in ("out", "markdown"):  # before the measurements, which would be lost
+        check_writable(key, cfg.get(key))
     clock = cfg.get("clock", "wall")
     if clock not in CLOCKS:
         raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")

@@ -7,6 +7,8 @@ traceback (``resq_torchrl.cli``); a library user catches them as ``ValueError``.
 from __future__ import annotations
 
 import importlib
+import tempfile
+from pathlib import Path
 from types import ModuleType
 
 
@@ -47,6 +49,34 @@ def at_least(key: str, value, low: float, strict: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
+def check_writable(key: str, path, kind: str = "file") -> None:
+    """Raise a :class:`ConfigError` when ``path`` (``kind``: a ``"file"`` to write, or a
+    ``"dir"`` to create or write into) cannot be written, before any work whose result would
+    go there is done: a file path that is a directory, a directory path that is a file, a
+    parent that is a file, or a place this process cannot write (probed by creating and
+    removing a temporary directory in the nearest existing ancestor). ``None`` passes."""
+    if path is None or str(path) == "":
+        return
+    target = Path(path)
+    if kind == "file" and target.is_dir():
+        raise ConfigError(f"{key}={path} is a directory: give the path of a file")
+    if kind == "dir" and target.exists() and not target.is_dir():
+        raise ConfigError(f"{key}={path} is a file, not a directory: choose another")
+    wanted = target.parent if kind == "file" else target
+    ancestor = wanted
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}={path}: {ancestor} is a file, so {wanted} cannot be created")
+    try:
+        tempfile.TemporaryDirectory(dir=ancestor).cleanup()
+    except OSError as err:
+        raise ConfigError(
+            f"{key}={path}: cannot write under {ancestor} ({err.strerror or err}): choose a "
+            "writable path"
+        ) from err
+
+
 def require(module: str, extra: str, needed_by: str) -> ModuleType:
     """Import ``module`` or raise a :class:`MissingDependencyError` saying that ``needed_by``
     (e.g. ``"logger=tensorboard"``) needs the package extra ``extra``."""
@@ -66,4 +96,6 @@ __all__ = [
     "UnsafeCheckpointError",
     "TrainingDivergedError",
     "require",
+    "at_least",
+    "check_writable",
 ]

@@ -21,13 +21,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resq_torchrl import cli
-from resq_torchrl.errors import ConfigError
+from resq_torchrl.errors import ConfigError, check_writable
 from resq_torchrl.training.evaluation import (
     EVALUATION_JSON,
     evaluate_run,
     format_table,
     load_run,
 )
+from resq_torchrl.training.trainer import RUN_FILES
 
 #: per-episode lists: in the JSON file, left out of the summary on stdout
 PER_EPISODE = ("returns", "lengths", "wins", "captures_per_episode", "lone_catches_per_episode")
@@ -39,6 +40,15 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.json_out or Path(cfg.output_dir) / EVALUATION_JSON)
     if out.is_dir():  # checked before the evaluation, which it would otherwise lose
         raise ConfigError(f"json_out={out} is a directory: give a file path, e.g. {out}/eval.json")
+    run_files = [Path(cfg.output_dir) / name for name in RUN_FILES]
+    if cfg.checkpoint:
+        run_files.append(Path(cfg.checkpoint))
+    if any(out.resolve() == f.resolve() for f in run_files):
+        raise ConfigError(
+            f"json_out={out} is one of the run's own files ({', '.join(RUN_FILES)}, the "
+            f"checkpoint): choose another path, e.g. the default {EVALUATION_JSON}"
+        )
+    check_writable("json_out", out)
     if int(cfg.bootstrap_resamples) < 1:
         raise ConfigError(f"bootstrap_resamples must be >= 1, got {cfg.bootstrap_resamples}")
     if cfg.render:  # a render that cannot work fails before the evaluation

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resq_torchrl import cli
 from resq_torchrl.analysis.sweep import markdown_table, save_heatmap_grid, summarize
-from resq_torchrl.errors import ConfigError, at_least
+from resq_torchrl.errors import ConfigError, at_least, check_writable
 from resq_torchrl.training import train_matrix_game_seeds
 from resq_torchrl.training.matrix_game import check_matrix_game_settings
 
@@ -51,6 +51,8 @@ def check_sweep(cfg: DictConfig) -> None:
     for key in ("n_seeds", "workers"):
         at_least(key, cfg[key], 1)
     check_matrix_game_settings(cfg)
+    for key in ("out_dir", "cache_dir"):  # before the sweep, whose table would be lost
+        check_writable(key, cfg.get(key), kind="dir")
 
 
 @cli.main("matrix_game_sweep")

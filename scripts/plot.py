@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from resq_torchrl import cli
 from resq_torchrl.analysis import aggregate
+from resq_torchrl.errors import check_writable
 
 
 def _command() -> str:
@@ -35,6 +36,10 @@ def _command() -> str:
 
 @cli.main("plot", auto_threads={"cpu": 1, "cuda": 1})
 def main(cfg: DictConfig) -> None:
+    out = Path(str(cfg.out))
+    if out.suffix in (".png", ".md", ".json"):
+        out = out.with_suffix("")
+    check_writable("out", f"{out}.png")  # before the bootstrap, whose result would be lost
     runs = cfg.runs
     patterns = list(runs) if isinstance(runs, ListConfig) else [runs]
     methods = aggregate.load_runs(
@@ -54,9 +59,6 @@ def main(cfg: DictConfig) -> None:
         train_bin=cfg.train_bin,
         seed=int(cfg.seed),
     )
-    out = Path(str(cfg.out))
-    if out.suffix in (".png", ".md", ".json"):
-        out = out.with_suffix("")
     figure, table, numbers = (Path(f"{out}{ext}") for ext in (".png", ".md", ".json"))
     aggregate.plot(summary, figure, cfg.title)
     command = _command()

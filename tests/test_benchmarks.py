@@ -225,6 +225,21 @@ def test_collect_runs_keeps_a_longer_committed_log_until_a_restarted_run_passes_
     further = [*other, rows[2], {"frames": 400, "updates": 40, "eval/return": 4.0}]
     assert collect(further)[0] == 4  # past the committed log: copied
     (committed / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # a final.json cut short does not make the run finished, nor replace a whole one
+    (committed / "final.json").write_text(json.dumps({"frames": 300}))
+    (run / "final.json").write_text('{"fra')
+    assert collect(other)[0] == 3
+    assert json.loads((committed / "final.json").read_text()) == {"frames": 300}
+    # nothing readable (a single line cut short) never replaces a committed log
+    assert collect([])[0] == 3
+    (run / "eval.jsonl").write_text('{"eval/return": 1.0, "fr')
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run.parent), str(committed.parent)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "has no readable evaluation" in proc.stdout, proc.stderr
+    assert len((committed / "eval.jsonl").read_text().splitlines()) == 3
     (run / "final.json").write_text(json.dumps({"frames": 200}))
     assert collect(other)[0] == 2  # finished (a shorter run asked for): copied
 

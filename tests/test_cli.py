@@ -107,6 +107,14 @@ def one_error_line(result) -> str:
         ("scripts/diagnose_ro.py log_every=0 out_dir={out}", ["log_every must be >= 1"]),
         ("scripts/diagnose_ro.py device=cuda:7 out_dir={out}", ["device=cuda"]),
         (
+            "scripts/diagnose_ro.py capture_threshold=abc out_dir={out}",
+            ["capture_threshold must be a number", "got 'abc'"],
+        ),
+        (
+            "benchmarks/throughput.py against=no_such_rev_x out={out}/b.json markdown={out}/b.md",
+            ["against=no_such_rev_x is not a commit of this repository"],
+        ),
+        (
             "benchmarks/throughput.py rounds=0 out={out}/b.json markdown={out}/b.md",
             ["rounds must be >= 1, got 0"],
         ),
@@ -607,3 +615,77 @@ def test_check_network_sizes_for_library_callers():
     for algo, agent, message in bad:
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_network_sizes(algo, agent)
+
+
+@pytest.mark.parametrize(
+    "command, key",
+    [
+        ("scripts/matrix_game.py n_updates=3 json_out={blocked}/a.json", "json_out"),
+        ("scripts/matrix_game.py n_updates=3 plot={blocked}/a.png", "plot"),
+        ("scripts/matrix_game_sweep.py n_seeds=1 algorithms=[vdn] out_dir={blocked}/s", "out_dir"),
+        ("scripts/diagnose_ro.py episodes=2 updates=1 out_dir={blocked}/ro", "out_dir"),
+        ("scripts/train.py output_dir={blocked}/run", "output_dir"),
+        ("scripts/plot.py runs=[{tmp}] out={blocked}/iqm", "out"),
+    ],
+)
+def test_an_unwritable_output_is_refused_before_any_work(command, key, tmp_path):
+    """An output path under a file (or, on Linux, under /proc) ends the script with one line
+    before it trains or bootstraps anything whose result would then be lost."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    line = one_error_line(run_in_process(command.format(blocked=blocker, tmp=tmp_path), tmp_path))
+    assert line.startswith(f"error: {key}={blocker}") and "is a file, so" in line
+    if sys.platform.startswith("linux"):
+        line = one_error_line(
+            run_in_process(command.format(blocked="/proc/x", tmp=tmp_path), tmp_path)
+        )
+        assert f"{key}=/proc/x" in line and "cannot write under /proc" in line
+
+
+def test_check_writable():
+    from resq_torchrl.errors import check_writable
+
+    check_writable("out", None)
+    with pytest.raises(ConfigError, match="is a directory"):
+        check_writable("json_out", cli.REPO)
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        check_writable("out_dir", cli.REPO / "README.md", kind="dir")
+    check_writable("out_dir", cli.REPO / "runs" / "not" / "yet" / "there", kind="dir")
+    assert not (cli.REPO / "runs" / "not").exists()  # probed, nothing created
+
+
+def test_evaluate_never_writes_over_the_runs_own_files(tmp_path):
+    args = ["scripts/train.py", "env=matrix_game", "algorithm=vdn", "total_frames=40"]
+    args += ["n_envs=2", "rollout_steps=5", "episodes_per_batch=2", "batch_episodes=2"]
+    args += ["eval_episodes=1", "progress=false", f"output_dir={tmp_path}"]
+    assert run_in_process(args, tmp_path).returncode == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    for name in ("checkpoint.pt", "final.json", "eval.jsonl"):
+        line = one_error_line(
+            run_in_process(
+                f"scripts/evaluate.py output_dir={tmp_path} json_out={tmp_path / name}", tmp_path
+            )
+        )
+        assert "is one of the run's own files" in line
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_from_another_directory_never_writes_over_a_third_run(tmp_path):
+    base = ["scripts/train.py", "env=matrix_game", "algorithm=vdn", "n_envs=2"]
+    base += ["rollout_steps=5", "episodes_per_batch=2", "batch_episodes=2", "eval_episodes=1"]
+    base += ["eval_interval=20", "progress=false"]
+    for name, seed in (("a", 0), ("b", 1)):
+        done = run_in_process(
+            [*base, "total_frames=40", f"seed={seed}", f"output_dir={tmp_path / name}"], tmp_path
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    b_files = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
+    resume = [*base, "total_frames=80", f"resume={tmp_path / 'a' / 'checkpoint.pt'}"]
+    line = one_error_line(run_in_process([*resume, f"output_dir={tmp_path / 'b'}"], tmp_path))
+    assert (
+        f"output_dir={tmp_path / 'b'} already holds another run" in line
+        and "overwrite=true" in line
+    )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()} == b_files
+    fresh = run_in_process([*resume, f"output_dir={tmp_path / 'c'}"], tmp_path)  # an empty one
+    assert fresh.returncode == 0 and "resumed from" in fresh.stdout, fresh.stderr[-2000:]

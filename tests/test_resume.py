@@ -502,3 +502,16 @@ def test_resuming_on_another_thread_count_says_it_is_not_exact(tmp_path, capsys)
         assert "torch threads" not in capsys.readouterr().out  # the same count: no warning
     finally:
         torch.set_num_threads(threads)
+
+
+def test_resuming_on_another_env_is_one_line_naming_the_settings(tmp_path):
+    """A resume with other env settings than the checkpoint's (another grid, another episode
+    length) is refused before anything is loaded (it was a shape error deep inside)."""
+    train(_config(tmp_path, "total_frames=120", "checkpoint_buffer=false"))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(ConfigError) as info:
+        train(_config(tmp_path, "total_frames=200", "resume=true", "env.grid_size=6"))
+    message = str(info.value)
+    assert "was trained on env=predator_prey with grid_size=5" in message
+    assert "this run asks for grid_size=6" in message and "start a new run" in message
+    assert (tmp_path / CHECKPOINT).read_bytes() == before

@@ -43,7 +43,7 @@ from torchrl.objectives import ValueEstimators
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.data.episodes import DEFAULT_EXCLUDE
 from resq_torchrl.envs.predator_prey import CATCH, STAY
-from resq_torchrl.errors import at_least
+from resq_torchrl.errors import ConfigError, at_least, check_writable
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.objectives.common import masked_greedy
 from resq_torchrl.training.builders import (
@@ -568,8 +568,18 @@ def run_diagnostic(cfg: Mapping) -> dict:
     for key in ("episodes", "n_envs", "updates", "log_every"):
         at_least(key, cfg[key], 1)
     at_least("lr", cfg.get("lr"), 0, strict=True)
+    check_writable("out_dir", cfg.get("out_dir"), kind="dir")  # before the training
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
-    predicate = capture_predicate(env_cfg, cfg.get("capture_threshold"))
+    threshold = cfg.get("capture_threshold")
+    if threshold is not None:
+        try:
+            float(threshold)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"capture_threshold must be a number (the reward from which a step counts as "
+                f"a capture) or null, got {threshold!r}"
+            ) from None
+    predicate = capture_predicate(env_cfg, threshold)
     if predicate is None:
         raise ValueError(
             f"env {env_cfg.get('name')!r} has no capture predicate: set capture_threshold= "

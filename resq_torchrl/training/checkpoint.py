@@ -215,6 +215,23 @@ def _model_of(cfg: Mapping) -> str:
     return f"algorithm={algo.get('name', '?')} env={env.get('name', '?')} agent=({agent})"
 
 
+def _check_same_env(path: Path, saved: Mapping | None, asked: Mapping) -> None:
+    """Raise a :class:`ConfigError` naming the settings when a run resumes on another env
+    than its checkpoint's (another grid, episode length, task): its networks, replay and
+    episodes in flight belong to that env (it failed deep inside, with a shape error)."""
+    if not saved:  # a checkpoint without its config: nothing to compare
+        return
+    keys = sorted(set(saved) | set(asked), key=str)
+    differ = [k for k in keys if saved.get(k) != asked.get(k)]
+    if differ:
+        was = ", ".join(f"{k}={saved.get(k)}" for k in differ)
+        now = ", ".join(f"{k}={asked.get(k)}" for k in differ)
+        raise ConfigError(
+            f"{path} was trained on env={saved.get('name', '?')} with {was}; this run asks "
+            f"for {now}: resume with the checkpoint's env settings, or start a new run"
+        )
+
+
 def _threads(n: int) -> str:
     return f"{n} torch thread{'' if n == 1 else 's'}"
 
@@ -225,6 +242,7 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
     (``path``'s directory's ``replay/``, used only when it was saved at the same frame
     count). Returns the loaded state (plain data)."""
     state = load_checkpoint(path, map_location=device)
+    _check_same_env(path, (state.get("config") or {}).get("env"), cfg.get("env") or {})
     legacy = state.get("format") is None
     if legacy:  # written before FORMAT 2: one torch generator, the env's own one
         state["rng"] = {"torch": state["rng"]}

@@ -36,6 +36,7 @@ from resq_torchrl.errors import (
     ConfigError,
     TrainingDivergedError,
     at_least,
+    check_writable,
 )
 from resq_torchrl.modules.rnn import LastActionWriter
 from resq_torchrl.training import checkpoint
@@ -50,7 +51,7 @@ from resq_torchrl.training.builders import (
     make_optimizer,
     make_target_updater,
 )
-from resq_torchrl.training.checkpoint import CHECKPOINT, REPLAY, Progress, RunState
+from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, Progress, RunState
 from resq_torchrl.training.collectors import make_collector
 from resq_torchrl.training.loggers import (
     check_logger,
@@ -304,17 +305,26 @@ def resume_path(cfg: Mapping, out_dir: Path) -> Path | None:
 RUN_FILES = (CHECKPOINT, "final.json", "eval.jsonl")
 
 
-def check_fresh_output_dir(out_dir: Path, overwrite: bool, auto: bool = False) -> None:
-    """Before a new run (nothing to resume) writes into ``out_dir``: raise a
-    :class:`ConfigError` when another run's files are there (:data:`RUN_FILES`), whose
-    checkpoint and results the new run would replace and whose evaluations it would append
-    to. ``overwrite=true`` (or ``resume=auto``, which found no checkpoint: what is there is
-    an attempt that never reached one) removes them first, so the new run starts clean."""
+def check_fresh_output_dir(
+    out_dir: Path, overwrite: bool, auto: bool = False, resuming_from: Path | None = None
+) -> None:
+    """Before a new run (nothing to resume), or one resumed from another directory's
+    checkpoint (``resuming_from``), writes into ``out_dir``: raise a :class:`ConfigError`
+    when another run's files are there (:data:`RUN_FILES`), whose checkpoint and results the
+    run would replace and whose evaluations it would append to or cut. ``overwrite=true``
+    (or ``resume=auto``, which found no checkpoint: what is there is an attempt that never
+    reached one) removes them first, so the run starts clean."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output_dir={out_dir} is a file, not a directory: choose another")
     found = [name for name in RUN_FILES if (out_dir / name).exists()]
     if not found:
         return
+    if resuming_from is not None and not overwrite:
+        raise ConfigError(
+            f"output_dir={out_dir} already holds another run ({', '.join(found)}), and "
+            f"resume={resuming_from} would write over it: choose an output_dir without a run, "
+            "or overwrite=true to replace it"
+        )
     if not (overwrite or auto):
         raise ConfigError(
             f"output_dir={out_dir} already holds a run ({', '.join(found)}): continue it with "
@@ -422,9 +432,15 @@ def train(cfg: Mapping) -> dict:
     check_budget(cfg)
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
+    overwrite = bool(cfg.get("overwrite", False))
     if start_from is None:
         auto = str(cfg.get("resume", False)) == "auto"
-        check_fresh_output_dir(out_dir, bool(cfg.get("overwrite", False)), auto)
+        check_fresh_output_dir(out_dir, overwrite, auto)
+    elif Path(start_from).resolve().parent not in (out_dir.resolve(), (out_dir / KEPT).resolve()):
+        # resume=PATH from another run's directory writes its checkpoints and evaluations
+        # here: never over a third run's (its checkpoint would be replaced, its log cut)
+        check_fresh_output_dir(out_dir, overwrite, resuming_from=start_from)
+    check_writable("output_dir", out_dir, kind="dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     code = provenance()
     print(
