@@ -515,3 +515,9 @@ def test_resuming_on_another_env_is_one_line_naming_the_settings(tmp_path):
     assert "was trained on env=predator_prey with grid_size=5" in message
     assert "this run asks for grid_size=6" in message and "start a new run" in message
     assert (tmp_path / CHECKPOINT).read_bytes() == before
+    # a setting the checkpoint's config does not name (added to the configs since) passes
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    del state["config"]["env"]["obs_radius"]
+    torch.save(state, tmp_path / CHECKPOINT)
+    resumed = train(_config(tmp_path, "total_frames=200", "resume=true"))
+    assert resumed["frames"] >= 200

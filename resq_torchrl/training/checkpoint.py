@@ -221,7 +221,9 @@ def _check_same_env(path: Path, saved: Mapping | None, asked: Mapping) -> None:
     episodes in flight belong to that env (it failed deep inside, with a shape error)."""
     if not saved:  # a checkpoint without its config: nothing to compare
         return
-    keys = sorted(set(saved) | set(asked), key=str)
+    # only the settings both name: a key added to the env configs since the checkpoint was
+    # written (its default the behaviour of then) must not refuse an older run
+    keys = sorted(set(saved) & set(asked), key=str)
     differ = [k for k in keys if saved.get(k) != asked.get(k)]
     if differ:
         was = ", ".join(f"{k}={saved.get(k)}" for k in differ)
