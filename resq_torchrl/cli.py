@@ -40,7 +40,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from resq_torchrl.errors import ConfigError
+from resq_torchrl.errors import ConfigError, is_whole
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -202,8 +202,7 @@ def check_type(key: str, value: str, defaults, given) -> None:
         if not isinstance(new, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
     elif isinstance(default, int):
-        whole = isinstance(new, int) or (isinstance(new, float) and new.is_integer())
-        if isinstance(new, bool) or not whole:
+        if not is_whole(new):
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
     elif isinstance(default, float):
         if isinstance(new, bool) or not isinstance(new, (int, float)):

@@ -49,6 +49,14 @@ def at_least(key: str, value, low: float, strict: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
+def is_whole(value) -> bool:
+    """Whether a setting's value is a whole number: an int, or a float with no fraction
+    (``1e6`` from the command line); never a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
 def check_writable(key: str, path, kind: str = "file") -> None:
     """Raise a :class:`ConfigError` when ``path`` (``kind``: a ``"file"`` to write, or a
     ``"dir"`` to create or write into) cannot be written, before any work whose result would
@@ -97,5 +105,6 @@ __all__ = [
     "TrainingDivergedError",
     "require",
     "at_least",
+    "is_whole",
     "check_writable",
 ]

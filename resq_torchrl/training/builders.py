@@ -18,7 +18,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
 from resq_torchrl.envs import MatrixGameEnv, PredatorPreyEnv
-from resq_torchrl.errors import ConfigError, MissingDependencyError
+from resq_torchrl.errors import ConfigError, MissingDependencyError, is_whole
 from resq_torchrl.modules import (
     DMIXMixer,
     FeedForwardMixer,
@@ -362,8 +362,9 @@ LOSS_BUILDERS: dict[str, Callable[..., LossModule]] = {
 }
 
 
-#: the algorithm settings that are a count of units, fractions or kernels (>= 1 each)
+#: the algorithm settings that are a count of units, layers, fractions or kernels (>= 1 each)
 ALGORITHM_SIZES = (
+    "adv_hypernet_layers",
     "mixing_embed_dim",
     "hypernet_embed",
     "central_mixer_embed",
@@ -378,8 +379,7 @@ ALGORITHM_SIZES = (
 
 def _whole(key: str, value, low: int) -> None:
     """A whole number >= ``low``; a whole float (``1e2``) passes, as in ``cli.check_type``."""
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not whole or value < low:
+    if not is_whole(value) or value < low:
         raise ConfigError(f"{key} must be a whole number >= {low}, got {value!r}")
 
 
@@ -391,8 +391,6 @@ def check_network_sizes(algo: Mapping, agent_cfg: Mapping) -> None:
     for key in ALGORITHM_SIZES:
         if algo.get(key) is not None:
             _whole(f"algorithm.{key}", algo[key], 1)
-    if algo.get("adv_hypernet_layers") is not None:
-        _whole("algorithm.adv_hypernet_layers", algo["adv_hypernet_layers"], 1)
     layers = algo.get("hypernet_layers")
     if layers is not None and (isinstance(layers, bool) or layers not in (1, 2)):
         raise ConfigError(f"algorithm.hypernet_layers must be 1 or 2, got {layers!r}")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from resq_torchrl.analysis import evaluate_matrix_game, save_heatmap
 from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
-from resq_torchrl.errors import ConfigError, at_least, check_writable
+from resq_torchrl.errors import at_least, check_writable
 from resq_torchrl.training.builders import (
     EnvDims,
     check_device,
@@ -44,8 +44,6 @@ def check_matrix_game_settings(cfg: Mapping) -> None:
     for key in ("lr", "optim_eps", "grad_clip"):
         at_least(key, cfg.get(key), 0, strict=True)
     for key in ("json_out", "plot"):  # before the training, whose result would be lost
-        if cfg.get(key) and Path(str(cfg[key])).is_dir():
-            raise ConfigError(f"{key}={cfg[key]} is a directory: give a file path")
         check_writable(key, cfg.get(key))
 
 
