@@ -103,6 +103,11 @@ def _retraces(new: Path, committed: Path) -> bool:
     return 0 < len(ours) < len(theirs) and theirs[: len(ours)] == ours
 
 
+def _complete(row: dict) -> bool:
+    """Does an eval.jsonl row carry what the runs table shows?"""
+    return all(isinstance(row.get(k), int | float) for k in ("frames", "updates", "eval/return"))
+
+
 def _last_csv_value(path: Path) -> str:
     if not path.exists():
         return "-"
@@ -123,8 +128,11 @@ def table(root: Path) -> str:
     for run in sorted(root.glob("*/*_seed*")):
         if not (run / "eval.jsonl").is_file():  # a logger's folder, not a run
             continue
-        lines = read_eval_rows(run / "eval.jsonl")
+        # rows without a greedy return (a log of another tool, or a run that never
+        # evaluated) cannot fill the table's columns: such a run is left out, and said so
+        lines = [row for row in read_eval_rows(run / "eval.jsonl") if _complete(row)]
         if not lines:
+            print(f"left out {run}: no evaluation with frames, updates and eval/return")
             continue
         by_frames: dict[int, dict] = {}
         for line in lines:  # a resumed run redoes evaluations past its checkpoint: last wins

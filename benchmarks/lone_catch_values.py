@@ -111,14 +111,27 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (unpack {packed} first)" if packed.exists() else ""
         print(f"error: no replay dump at {replay}{hint}", file=sys.stderr)
         return 2
-    _, state = load_run(args.run)
+    try:
+        _, state = load_run(args.run)
+    except ConfigError as err:  # no checkpoint, or not one of scripts/train.py
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     env = state["config"].get("env") or {}
     if env_family(env) != "predator_prey":
         parser.error(
             f"{args.run} is a run on {env.get('name')!r}: lone catches exist in predator_prey "
             "runs only"
         )
-    result = json.dumps(lone_catch_values(args.run, replay, args.episodes, state=state), indent=1)
+    try:
+        values = lone_catch_values(args.run, replay, args.episodes, state=state)
+    except (KeyError, ValueError, OSError) as err:  # a dump cut short or of another run
+        print(
+            f"error: {replay} is not a readable replay dump of {args.run} "
+            f"({type(err).__name__}: {err})",
+            file=sys.stderr,
+        )
+        return 2
+    result = json.dumps(values, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result + "\n")

@@ -295,7 +295,7 @@ def test_collect_runs_copies_logs_and_rebuilds_the_table(tmp_path):
     assert cells[7] == "0, 2, 5" and cells[8] == "-4.0, -2.0, 1.0"
 
 
-def test_lone_catch_values_reads_a_runs_checkpoint_and_replay(tmp_path):
+def test_lone_catch_values_reads_a_runs_checkpoint_and_replay(tmp_path, capsys):
     """benchmarks/lone_catch_values.py on a tiny ResQ run: every real step of the sampled
     episodes falls in one kind, and ``Q_tot - Q_jt = -w_r Q_r >= 0`` (ResQ's residual is
     never positive); a missing replay is a one-line error with exit code 2."""
@@ -340,11 +340,22 @@ def test_lone_catch_values_reads_a_runs_checkpoint_and_replay(tmp_path):
     assert err.value.code == 2
     # a run on another env has no lone catches: refused, not answered with meaningless rows
     state = torch.load(run / "checkpoint.pt", weights_only=False)
+    cfg_env = state["config"]["env"]
     state["config"]["env"] = {"name": "matrix_game", "max_steps": 1}
     torch.save(state, run / "checkpoint.pt")
     with pytest.raises(SystemExit) as err:
         probe.main([str(run)])
     assert err.value.code == 2
+    # a replay dump of another shape (its episodes.json cut to nothing) and a file that is
+    # not a checkpoint of train.py: one line each, exit code 2, not a KeyError
+    state["config"]["env"] = cfg_env
+    torch.save(state, run / "checkpoint.pt")
+    (run / "replay" / "episodes.json").write_text("{}")
+    assert probe.main([str(run)]) == 2
+    assert "is not a readable replay dump of" in capsys.readouterr().err
+    torch.save({"frames": 1}, run / "checkpoint.pt")
+    assert probe.main([str(run)]) == 2
+    assert "is not a checkpoint of scripts/train.py" in capsys.readouterr().err
     shutil.rmtree(run / "replay")
     assert probe.main([str(run)]) == 2
 
@@ -433,6 +444,20 @@ def test_collect_runs_refuses_a_root_without_runs_and_leaves_the_table(tmp_path)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("collect_runs.py: error: ")
         assert page.read_text() == text
+    # a run whose rows lack the greedy return (another tool's log) is left out, said so,
+    # and with no other run the table is refused as above: no KeyError
+    (tmp_path / "set" / "x_seed0").mkdir(parents=True)
+    (tmp_path / "set" / "x_seed0" / "eval.jsonl").write_text('{"frames": 10, "updates": 1}\n')
+    done = subprocess.run(
+        [sys.executable, script, "--table", str(tmp_path), str(page)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "left out" in done.stdout and "x_seed0" in done.stdout
+    assert page.read_text() == text
+    shutil.rmtree(tmp_path / "set")
     bad = subprocess.run(
         [sys.executable, script, str(tmp_path), str(tmp_path / "d"), "--rename", "vdn"],
         capture_output=True,
