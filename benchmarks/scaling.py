@@ -35,7 +35,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from resq_torchrl import cli
-from resq_torchrl.errors import ConfigError
+from resq_torchrl.errors import ConfigError, at_least, check_writable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,8 +158,18 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Before any run: ranges, and the outputs writable (the runs take minutes)."""
+    at_least("rounds", cfg.rounds, 1)
+    at_least("total_frames", cfg.total_frames, 1)
+    check_writable("out", cfg.out)
+    check_writable("markdown", cfg.markdown)
+    check_writable("run_dir", cfg.run_dir, kind="dir")
+
+
 @cli.main("scaling", auto_threads={"cpu": 1})
 def main(cfg: DictConfig) -> None:
+    check_settings(cfg)
     result = measure(cfg)
     out, md = Path(cfg.out), Path(cfg.markdown)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -174,8 +174,10 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
         return
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         defaults = compose(config_name, overrides=groups)
-    for key, _, value in values:
-        check_type(key.lstrip("+~"), value, defaults, given)
+    # a key given twice takes its last value (Hydra's rule): check that one, by that value
+    last = {key.lstrip("+~"): value for key, _, value in values}
+    for key, value in last.items():
+        check_type(key, value, defaults, given)
 
 
 #: keys whose values are of more than one type (``resume``: false, true, auto or a path;

@@ -127,6 +127,10 @@ def one_error_line(result) -> str:
             ["only= lists the candidates to run", "'nope'", "multi_sync_2"],
         ),
         (
+            "benchmarks/scaling.py rounds=0 run_dir={out} out={out}/s.json markdown={out}/s.md",
+            ["rounds must be >= 1, got 0"],
+        ),
+        (
             "scripts/train.py logger=nope output_dir={out}",
             ["unknown logger 'nope'", "tensorboard"],
         ),
@@ -531,6 +535,16 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key(arg, message):
     assert str(err.value) == message
 
 
+def test_a_key_given_twice_is_checked_by_its_last_value():
+    """Hydra takes a key's last value: the message names that one (it named the first, a
+    valid number, for ``lr=0.1 lr=abc``), and a bad first value that the second replaces
+    is no error."""
+    with pytest.raises(ConfigError) as err:
+        cli.check_overrides("train", ["lr=0.1", "lr=abc"])
+    assert str(err.value) == "lr must be a number, got 'abc'"
+    cli.check_overrides("train", ["seed=1.5", "seed=2"])
+
+
 @pytest.mark.parametrize(
     "arg", ["total_frames=1e4", "lr=1", "seed=3", "resume=auto", "threads=auto", "+extra=x"]
 )
@@ -561,6 +575,15 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
     bad = run_in_process([*args, "seed=1", "overwrite=true", "algorithm.td_lambda=2"], tmp_path)
     assert bad.returncode == 2 and "algorithm.td_lambda must lie in" in bad.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # so is one the env refuses when it is built (it removed the earlier run's files first,
+    # and a new output_dir was left behind empty)
+    ragged = ["seed=1", "env.payoff=[[1,2],[3]]"]
+    bad = run_in_process([*args, *ragged, "overwrite=true"], tmp_path)
+    assert bad.returncode == 2 and "payoff must be a rectangular" in bad.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    fresh = tmp_path / "fresh"
+    bad = run_in_process([*args[:-1], *ragged, f"output_dir={fresh}"], tmp_path)
+    assert bad.returncode == 2 and not fresh.exists()
     over = run_in_process([*args, "seed=1", "overwrite=true"], tmp_path)
     assert over.returncode == 0, over.stderr[-2000:]
     assert "overwrite=true: removed the earlier" in over.stdout
@@ -626,6 +649,7 @@ def test_check_network_sizes_for_library_callers():
         ("scripts/diagnose_ro.py episodes=2 updates=1 out_dir={blocked}/ro", "out_dir"),
         ("scripts/train.py output_dir={blocked}/run", "output_dir"),
         ("scripts/plot.py runs=[{tmp}] out={blocked}/iqm", "out"),
+        ("benchmarks/scaling.py rounds=1 run_dir={tmp}/r out={blocked}/s.json", "out"),
     ],
 )
 def test_an_unwritable_output_is_refused_before_any_work(command, key, tmp_path):

@@ -129,6 +129,15 @@ def test_unknown_residual_sign_is_rejected(make_table_qnet):
         resq_loss(make_table_qnet, "relu")
 
 
+@pytest.mark.parametrize("coef", [0.0, -1.0])
+def test_a_penalty_of_no_weight_is_rejected(make_table_qnet, coef):
+    """A sign penalty of weight 0 would train the raw, sign-free residual (the released
+    code's behaviour, which the paper's Q_r <= 0 excludes)."""
+    with pytest.raises(ValueError, match="residual_sign_coef must be > 0"):
+        resq_loss(make_table_qnet, "penalty", residual_sign_coef=coef)
+    resq_loss(make_table_qnet, "abs", residual_sign_coef=0.0)  # unused with -|R|
+
+
 # ---------------------------------------------------------------- targets
 def test_resq_target_is_target_central_q_at_the_online_greedy_next_action(
     make_table_qnet, make_transition

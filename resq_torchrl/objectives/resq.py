@@ -32,13 +32,15 @@ class ResQLoss(CentralValueLoss):
 
     Optional, off by default (not in the paper): ``tot_weighting="cw"`` scales the gradient
     that ``loss_td`` sends to ``Q_tot`` by ``w_tot = 1`` where ``Q_tot < y`` or the taken
-    action is the greedy one, ``tot_weight_alpha`` elsewhere, as Centrally-Weighted QMIX
-    weights its samples. The values of ``Q_jt`` are unchanged (so Theorem 1 still holds);
-    only how much of an overestimate ``Q_tot`` unlearns changes, the rest being left to the
-    residual, which can only lower ``Q_jt``. Written as ``Q_jt = [w_tot Q_tot + (1 - w_tot)
-    sg(Q_tot)] + w_r Q_r`` (``sg``: stop-gradient) rather than ``w_tot Q_tot + w_r Q_r``: the
-    latter would break IGM when ``Q_tot < 0``. It is a remedy tried against relative
-    overgeneralisation with rare rewards (predator-prey, see ``docs/results.md``).
+    action is the greedy one, ``tot_weight_alpha`` elsewhere: Optimistically-Weighted QMIX's
+    test (``Q_tot < y``) with the greedy action always at full weight, as in CW-QMIX (whose
+    own test, ``y > Q*^-(s, u_bar)``, is not used here). The values of ``Q_jt`` are
+    unchanged (so Theorem 1 still holds); only how much of an overestimate ``Q_tot``
+    unlearns changes, the rest being left to the residual, which can only lower ``Q_jt``.
+    Written as ``Q_jt = [w_tot Q_tot + (1 - w_tot) sg(Q_tot)] + w_r Q_r`` (``sg``:
+    stop-gradient) rather than ``w_tot Q_tot + w_r Q_r``: the latter would break IGM when
+    ``Q_tot < 0``. It is a remedy tried against relative overgeneralisation with rare
+    rewards (predator-prey, see ``docs/results.md``).
     Diagnostics: ``td_error`` (mean ``|Q_jt - y|``), ``w_r_mean``, ``q_r_mean``, ``q_tot_mean``,
     ``q_jt_mean``, ``target_mean``.
 
@@ -109,6 +111,13 @@ class ResQLoss(CentralValueLoss):
         if tot_weighting not in self.TOT_WEIGHTINGS:
             raise ValueError(
                 f"tot_weighting must be one of {self.TOT_WEIGHTINGS}, got {tot_weighting!r}"
+            )
+        if residual_sign == "penalty" and not float(residual_sign_coef) > 0.0:
+            # a penalty of weight 0 trains the raw, sign-free R (the released code's bug):
+            # Q_r <= 0, hence Theorem 1's IGM, would not hold
+            raise ValueError(
+                "residual_sign_coef must be > 0 with residual_sign='penalty' (0 leaves Q_r "
+                f"unconstrained in sign), got {residual_sign_coef}"
             )
         if not 0.0 < tot_weight_alpha <= 1.0:
             raise ValueError(f"tot_weight_alpha must lie in (0, 1], got {tot_weight_alpha}")

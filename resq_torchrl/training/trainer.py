@@ -307,18 +307,20 @@ RUN_FILES = (CHECKPOINT, "final.json", "eval.jsonl")
 
 def check_fresh_output_dir(
     out_dir: Path, overwrite: bool, auto: bool = False, resuming_from: Path | None = None
-) -> None:
+) -> list[str]:
     """Before a new run (nothing to resume), or one resumed from another directory's
     checkpoint (``resuming_from``), writes into ``out_dir``: raise a :class:`ConfigError`
     when another run's files are there (:data:`RUN_FILES`), whose checkpoint and results the
     run would replace and whose evaluations it would append to or cut. ``overwrite=true``
     (or ``resume=auto``, which found no checkpoint: what is there is an attempt that never
-    reached one) removes them first, so the run starts clean."""
+    reached one) lets the run start clean: returns the files :func:`clear_earlier_run` is
+    to remove, once the run's envs and networks are built (a setting they refuse must not
+    cost the earlier run)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output_dir={out_dir} is a file, not a directory: choose another")
     found = [name for name in RUN_FILES if (out_dir / name).exists()]
     if not found:
-        return
+        return []
     if resuming_from is not None and not overwrite:
         raise ConfigError(
             f"output_dir={out_dir} already holds another run ({', '.join(found)}), and "
@@ -331,8 +333,16 @@ def check_fresh_output_dir(
             "resume=true (or resume=auto), start over there with overwrite=true, or choose "
             "another output_dir"
         )
+    return found
+
+
+def clear_earlier_run(out_dir: Path, found: list[str], overwrite: bool) -> None:
+    """Remove the files :func:`check_fresh_output_dir` found (``overwrite=true``, or
+    ``resume=auto`` without a checkpoint), and say so."""
+    if not found:
+        return
     for name in found:
-        (out_dir / name).unlink()
+        (out_dir / name).unlink(missing_ok=True)
     why = "overwrite=true" if overwrite else "resume=auto without a checkpoint"
     print(f"{why}: removed the earlier {', '.join(found)} of {out_dir}", flush=True)
 
@@ -433,15 +443,15 @@ def train(cfg: Mapping) -> dict:
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
     overwrite = bool(cfg.get("overwrite", False))
+    earlier: list[str] = []  # an earlier run's files to remove (overwrite=true)
     if start_from is None:
         auto = str(cfg.get("resume", False)) == "auto"
-        check_fresh_output_dir(out_dir, overwrite, auto)
+        earlier = check_fresh_output_dir(out_dir, overwrite, auto)
     elif Path(start_from).resolve().parent not in (out_dir.resolve(), (out_dir / KEPT).resolve()):
         # resume=PATH from another run's directory writes its checkpoints and evaluations
         # here: never over a third run's (its checkpoint would be replaced, its log cut)
-        check_fresh_output_dir(out_dir, overwrite, resuming_from=start_from)
+        earlier = check_fresh_output_dir(out_dir, overwrite, resuming_from=start_from)
     check_writable("output_dir", out_dir, kind="dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
     code = provenance()
     print(
         f"code: {code['commit']}, cpu: {code['cpu']}, torch {code['torch']}, "
@@ -481,6 +491,11 @@ def train(cfg: Mapping) -> dict:
     )
     # predator-prey: count the collected capture steps, catch gap at the buffer's captures
     capture = CaptureMonitor.from_env_cfg(env_cfg, seed=seed)
+    # made (or cleared) once the envs and networks are built: a setting they refuse
+    # (env.grid_size=1, a simulator not installed) leaves no empty output directory behind
+    # and costs no earlier run its files
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_run(out_dir, earlier, overwrite)
     logger = make_logger(cfg, out_dir)
     # workers of a resumed run are seeded anew (their envs cannot be restored): see worker_seed
     single = str(cfg.get("collector", {}).get("type", "single")) == "single"
