@@ -24,6 +24,12 @@ def test_gather_chosen_rejects_bad_actions():
         gather_chosen(av, torch.zeros(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
         gather_chosen(av, torch.full((4, 2), 3))
+    # one-hot actions: the message named two equal shapes; fractional actions were truncated
+    with pytest.raises(ValueError, match="one-hot actions"):
+        gather_chosen(av, torch.nn.functional.one_hot(torch.zeros(4, 2, dtype=torch.long), 3))
+    with pytest.raises(ValueError, match="whole action indices"):
+        gather_chosen(av, torch.full((4, 2), 1.7))
+    assert gather_chosen(av, torch.full((4, 2), 2.0)).shape == (4, 2, 1)  # whole floats pass
 
 
 def test_masked_greedy_hand_values():

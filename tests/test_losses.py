@@ -129,6 +129,13 @@ def test_unknown_residual_sign_is_rejected(make_table_qnet):
         resq_loss(make_table_qnet, "relu")
 
 
+def test_a_negative_central_loss_weight_is_rejected(make_table_qnet):
+    """A negative weight would train Q* away from its targets (ResQ, Weighted QMIX, ResZ
+    check it; QTRAN already checked its own)."""
+    with pytest.raises(ValueError, match="central_loss_coef must be >= 0, got -1"):
+        resq_loss(make_table_qnet, central_loss_coef=-1.0)
+
+
 @pytest.mark.parametrize("coef", [0.0, -1.0])
 def test_a_penalty_of_no_weight_is_rejected(make_table_qnet, coef):
     """A sign penalty of weight 0 would train the raw, sign-free residual (the released
@@ -266,12 +273,84 @@ def test_networks_always_run_with_the_current_online_and_target_parameters(
     for key in out.keys():
         torch.testing.assert_close(out[key], ref[key], msg=key)
 
+    # new tensors put in the parameter TensorDicts (update, set), online and target, or
+    # swapped into a network itself: the loss computes with its parameter TensorDicts,
+    # as a fresh loss loaded from its state dict does (it kept the old tensors, silently)
+    third, before = _make_all(make_table_qnet)[name], loss(td)
+    loss.mixer_params.update(third.mixer_params.data.clone())
+    loss.target_mixer_params.update(third.mixer_params.data.clone().apply(lambda x: x * 3))
+    key = next(iter(loss.agent_network_params.keys(True, True)))
+    loss.target_agent_network_params.set(key, third.agent_network_params.get(key).data + 1)
+    third.mixer_params.data.clone().apply(lambda x: x - 5).to_module(loss.mixer)
+    ref = _fresh_like(loss, name, make_table_qnet)(td)
+    assert not torch.equal(ref["q_tot_mean"], before["q_tot_mean"])  # the change shows
+    out = loss(td)
+    for key in out.keys():
+        torch.testing.assert_close(out[key], ref[key], msg=key)
+
     loss = loss.double()  # new tensors: every binding must follow
     td64 = td.apply(lambda x: x.double() if x.is_floating_point() else x)
+    other.load_state_dict(loss.state_dict())
     out, ref = loss(td64), other.double()(td64)
     for key in out.keys():
         assert out[key].dtype == torch.float64
         torch.testing.assert_close(out[key], ref[key], msg=key)
+
+
+@pytest.mark.parametrize("share_params", [True, False])
+@pytest.mark.parametrize("name", ["qmix", "resq"])
+def test_torchrls_multi_agent_mlp_serves_as_the_agent_network(name, share_params, make_transition):
+    """torchrl's own ``MultiAgentMLP`` (it keeps its parameters in a parameter TensorDict of
+    its own) as the agents: the target copies bind (they raised "could not bind"), the
+    online parameters train, the targets stay put until a hard update copies them."""
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import MultiAgentMLP
+
+    torch.manual_seed(0)
+
+    def agents():
+        mlp = MultiAgentMLP(
+            n_agent_inputs=1,
+            n_agent_outputs=3,
+            n_agents=2,
+            centralized=False,
+            share_params=share_params,
+            depth=1,
+            num_cells=16,
+        )
+        return TensorDictModule(
+            mlp, in_keys=[("agents", "observation")], out_keys=[("agents", "action_value")]
+        )
+
+    if name == "qmix":
+        loss = QMIXLoss(agents(), QMixer(2, 1, 8, 16))
+    else:
+        loss = ResQLoss(
+            agents(),
+            QMixer(2, 1, 8, 16),
+            FeedForwardMixer(2, 1, 16),
+            FeedForwardMixer(2, 1, 16),
+            central_agent_network=agents(),
+        )
+    updater = make_target_updater(loss, interval=2)
+    td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))
+    agent = "agent_network" if name == "qmix" else "central_agent_network"  # has targets
+    target, online = f"target_{agent}_params", f"{agent}_params"
+    assert target in loss._modules
+    target_before = getattr(loss, target).clone()
+    online_before = getattr(loss, online).data.clone()
+    opt = torch.optim.Adam(loss.parameters(), lr=0.01)
+    for step in range(2):
+        opt.zero_grad()
+        total_loss(loss(td)).backward()
+        opt.step()
+        if step == 0:
+            assert (getattr(loss, target) == target_before).all()
+        updater.step()
+    assert (getattr(loss, online).data != online_before).any()
+    assert (getattr(loss, target) == getattr(loss, online).data).all()
+    assert all(not v.requires_grad for v in getattr(loss, target).values(True, True))
+    assert torch.isfinite(loss(td)["loss_td"])
 
 
 def _fresh_like(loss, name, make_table_qnet):
@@ -361,6 +440,15 @@ def test_set_keys_renames_every_key(make_table_qnet, make_transition):
     del td2["next", "rew"]
     with pytest.raises(KeyError, match=r"\('next', 'rew'\)"):
         renamed(td2)
+    # a name the loss does not have, or utilities the agents do not write: one line, at
+    # set_keys, the keys unchanged (torchrl listed its dataclass fields; the second failed
+    # at the next call with an AttributeError on None)
+    keys = dict(vars(renamed.tensor_keys))
+    with pytest.raises(ValueError, match="'observation' is not one of its keys: action, "):
+        renamed.set_keys(observation=("agents", "obs"))
+    with pytest.raises(ValueError, match=r"action_value=\('agents', 'qv'\) is not written by"):
+        renamed.set_keys(action_value=("agents", "qv"), reward="other")
+    assert dict(vars(renamed.tensor_keys)) == keys
 
 
 @pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
@@ -394,6 +482,19 @@ def test_missing_key_is_named(name, make_table_qnet, make_transition):
     del td["agents", "observation"]
     with pytest.raises(KeyError, match=r"\('agents', 'observation'\)"):
         loss(td)
+
+
+@pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
+def test_a_per_agent_reward_is_named(name, make_table_qnet, make_transition):
+    """torchrl's multi-agent envs write a reward per agent: the losses take a team reward,
+    and said so only as a failed reshape."""
+    loss = _make_all(make_table_qnet)[name]
+    td = make_transition([[0, 0], [1, 2]], [1.0, 0.0], [1, 1])
+    td["next", "reward"] = torch.ones(2, 2, 1)
+    with pytest.raises(ValueError, match=r"has shape \(2, 2, 1\); the losses take one team"):
+        loss(td)
+    td["next", "reward"] = torch.ones(2)  # [*B] is a team reward too
+    loss(td)
 
 
 @pytest.mark.parametrize("name", ["vdn", "qmix", "resq"])
@@ -445,3 +546,27 @@ def test_mask_at_only_one_of_current_and_next_is_rejected(make_table_qnet, make_
     del td["next", "agents", "action_mask"]
     with pytest.raises(KeyError, match=r"\('next', 'agents', 'action_mask'\) is missing"):
         loss(td)
+
+
+@pytest.mark.parametrize(
+    "algo", ["vdn", "qmix", "cw_qmix", "ow_qmix", "qtran", "qplex", "resq", "ddn", "dmix", "resz"]
+)
+def test_out_keys_name_the_loss_terms_and_a_loss_prints(algo):
+    """``loss.out_keys`` lists the ``loss_*`` terms forward writes, as torchrl's losses do
+    (``print(loss)`` failed on the missing attribute, for every loss)."""
+    from conftest import ROOT
+    from omegaconf import OmegaConf
+
+    from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
+    from resq_torchrl.training.builders import EnvDims, make_loss
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "algorithm" / f"{algo}.yaml"))
+    if algo == "resq":
+        cfg["residual_sign"] = "penalty"  # its extra term
+    dims = EnvDims(n_agents=2, n_actions=3, obs_dim=1, state_dim=1)
+    torch.manual_seed(0)
+    loss = make_loss(cfg, {"hidden": [8], "agent_id": True}, dims, "cpu")
+    env = MatrixGameEnv(payoff_tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), batch_size=[4])
+    out = loss(env.rand_transition())
+    assert sorted(k for k in out.keys() if k.startswith("loss_")) == sorted(loss.out_keys)
+    assert type(loss).__name__ in repr(loss)

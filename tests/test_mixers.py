@@ -25,6 +25,19 @@ def test_mixer_shapes_over_extra_batch_dims():
     torch.testing.assert_close(VDNMixer(3, device=None)(q), q.sum(-2))
 
 
+def test_a_float64_state_mixes_as_its_float32_values():
+    """A float64 state (numpy-built data) with float32 utilities: every mixer casts it to
+    the utilities' dtype (QMixer raised a dtype mismatch from inside its hypernetworks)."""
+    torch.manual_seed(0)
+    q, state = torch.randn(5, 3, 1), torch.randn(5, 4)
+    for mixer in (
+        QMixer(3, 4),
+        FeedForwardMixer(3, 4, embed_dim=16),
+        QattenMixer(3, 4, unit_dim=1),
+    ):
+        torch.testing.assert_close(mixer(q, state.double()), mixer(q, state), rtol=0, atol=0)
+
+
 def test_feedforward_mixer_can_be_non_monotonic():
     torch.manual_seed(0)
     mixer = FeedForwardMixer(2, 1, embed_dim=32)
@@ -77,3 +90,38 @@ def test_qatten_unit_features_come_from_the_state_and_bad_unit_dim_is_rejected()
     assert mixer(torch.randn(4, 5, 2, 1), torch.randn(4, 5, 7)).shape == (4, 5, 1)
     with pytest.raises(ValueError, match="does not fit"):
         QattenMixer(3, 7, unit_dim=3)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: QMixer(0, 4),
+        lambda: QMixer(2, 4, mixing_embed_dim=0),
+        lambda: QMixer(2, -3),
+        lambda: FeedForwardMixer(2, 4, embed_dim=0),
+        lambda: FeedForwardMixer(0, 4),
+        lambda: QattenMixer(2, 4, n_heads=0),
+        lambda: AgentMLP(1, 3, 2, hidden=(-4,)),
+        lambda: AgentMLP(1, 0, 2),
+    ],
+)
+def test_a_size_below_one_is_named(build):
+    """Zero sizes built layers of no units (trained in silence, or failed at the first
+    forward), negative ones failed inside torch; every network and mixer now says which."""
+    with pytest.raises(ValueError, match="needs positive sizes, got "):
+        build()
+
+
+def test_iqn_and_recurrent_agents_and_the_sum_losses_check_their_sizes():
+    from resq_torchrl.modules import IQNAgentMLP, MultiAgentGRU, make_agent_qnet
+    from resq_torchrl.objectives import DDNLoss, VDNLoss
+
+    for build in (
+        lambda: IQNAgentMLP(1, 3, 2, n_acting=0),
+        lambda: IQNAgentMLP(1, 3, 2, hidden=(0,)),
+        lambda: MultiAgentGRU(1, 3, 2, hidden_dim=0),
+        lambda: VDNLoss(make_agent_qnet(1, 3, 2), n_agents=0),
+        lambda: DDNLoss(IQNAgentMLP(1, 3, 2), n_agents=-1),
+    ):
+        with pytest.raises(ValueError, match="needs positive sizes, got "):
+            build()

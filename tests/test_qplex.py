@@ -156,3 +156,8 @@ def test_errors():
 
     with pytest.raises(ValueError, match="agents"):
         loss(transition([[0, 0, 0]], [0.0], [1]))
+    # a mixer built for another action count: it ran (more actions) or failed in one_hot
+    for n_actions in (2, 4):
+        loss = QPLEXLoss(make_agent_qnet(1, 3, 2), QPLEXMixer(2, n_actions, 1))
+        with pytest.raises(ValueError, match=f"have 3 actions but mixer was built for {n_actions}"):
+            loss(transition([[0, 0]], [0.0], [1]))

@@ -144,6 +144,17 @@ def test_agent_network_without_features_is_rejected():
         make_loss(opt_coef=-1.0)
 
 
+@pytest.mark.parametrize("n_actions", [2, 4])
+def test_a_joint_network_for_another_action_count_is_rejected(n_actions, make_transition):
+    """It ran (more actions: a one-hot padded with never-taken actions) or failed inside
+    ``one_hot``; the agents' 3 actions are compared with the network's."""
+    loss = QTRANLoss(agents(), QTranJointNetwork(2, n_actions, 1, 1))
+    with pytest.raises(
+        ValueError, match=f"have 3 actions but joint_network was built for {n_actions}"
+    ):
+        loss(make_transition([[0, 0]], [0.0], [1]))
+
+
 def test_joint_network_rejects_wrong_shapes():
     net = QTranJointNetwork(2, 3, 4, 5)
     with pytest.raises(ValueError, match="features"):

@@ -96,6 +96,10 @@ def test_td0_is_the_default_and_lambda_zero_equals_td0():
         loss.make_value_estimator(ValueEstimators.GAE)
     with pytest.raises(ValueError, match="lmbda"):
         loss.make_value_estimator(ValueEstimators.TDLambda, lmbda=2.0)
+    # lmbda is not carried over from an earlier call: its documented default, 0.6
+    loss.make_value_estimator(ValueEstimators.TDLambda, lmbda=0.9)
+    assert loss.make_value_estimator(ValueEstimators.TDLambda).lmbda == 0.6
+    assert loss.gamma == 0.5  # gamma stays the loss's
 
 
 def test_recurrent_next_values_continue_the_hidden_state():

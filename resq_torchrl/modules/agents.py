@@ -10,6 +10,8 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.modules import MLP
 
+from resq_torchrl.modules.layers import check_sizes
+
 
 def with_agent_id(x: torch.Tensor, n_agents: int) -> torch.Tensor:
     """Append a one-hot agent index to per-agent inputs: ``[*B, N, F]`` -> ``[*B, N, F + N]``."""
@@ -51,11 +53,8 @@ class AgentMLP(nn.Module):
         super().__init__()
         if return_features and not hidden:
             raise ValueError("AgentMLP needs at least one hidden layer to return features")
-        if n_agents < 1 or n_actions < 1 or obs_dim < 1:
-            raise ValueError(
-                f"AgentMLP needs positive sizes, got obs_dim={obs_dim}, "
-                f"n_actions={n_actions}, n_agents={n_agents}"
-            )
+        layers = {f"hidden[{i}]": h for i, h in enumerate(hidden)}
+        check_sizes("AgentMLP", obs_dim=obs_dim, n_actions=n_actions, n_agents=n_agents, **layers)
         self.obs_dim = obs_dim
         self.n_actions = n_actions
         self.n_agents = n_agents

@@ -29,6 +29,7 @@ from torch import nn
 from torchrl.modules import MLP
 
 from resq_torchrl.modules.agents import with_agent_id
+from resq_torchrl.modules.layers import check_sizes
 from resq_torchrl.modules.rnn import MultiAgentGRU
 
 #: where the quantile fractions ``[*B, K]`` of a sample are read from
@@ -52,11 +53,7 @@ class QuantileHead(nn.Module):
 
     def __init__(self, feature_dim: int, n_actions: int, n_cos: int = 64, device=None) -> None:
         super().__init__()
-        if min(feature_dim, n_actions, n_cos) < 1:
-            raise ValueError(
-                f"QuantileHead needs positive sizes, got feature_dim={feature_dim}, "
-                f"n_actions={n_actions}, n_cos={n_cos}"
-            )
+        check_sizes("QuantileHead", feature_dim=feature_dim, n_actions=n_actions, n_cos=n_cos)
         self.n_cos = n_cos
         self.cos_embedding = nn.Linear(n_cos, feature_dim, device=device)
         self.out = nn.Linear(feature_dim, n_actions, device=device)
@@ -143,6 +140,7 @@ class MultiAgentIQN(_QuantileOutputs, MultiAgentGRU):
         )
         del self.net.fc2  # the quantile head replaces the scalar one
         self.head = QuantileHead(hidden_dim, n_actions, n_cos, device)
+        check_sizes(type(self).__name__, n_acting=n_acting)
         self.n_acting = int(n_acting)
         self.fractions_key, self.mean_key = unravel_key(fractions_key), unravel_key(mean_key)
         self.in_keys = [*self.in_keys, self.fractions_key]
@@ -180,6 +178,10 @@ class IQNAgentMLP(_QuantileOutputs, TensorDictModuleBase):
         super().__init__()
         if not hidden:
             raise ValueError("IQNAgentMLP needs at least one hidden layer (its features)")
+        layers = {f"hidden[{i}]": h for i, h in enumerate(hidden)}
+        check_sizes(
+            "IQNAgentMLP", obs_dim=obs_dim, n_actions=n_actions, n_agents=n_agents, **layers
+        )
         self.obs_dim, self.n_actions, self.n_agents = obs_dim, n_actions, n_agents
         self.agent_id = agent_id
         in_dim = obs_dim + (n_agents if agent_id else 0)
@@ -191,6 +193,7 @@ class IQNAgentMLP(_QuantileOutputs, TensorDictModuleBase):
             device=device,
         )
         self.head = QuantileHead(hidden[-1], n_actions, n_cos, device)
+        check_sizes(type(self).__name__, n_acting=n_acting)
         self.n_acting = int(n_acting)
         self.observation_key = unravel_key(observation_key)
         self.out_key = unravel_key(out_key)

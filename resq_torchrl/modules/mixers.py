@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torchrl.modules.models.multiagent import Mixer, VDNMixer
 
+from resq_torchrl.modules.layers import check_sizes
+
 __all__ = ["VDNMixer", "QMixer", "QattenMixer", "FeedForwardMixer"]
 
 
@@ -51,6 +53,13 @@ class QMixer(Mixer):
         hypernet_layers: int = 2,
         device: torch.device | str | None = None,
     ) -> None:
+        check_sizes(
+            "QMixer",
+            n_agents=n_agents,
+            state_dim=state_dim,
+            mixing_embed_dim=mixing_embed_dim,
+            hypernet_embed=hypernet_embed,
+        )
         super().__init__(
             n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
         )
@@ -81,7 +90,7 @@ class QMixer(Mixer):
         -> ``[*B, K]``: the hypernetworks run once per state, not once per set (the same
         operations as ``K`` calls of ``mix``; ``mix`` is the case ``K = 1``)."""
         batch, k = q.shape[:-2], q.shape[-2]
-        state = state.reshape(-1, self.state_dim)
+        state = state.reshape(-1, self.state_dim).to(q.dtype)  # a float64 state, as the others
         q = q.reshape(-1, k, self.n_agents)
         w1 = self.hyper_w_1(state).abs().view(-1, self.n_agents, self.embed_dim)
         b1 = self.hyper_b_1(state).view(-1, 1, self.embed_dim)
@@ -109,6 +118,7 @@ class FeedForwardMixer(Mixer):
         embed_dim: int = 128,
         device: torch.device | str | None = None,
     ) -> None:
+        check_sizes("FeedForwardMixer", n_agents=n_agents, state_dim=state_dim, embed_dim=embed_dim)
         super().__init__(
             n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
         )
@@ -191,6 +201,14 @@ class QattenMixer(Mixer):
         unit_dim: int | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        check_sizes(
+            "QattenMixer",
+            n_agents=n_agents,
+            state_dim=state_dim,
+            n_heads=n_heads,
+            embed_dim=embed_dim,
+            hypernet_embed=hypernet_embed,
+        )
         super().__init__(
             n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resq_torchrl.modules.layers import mlp
+from resq_torchrl.modules.layers import check_sizes, mlp
 
 
 class KernelMLP(nn.Module):
@@ -88,8 +88,7 @@ class QPLEXMixer(nn.Module):
             adv_hypernet_layers=adv_hypernet_layers,
             adv_hypernet_embed=adv_hypernet_embed,
         )
-        if min(sizes.values()) < 1:
-            raise ValueError(f"QPLEXMixer needs positive sizes, got {sizes}")
+        check_sizes("QPLEXMixer", **sizes)
         self.n_agents, self.n_actions, self.state_dim = n_agents, n_actions, state_dim
         self.n_kernels = n_kernels
         self.hyper_w = mlp(state_dim, hypernet_embed, n_agents, 2, device)

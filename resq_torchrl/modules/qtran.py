@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resq_torchrl.modules.layers import mlp
+from resq_torchrl.modules.layers import check_sizes, mlp
 
 
 class QTranJointNetwork(nn.Module):
@@ -41,12 +41,14 @@ class QTranJointNetwork(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if min(n_agents, n_actions, feature_dim, state_dim, embed_dim) < 1:
-            raise ValueError(
-                "QTranJointNetwork needs positive sizes, got "
-                f"n_agents={n_agents}, n_actions={n_actions}, feature_dim={feature_dim}, "
-                f"state_dim={state_dim}, embed_dim={embed_dim}"
-            )
+        check_sizes(
+            "QTranJointNetwork",
+            n_agents=n_agents,
+            n_actions=n_actions,
+            feature_dim=feature_dim,
+            state_dim=state_dim,
+            embed_dim=embed_dim,
+        )
         self.n_agents, self.n_actions = n_agents, n_actions
         self.feature_dim, self.state_dim = feature_dim, state_dim
         width = feature_dim + n_actions

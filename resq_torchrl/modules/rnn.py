@@ -28,6 +28,8 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import TensorDictPrimer
 from torchrl.modules import recurrent_mode
 
+from resq_torchrl.modules.layers import check_sizes
+
 
 def set_next(tensordict: TensorDictBase, key: NestedKey, value: torch.Tensor) -> None:
     """Write ``value`` at ``("next", *key)``, creating the nested groups with the batch sizes
@@ -226,6 +228,13 @@ class AgentGRU(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        check_sizes(
+            "AgentGRU",
+            obs_dim=obs_dim,
+            n_actions=n_actions,
+            n_agents=n_agents,
+            hidden_dim=hidden_dim,
+        )
         self.obs_dim, self.n_actions, self.n_agents = obs_dim, n_actions, n_agents
         self.hidden_dim = hidden_dim
         self.use_last_action, self.use_agent_id = last_action, agent_id

@@ -59,6 +59,9 @@ class CentralValueLoss(ValueFactorizationLoss):
     central_mixer_params: TensorDictParams
     target_central_mixer_params: TensorDictParams
 
+    def _extra_losses(self) -> list[str]:
+        return ["loss_central"]
+
     def __init__(
         self,
         agent_network: TensorDictModuleBase,
@@ -71,6 +74,8 @@ class CentralValueLoss(ValueFactorizationLoss):
         companions: Sequence[tuple[str, TensorDictModuleBase, nn.Module]] = (),
     ) -> None:
         super().__init__(gamma=gamma)
+        if not central_loss_coef >= 0:
+            raise ValueError(f"central_loss_coef must be >= 0, got {central_loss_coef}")
         self.central_loss_coef = central_loss_coef
         if central_agent_network is None:
             central_agent_network = fresh_copy(agent_network)

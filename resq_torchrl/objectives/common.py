@@ -59,6 +59,11 @@ def gather_chosen(
     Returns:
         ``[*B, N, 1]``.
     """
+    if action.shape == action_value.shape and action_value.shape[-1] > 1:
+        raise ValueError(
+            f"action of shape {tuple(action.shape)} has the shape of the action values: "
+            "one-hot actions? the losses take action indices [*B, N] (action.argmax(-1))"
+        )
     if action.shape == action_value.shape[:-1]:
         action = action.unsqueeze(-1)
     if action.shape != (*action_value.shape[:-1], 1):
@@ -67,11 +72,17 @@ def gather_chosen(
             f"{tuple(action_value.shape)} (expected [*B, N] actions for [*B, N, A] values)"
         )
     n_actions = action_value.shape[-1]
-    if check and not _transformed() and ((action < 0) | (action >= n_actions)).any():
-        raise ValueError(
-            f"actions must lie in [0, {n_actions}), got values in "
-            f"[{int(action.min())}, {int(action.max())}]"
-        )
+    if check and not _transformed():
+        if ((action < 0) | (action >= n_actions)).any():
+            raise ValueError(
+                f"actions must lie in [0, {n_actions}), got values in "
+                f"[{float(action.min()):g}, {float(action.max()):g}]"
+            )
+        if action.is_floating_point() and (action != action.round()).any():
+            raise ValueError(
+                f"actions must be whole action indices, got {action.dtype} values with a "
+                "fraction (they would be truncated)"
+            )
     return action_value.gather(-1, action.long())
 
 
@@ -139,6 +150,50 @@ def _module_leaves(module: nn.Module) -> tuple:
     """The tensors of ``module`` in the order of ``TensorDict.from_module`` (the order of
     the parameter TensorDicts of ``convert_to_functional``)."""
     return tuple(TensorDict.from_module(module).values(include_nested=True, leaves_only=True))
+
+
+def _tree_edges(params: TensorDictBase) -> tuple | None:
+    """``(dict, key, value)`` for every entry of ``params``' tree: what holds each nested
+    TensorDict and each leaf, to check cheaply (a few µs, against about 40 µs to read the
+    leaves of a ``TensorDictParams``) that none was replaced since (``params.update(...)``,
+    ``params.set(...)`` put new tensors in the tree and leave the old ones untouched).
+    ``None`` when a node is not a plain ``TensorDict`` (then the leaves are read instead).
+    Reads tensordict's ``_tensordict`` mapping: written by hand, tensordict has no public
+    change counter."""
+    edges = []
+    stack = [getattr(params, "_param_td", params)]
+    while stack:
+        td = stack.pop()
+        entries = getattr(td, "_tensordict", None)
+        if not isinstance(entries, dict):
+            return None
+        for key, value in entries.items():
+            edges.append((entries, key, value))
+            if isinstance(value, TensorDictBase):
+                stack.append(value)
+    return tuple(edges)
+
+
+def _module_edges(module: nn.Module) -> tuple:
+    """``(dict, name, tensor)`` for every parameter and buffer slot of ``module`` and its
+    submodules: a tensor swapped into the module itself (``params.to_module(module)``,
+    ``setattr``) shows as a changed entry."""
+    return tuple(
+        (slots, key, value)
+        for sub in module.modules()
+        for slots in (sub._parameters, sub._buffers)
+        for key, value in slots.items()
+    )
+
+
+def _same_tree(edges: tuple | None, params: TensorDictBase, leaves: tuple) -> bool:
+    """Does ``params`` still hold the entries recorded by :func:`_tree_edges`?"""
+    if params is None:  # nothing registered: nothing to compute with
+        return not leaves
+    if edges is None:  # compared by memory: a getter may wrap the same tensors anew
+        found = tuple(params.values(include_nested=True, leaves_only=True))
+        return _storage(found) == _storage(leaves)
+    return all(entries.get(key) is value for entries, key, value in edges)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,7 +289,8 @@ class ValueFactorizationLoss(LossModule):
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
         """Choose the bootstrapped return: ``ValueEstimators.TD0`` (default) or
-        ``ValueEstimators.TDLambda`` (keyword ``lmbda``, default 0.6); both take ``gamma``.
+        ``ValueEstimators.TDLambda`` (keyword ``lmbda``, 0.6 unless given, at every call);
+        both take ``gamma`` (unless given, the loss's, as built).
 
         TD(lambda) needs ``[B, T]`` sequences (time is the last batch dimension); on data
         without a time dimension it reduces to TD(0).
@@ -246,7 +302,7 @@ class ValueFactorizationLoss(LossModule):
                 f"got {value_type}"
             )
         gamma = float(hyperparams.pop("gamma", getattr(self, "gamma", 0.99)))
-        lmbda = float(hyperparams.pop("lmbda", getattr(self, "lmbda", 0.6)))
+        lmbda = float(hyperparams.pop("lmbda", 0.6))
         if hyperparams:
             raise TypeError(f"unexpected value-estimator arguments {sorted(hyperparams)}")
         if not 0.0 <= gamma <= 1.0:
@@ -291,6 +347,41 @@ class ValueFactorizationLoss(LossModule):
         self._mixer_names.append(name)
 
     # ----------------------------------------------------------------- validation
+    def set_keys(self, **kwargs) -> None:
+        """torchrl's ``set_keys``, checked first: an unknown name is one line listing the
+        loss's keys (torchrl's message lists the dataclass's fields, thousands of characters),
+        and ``action_value`` must be a key every agent network writes (it failed at the next
+        call with ``'NoneType' object has no attribute 'shape'``)."""
+        accepted = list(self._AcceptedKeys.__dataclass_fields__)
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.set_keys: {unknown[0]!r} is not one of its keys: "
+                f"{', '.join(accepted)} (an agent network's inputs, its observation among "
+                "them, are that network's in_keys, set where it is built)"
+            )
+        if kwargs.get("action_value") is not None:
+            key = unravel_key(kwargs["action_value"])
+            for name in self._agent_network_names:
+                written = [unravel_key(k) for k in getattr(self, name).out_keys]
+                if key not in written:
+                    raise ValueError(
+                        f"{type(self).__name__}.set_keys: action_value={key!r} is not written "
+                        f"by {name} (its out_keys: {written})"
+                    )
+        super().set_keys(**kwargs)
+
+    @property
+    def out_keys(self) -> list[str]:
+        """The loss terms :meth:`forward` writes (``loss_*``, which ``total_loss`` sums),
+        as torchrl's losses list theirs; diagnostics (``td_error``, ``*_mean``) come beside
+        them."""
+        return ["loss_td", *self._extra_losses()]
+
+    def _extra_losses(self) -> list[str]:
+        """The loss terms beside ``loss_td`` (:attr:`out_keys`)."""
+        return []
+
     @property
     def in_keys(self) -> list[NestedKey]:
         # read at every call (torchrl's dispatch, the input check): computed once per
@@ -350,6 +441,20 @@ class ValueFactorizationLoss(LossModule):
     def _params(self, name: str, target: bool) -> TensorDictBase:
         return getattr(self, f"target_{name}_params" if target else f"{name}_params")
 
+    def _registered_params(self, name: str, target: bool) -> TensorDictBase | None:
+        """The parameter TensorDict registered for ``name`` (its target one, or, where it
+        has none, the online one, whose data torchrl's getter then returns): the object
+        itself, read without torchrl's getter of target parameters, which warns on every
+        call when no updater is associated (slow) and builds a new TensorDict on every call
+        where there are no target parameters."""
+        for key in (f"target_{name}_params", f"{name}_params")[0 if target else 1 :]:
+            # a module's TensorDictParams are registered submodules; an empty parameter
+            # TensorDict (a parameter-free mixer) is a plain attribute
+            found = self._modules.get(key, self.__dict__.get(key))
+            if found is not None:
+                return found
+        return None
+
     def _bound(self, name: str, target: bool = False) -> nn.Module:
         """Network or mixer ``name`` holding its online (``target=False``) or target
         parameters, ready to call.
@@ -357,33 +462,59 @@ class ValueFactorizationLoss(LossModule):
         Swapping the parameters into the module on every call (``params.to_module``) cost a
         quarter of a matrix-game update. ``convert_to_functional`` leaves the online
         parameters in the module itself, and the target parameters are bound once to a
-        private copy of it. Every call checks that the module still holds exactly the
-        current parameter tensors (identity of every leaf), so a loss that was loaded or
-        moved binds again; it is never silently stale.
+        private copy of it. Every call checks that the module still computes with exactly
+        the current parameter tensors: the parameter tree holds the same entries (a
+        ``params.update(new_tensors)`` binds again) and those keep their memory (a
+        ``.data =`` assignment binds again), so a loss that was loaded, moved or given new
+        parameters is never silently stale.
         """
         if torch._C._are_functorch_transforms_active():
             return self._bound_transformed(name, target)
         cache = self.__dict__.setdefault("_bound_modules", {})  # not a registered submodule
         hit = cache.get((name, target))
+        params = self._registered_params(name, target)
         # reading the leaves of a TensorDictParams is slow: the binding keeps them and checks
-        # their memory (cleared by _apply and load_state_dict, which may replace them)
-        if hit is not None and _storage(hit[1]) == hit[0]:
+        # the tree still holds them, and their memory (cleared by _apply and
+        # load_state_dict, which may replace them)
+        if (
+            hit is not None
+            and hit[3] is params
+            and _same_tree(hit[4], params, hit[1])
+            and all(slots.get(key) is value for slots, key, value in hit[5])
+            and _storage(hit[1]) == hit[0]
+        ):
             return hit[2]
-        params = self._params(name, target)
+        params = self._params(name, target)  # torchrl's getter: lazy parameters, warnings
         leaves = tuple(params.values(include_nested=True, leaves_only=True))
         signature = _storage(leaves)
         module = getattr(self, name)
         if _storage(_module_leaves(module)) != signature:
-            module = copy.deepcopy(module)
+            module = self._bind_copy(name, module, params, signature)
+        registered = self._registered_params(name, target)
+        edges = _tree_edges(registered), _module_edges(module)
+        cache[(name, target)] = (signature, leaves, module, registered, *edges)
+        return module
+
+    @staticmethod
+    def _bind_copy(name: str, module: nn.Module, params, signature: tuple) -> nn.Module:
+        """A private copy of ``module`` computing with ``params`` (the same tensors, never
+        copies): each leaf set on its owner, or, for a module that keeps its parameters in
+        a parameter TensorDict of its own (torchrl's ``MultiAgentMLP``), tensordict's
+        ``to_module``."""
+        module = copy.deepcopy(module)
+        try:
             for key, value in params.items(include_nested=True, leaves_only=True):
                 key = (key,) if isinstance(key, str) else key
                 owner = module.get_submodule(".".join(key[:-1]))
                 if key[-1] in owner._parameters:  # a view of the same storage, never a copy
                     value = nn.Parameter(value, requires_grad=value.requires_grad)
                 setattr(owner, key[-1], value)
-            if _storage(_module_leaves(module)) != signature:
-                raise RuntimeError(f"could not bind the parameters of {name} to a module")
-        cache[(name, target)] = (signature, leaves, module)
+        except (AttributeError, TypeError, KeyError):
+            pass
+        if _storage(_module_leaves(module)) != signature:
+            params.to_module(module)
+        if _storage(_module_leaves(module)) != signature:
+            raise RuntimeError(f"could not bind the parameters of {name} to a module")
         return module
 
     def _bound_transformed(self, name: str, target: bool) -> nn.Module:
@@ -504,13 +635,19 @@ class ValueFactorizationLoss(LossModule):
             == [unravel_key(self.tensor_keys.action_value)]
         )
 
-    def _checked_mixer(self, name: str, n_agents: int) -> nn.Module:
-        """Mixer (or joint network) ``name``, after checking it was built for ``n_agents``."""
+    def _checked_mixer(self, name: str, n_agents: int, n_actions: int | None = None) -> nn.Module:
+        """Mixer (or joint network) ``name``, after checking it was built for ``n_agents``
+        (and, for one that reads the joint action, ``n_actions``: QPLEX, QTRAN)."""
         mixer = getattr(self, name)
         if n_agents != mixer.n_agents:
             raise ValueError(
                 f"{type(self).__name__}: the data has {n_agents} agents but {name} "
                 f"was built for {mixer.n_agents}"
+            )
+        if n_actions is not None and n_actions != mixer.n_actions:
+            raise ValueError(
+                f"{type(self).__name__}: the agents' action values have {n_actions} actions "
+                f"but {name} was built for {mixer.n_actions}"
             )
         return mixer
 
@@ -603,6 +740,12 @@ class ValueFactorizationLoss(LossModule):
 
         def flag(key, dtype=None):
             x = next_td.get(key)
+            if x.numel() != shape[:-1].numel():
+                raise ValueError(
+                    f"{type(self).__name__}: {('next', key)!r} has shape {tuple(x.shape)}; the "
+                    f"losses take one team value per sample, [*B, 1] = "
+                    f"{(*shape[:-1], 1)} (per-agent rewards: sum or average them first)"
+                )
             x = x.to(dtype) if dtype is not None else x.bool()
             return x.reshape(*shape[:-1], 1).expand(shape)
 

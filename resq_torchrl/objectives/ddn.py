@@ -7,6 +7,7 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.modules.models.multiagent import VDNMixer
 
 from resq_torchrl.modules.dist_mixers import QuantileMixer
+from resq_torchrl.modules.layers import check_sizes
 from resq_torchrl.objectives.distributional import DistributionalFactorizationLoss
 
 
@@ -36,6 +37,7 @@ class DDNLoss(DistributionalFactorizationLoss):
     target_mixer_params: TensorDictParams
 
     def __init__(self, agent_network: TensorDictModuleBase, *, n_agents: int, **kwargs) -> None:
+        check_sizes("DDNLoss", n_agents=n_agents)
         super().__init__(**kwargs)
         self._register_agent_network("agent_network", agent_network, target=True)
         mixer = QuantileMixer(VDNMixer(n_agents=n_agents, device=None))

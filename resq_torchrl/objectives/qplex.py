@@ -61,7 +61,7 @@ class QPLEXLoss(ValueFactorizationLoss):
         """``Q_tot`` ``[*B, 1]`` of ``action`` ``[*B, N]`` from utilities ``q`` ``[*B, N, A]``
         whose masked greedy action is ``greedy`` ``[*B, N]``; ``check`` validates ``action``
         (see :func:`gather_chosen`)."""
-        mixer = self._checked_mixer("mixer", q.shape[-2])
+        mixer = self._checked_mixer("mixer", q.shape[-2], q.shape[-1])
         chosen = gather_chosen(q, action, check=check)
         max_q = gather_chosen(q.detach(), greedy, check=False)
         action_one_hot = one_hot(action.long(), mixer.n_actions)

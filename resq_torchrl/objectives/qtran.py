@@ -72,6 +72,9 @@ class QTRANLoss(ValueFactorizationLoss):
     joint_network_params: TensorDictParams
     target_joint_network_params: TensorDictParams
 
+    def _extra_losses(self) -> list[str]:
+        return ["loss_opt", "loss_nopt"]
+
     def __init__(
         self,
         agent_network: TensorDictModuleBase,
@@ -111,10 +114,11 @@ class QTRANLoss(ValueFactorizationLoss):
         state: torch.Tensor,
         *,
         target: bool = False,
+        n_actions: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Q_jt(s, u), V_jt(s))`` ``[*B, 1]`` for features ``[*B, N, H]`` and actions
-        ``[*B, N]``."""
-        net = self._checked_mixer("joint_network", features.shape[-2])
+        ``[*B, N]``; ``n_actions``: the agents' action count, checked against the network's."""
+        net = self._checked_mixer("joint_network", features.shape[-2], n_actions)
         action_one_hot = one_hot(action.long(), net.n_actions)
         return self._bound("joint_network", target)(features, action_one_hot, state)
 
@@ -139,7 +143,9 @@ class QTRANLoss(ValueFactorizationLoss):
         features = out.get(self.tensor_keys.agent_features)
         action = tensordict.get(self.tensor_keys.action)
         q_tot = gather_chosen(q, action).sum(-2)
-        q_jt, v = self._joint(features, action, tensordict.get(self.tensor_keys.state))
+        q_jt, v = self._joint(
+            features, action, tensordict.get(self.tensor_keys.state), n_actions=q.shape[-1]
+        )
         joint = TensorDict(
             {
                 "action_value": q,

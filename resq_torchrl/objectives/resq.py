@@ -88,6 +88,11 @@ class ResQLoss(CentralValueLoss):
     residual_mixer_params: TensorDictParams
     target_residual_mixer_params: TensorDictParams
 
+    def _extra_losses(self) -> list[str]:
+        return ["loss_central"] + (
+            ["loss_residual_sign"] if self.residual_sign == "penalty" else []
+        )
+
     def __init__(
         self,
         agent_network: TensorDictModuleBase,

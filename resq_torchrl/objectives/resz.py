@@ -73,6 +73,9 @@ class ResZLoss(DistributionalFactorizationLoss):
     central_mixer_params: TensorDictParams
     target_central_mixer_params: TensorDictParams
 
+    def _extra_losses(self) -> list[str]:
+        return ["loss_central"]
+
     def __init__(
         self,
         agent_network: TensorDictModuleBase,
@@ -86,6 +89,8 @@ class ResZLoss(DistributionalFactorizationLoss):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if not central_loss_coef >= 0:
+            raise ValueError(f"central_loss_coef must be >= 0, got {central_loss_coef}")
         self.central_loss_coef = float(central_loss_coef)
         if residual_agent_network is None:
             residual_agent_network = fresh_copy(agent_network)

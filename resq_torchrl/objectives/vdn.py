@@ -5,6 +5,7 @@ from __future__ import annotations
 from tensordict.nn import TensorDictModule
 from torchrl.modules.models.multiagent import VDNMixer
 
+from resq_torchrl.modules.layers import check_sizes
 from resq_torchrl.objectives.qmix import QMIXLoss
 
 
@@ -22,4 +23,5 @@ class VDNLoss(QMIXLoss):
     def __init__(
         self, agent_network: TensorDictModule, *, n_agents: int, gamma: float = 0.99
     ) -> None:
+        check_sizes("VDNLoss", n_agents=n_agents)
         super().__init__(agent_network, VDNMixer(n_agents=n_agents, device=None), gamma=gamma)
