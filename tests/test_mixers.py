@@ -125,3 +125,14 @@ def test_iqn_and_recurrent_agents_and_the_sum_losses_check_their_sizes():
     ):
         with pytest.raises(ValueError, match="needs positive sizes, got "):
             build()
+
+
+def test_a_state_of_another_batch_shape_is_refused():
+    """The mixers flatten the utilities and the state: a ``[6, 4]`` state for ``[4, 6]``
+    utilities (as many rows) paired the wrong samples in silence."""
+    q = torch.randn(4, 6, 3, 1)
+    for mixer in (QMixer(3, 5), FeedForwardMixer(3, 5, embed_dim=8), QattenMixer(3, 5)):
+        assert mixer(q, torch.randn(4, 6, 5)).shape == (4, 6, 1)
+        for state in (torch.randn(6, 4, 5), torch.randn(24, 5)):
+            with pytest.raises(ValueError, match=r"batch shape \(4, 6\) with a state of batch"):
+                mixer(q, state)

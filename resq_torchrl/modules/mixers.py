@@ -18,6 +18,18 @@ from resq_torchrl.modules.layers import check_sizes
 __all__ = ["VDNMixer", "QMixer", "QattenMixer", "FeedForwardMixer"]
 
 
+def _check_batch(owner: nn.Module, batch: torch.Size, state: torch.Tensor) -> None:
+    """Utilities of batch shape ``batch`` and a ``state [*B, S]`` must share ``*B``: the
+    mixers flatten both, so a state of another batch shape with as many rows (``[6, 4]``
+    for ``[4, 6]``) would silently pair the wrong samples. torchrl's ``Mixer.forward``
+    checks the agent and state sizes, not the batch."""
+    if state.shape[:-1] != batch:
+        raise ValueError(
+            f"{type(owner).__name__}: utilities of batch shape {tuple(batch)} with a state of "
+            f"batch shape {tuple(state.shape[:-1])}; expected the same [*B] (state [*B, S])"
+        )
+
+
 def _mlp_head(in_dim: int, embed_dim: int, device) -> nn.Sequential:
     """``Linear -> ReLU -> Linear(1)``: the state value ``V(s)`` used as the last bias."""
     return nn.Sequential(
@@ -90,6 +102,7 @@ class QMixer(Mixer):
         -> ``[*B, K]``: the hypernetworks run once per state, not once per set (the same
         operations as ``K`` calls of ``mix``; ``mix`` is the case ``K = 1``)."""
         batch, k = q.shape[:-2], q.shape[-2]
+        _check_batch(self, batch, state)
         state = state.reshape(-1, self.state_dim).to(q.dtype)  # a float64 state, as the others
         q = q.reshape(-1, k, self.n_agents)
         w1 = self.hyper_w_1(state).abs().view(-1, self.n_agents, self.embed_dim)
@@ -134,6 +147,7 @@ class FeedForwardMixer(Mixer):
 
     def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         batch = chosen_action_value.shape[:-2]
+        _check_batch(self, batch, state)
         state = state.reshape(-1, self.state_dim).to(chosen_action_value.dtype)
         q = chosen_action_value.reshape(-1, self.n_agents)
         out = self.net(torch.cat([state, q], dim=-1)) + self.V(state)
@@ -154,6 +168,7 @@ class FeedForwardMixer(Mixer):
         ``mix``'s single product per set: the split saves little there (0.86x the time of a
         vectorised ResZ matrix-game update, 0.93x single-seed) and the single product keeps
         the published matrix-game results bit for bit."""
+        _check_batch(self, q.shape[:-2], state)
         if self.state_dim <= self.n_agents:
             k = q.shape[-2]
             per_set = state.unsqueeze(-2).expand(*state.shape[:-1], k, self.state_dim)
@@ -257,6 +272,7 @@ class QattenMixer(Mixer):
         -> ``[*B, K]``: the attention, head weights and ``V(s)`` are computed once per
         state, not once per set (``mix`` is the case ``K = 1``)."""
         batch, k = q.shape[:-2], q.shape[-2]
+        _check_batch(self, batch, state)
         state = state.reshape(-1, self.state_dim).to(q.dtype)
         q = q.reshape(-1, k, 1, self.n_agents)  # [M, K, 1, N]
         per_head = (self.attention(state).unsqueeze(1) * q).sum(-1)  # [M, K, H]
