@@ -72,7 +72,12 @@ def lone_catch_values(
     env = make_env(cfg["env"], 1, "cpu", seed=0)
     loss = make_loss(cfg["algorithm"], cfg["agent"], env_dims(env), "cpu")
     loss.load_state_dict(state["loss"])
-    buffer = EpisodeReplayBuffer(cfg["buffer_episodes"], cfg["env"]["max_steps"], 1)
+    buffer = EpisodeReplayBuffer(
+        cfg["buffer_episodes"],
+        cfg["env"]["max_steps"],
+        1,
+        prioritized=bool(cfg.get("prioritized_replay", False)),
+    )
     buffer.loads(replay)
     n = len(buffer)
     k = min(episodes, n)

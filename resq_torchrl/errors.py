@@ -7,6 +7,7 @@ traceback (``resq_torchrl.cli``); a library user catches them as ``ValueError``.
 from __future__ import annotations
 
 import importlib
+import numbers
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -54,7 +55,8 @@ def is_whole(value) -> bool:
     (``1e6`` from the command line); never a bool."""
     if isinstance(value, bool):
         return False
-    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    # numbers.Integral: numpy and other integer types too
+    return isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
 
 
 def check_writable(key: str, path, kind: str = "file") -> None:

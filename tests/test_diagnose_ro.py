@@ -180,6 +180,10 @@ def capture_transitions():
     td["agents", "action"] = torch.tensor([[CATCH, CATCH], [CATCH, STAY]])
     episodes = env.step(td).unsqueeze(1)  # [2, 1]
     episodes["collector", "mask"] = torch.ones(2, 1, dtype=torch.bool)
+    # whole episodes for the replay buffer: the lone catch's is cut after its step, as a
+    # one-step time limit would (the capture terminates it already)
+    episodes["next", "truncated"] = ~episodes["next", "terminated"]
+    episodes["next", "done"] = torch.ones_like(episodes["next", "done"])
     assert episodes["next", "reward"].flatten().tolist() == [10.0, -2.0]
     return env, episodes
 

@@ -55,6 +55,8 @@ def test_bad_input_is_reported():
         buf.extend(TensorDict({"x": torch.zeros(2, 3)}, [2, 3]))
     with pytest.raises(ValueError, match="capacity"):
         EpisodeReplayBuffer(capacity=0)
+    with pytest.raises(ValueError, match="capacity must be a whole number, got 10.5"):
+        EpisodeReplayBuffer(capacity=10.5)
 
 
 def test_collector_episodes_flow_into_the_buffer():
@@ -96,6 +98,38 @@ def test_dumps_and_loads_round_trip(tmp_path):
     assert torch.equal(stored["obs"], torch.cat([episodes(0)["obs"], episodes(1)["obs"]]))
     with pytest.raises(FileNotFoundError, match="no replay buffer"):
         b.loads(tmp_path / "missing")
+    # a buffer of another max_len cut every episode short in silence; another capacity or
+    # sampling failed deep inside tensordict or torchrl
+    for other, message in (
+        (dict(capacity=8, max_len=3), "capacity=8 episodes of max_len=4 steps; this buffer"),
+        (dict(capacity=6, max_len=4), "has capacity=6, max_len=4: build it with the dump's"),
+        (dict(capacity=8, max_len=4, prioritized=True), "written by a uniform buffer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EpisodeReplayBuffer(**other, batch_size=2).loads(tmp_path / "replay")
+
+
+def test_extend_takes_whole_episodes_and_sample_a_positive_size():
+    """Rows whose real steps are not a prefix, or that do not end with ``done``, are not
+    whole episodes (a collector without ``trajs_per_batch``): stored once, they made the
+    next batch fail with a message blaming the env. ``sample(0)`` took the default size."""
+    buf = EpisodeReplayBuffer(capacity=4, max_len=4, batch_size=2)
+    gap = padded([3, 2])
+    gap["collector", "mask"][0, 1] = False
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        buf.extend(gap)
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        buf.extend(padded([2, 0]))
+    cut = padded([3, 2])
+    cut["next", "done"] = torch.zeros(2, 3, 1, dtype=torch.bool)
+    cut["next", "done"][0, 2] = True  # the first ends, the second is cut short
+    with pytest.raises(ValueError, match="1 of 2 rows do not end with"):
+        buf.extend(cut)
+    cut["next", "done"][1, 1] = True
+    assert buf.extend(cut) == 2
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {size}"):
+            buf.sample(size)
 
 
 def test_dumps_survives_a_crash_mid_swap(tmp_path):

@@ -277,7 +277,8 @@ def test_networks_always_run_with_the_current_online_and_target_parameters(
     # swapped into a network itself: the loss computes with its parameter TensorDicts,
     # as a fresh loss loaded from its state dict does (it kept the old tensors, silently)
     third, before = _make_all(make_table_qnet)[name], loss(td)
-    loss.mixer_params.update(third.mixer_params.data.clone())
+    # new trainable tensors (nn.Parameter; plain tensors would not be parameters at all)
+    loss.mixer_params.update(third.mixer_params.data.clone().apply(torch.nn.Parameter))
     loss.target_mixer_params.update(third.mixer_params.data.clone().apply(lambda x: x * 3))
     key = next(iter(loss.agent_network_params.keys(True, True)))
     loss.target_agent_network_params.set(key, third.agent_network_params.get(key).data + 1)
@@ -287,6 +288,13 @@ def test_networks_always_run_with_the_current_online_and_target_parameters(
     out = loss(td)
     for key in out.keys():
         torch.testing.assert_close(out[key], ref[key], msg=key)
+    # and they train: the gradient reaches the tensors the optimizer holds (a rebinding
+    # that wrapped them anew left them without one)
+    for p in loss.parameters():
+        p.grad = None
+    total_loss(out).backward()
+    mixer_grads = [p.grad for p in loss.mixer_params.values(True, True)]
+    assert all(g is not None for g in mixer_grads) and any(bool(g.any()) for g in mixer_grads)
 
     loss = loss.double()  # new tensors: every binding must follow
     td64 = td.apply(lambda x: x.double() if x.is_floating_point() else x)

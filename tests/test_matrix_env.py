@@ -69,8 +69,14 @@ def test_wrong_action_shape_is_rejected():
     env = MatrixGameEnv(batch_size=[2])
     td = env.reset()
     td["agents", "action"] = torch.zeros(2, 2, 1, dtype=torch.long)
-    with pytest.raises(ValueError, match="expected actions of shape"):
+    with pytest.raises(ValueError, match="expected integer actions of shape"):
         env.step(td)
+    # -1 paid the last cell and 0.7 the first, in silence
+    for action, message in (([[-1, -1], [0, 0]], "must lie in"), ([[0.7, 0.2], [0, 0]], "integer")):
+        td = env.reset()
+        td["agents", "action"] = torch.tensor(action)
+        with pytest.raises(ValueError, match=message):
+            env.step(td)
 
 
 def test_rand_transition_equals_rand_step_of_reset_and_is_fresh_each_call():

@@ -78,6 +78,12 @@ def test_vocabulary_keys_and_shapes(task):
     assert (dims.n_agents, dims.obs_dim, dims.n_actions, dims.state_dim) == DIMS[task]
 
 
+def test_max_steps_below_one_is_refused():
+    """mpe2 truncated every step in silence (VMAS and SMAX refused it already)."""
+    with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
+        make("simple_spread", 1, max_steps=0)
+
+
 def test_truncation_exactly_at_max_steps_and_reset_after_it():
     env = make_env({"family": "pettingzoo", "task": "simple_spread", "max_steps": 4}, 2, seed=0)
     rollout = env.rollout(9, break_when_any_done=False)

@@ -843,6 +843,8 @@ def test_random_rollout_keeps_the_grid_consistent():
         ({"obs_radius": -1}, "obs_radius must be >= 0"),
         ({"prey_move_prob": 1.5}, "prey_move_prob"),
         ({"batch_size": [2, 2]}, "1-d batch_size"),
+        ({"grid_size": 2.5}, "grid_size must be a whole number, got 2.5"),  # was truncated
+        ({"episode_limit": 20.5}, "episode_limit must be a whole number"),
     ],
 )
 def test_bad_arguments_are_rejected_with_a_clear_error(kwargs, message):
@@ -877,8 +879,14 @@ def test_wrong_action_shape_is_rejected():
     env = small_env(batch=2)
     td = env.reset()
     td["agents", "action"] = torch.zeros(2, 2, 1, dtype=torch.long)
-    with pytest.raises(ValueError, match="expected actions of shape"):
+    with pytest.raises(ValueError, match="expected integer actions of shape"):
         env.step(td)
+    # out of range or fractional: -1 moved a predator up and 6 stayed, 0.7 was truncated
+    for action in ([[-1, 0], [0, 0]], [[6, 0], [0, 0]], [[0.7, 0.0], [0.0, 0.0]]):
+        td = env.reset()
+        td["agents", "action"] = torch.tensor(action)
+        with pytest.raises(ValueError, match="actions"):
+            env.step(td)
 
 
 def test_docstring_example_runs():
@@ -911,3 +919,23 @@ def test_the_hare_channel_is_an_always_zero_third_channel_and_changes_nothing_el
         if a["next", "done"].any():
             break
         a, b = plain.step_mdp(a), hare.step_mdp(b)
+
+
+def test_make_env_ties_the_episode_limit_to_max_steps_and_checks_n_envs():
+    """A dict config without ``episode_limit`` built 200-step episodes for ``max_steps=20``
+    (the collector then blamed ``max_steps``); two different numbers are refused; ``n_envs``
+    below 1 failed differently in every family (an empty rollout for the matrix game)."""
+    from resq_torchrl.errors import ConfigError
+    from resq_torchrl.training.builders import make_env
+
+    small = {"name": "predator_prey", "grid_size": 4, "n_predators": 2, "n_prey": 1}
+    env = make_env({**small, "max_steps": 20}, 2)
+    assert env.base_env.episode_limit == 20
+    with pytest.raises(ConfigError, match="env.episode_limit=30 and env.max_steps=20 differ"):
+        make_env({**small, "max_steps": 20, "episode_limit": 30}, 2)
+    for family in ({"name": "matrix_game"}, {**small, "max_steps": 20}):
+        for n_envs in (0, -1, 1.5):
+            with pytest.raises(
+                ConfigError, match=f"n_envs must be a whole number >= 1, got {n_envs}"
+            ):
+                make_env(family, n_envs)

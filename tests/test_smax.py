@@ -159,10 +159,32 @@ def test_bad_actions_and_arguments_are_clear_errors():
     two_agents = TensorDict({("agents", "action"): torch.zeros(2, 2, dtype=torch.long)}, [2])
     with pytest.raises(ValueError, match=r"must be \[2, 3\]"):
         env.step(two_agents)
-    with pytest.raises(ValueError, match="unknown SMAX map"):
+    with pytest.raises(ValueError, match=r"unknown SMAX map '4m_vs_nothing'; choose one of .*'3m'"):
         SMAXEnv("4m_vs_nothing")
     with pytest.raises(ValueError, match="max_steps"):
         SMAXEnv("3m", max_steps=0)
+
+
+def test_a_restored_simulator_state_restores_the_wrappers_action_mask():
+    """``make_smax_env``'s ``ActionMask`` keeps its own copy of the mask: restored through
+    ``load_env_state``, the copy is the restored step's, so random actions drawn from the
+    wrapper's spec are available ones (they were drawn from the mask before the restore)."""
+    from resq_torchrl.training.checkpoint import env_state, load_env_state
+
+    cfg = {"name": "smax_3m", "family": "smax", "map_name": "3m", **SMAX_3M}
+    env = make_env(cfg, 2, seed=0)
+    start = env.reset()
+    saved = env_state(env)
+    env.rollout(25, auto_reset=False, tensordict=start.clone(), break_when_any_done=False)
+    spec = env.full_action_spec["agents", "action"]
+    assert not torch.equal(spec.mask, start["agents", "action_mask"])  # the case at hand
+    load_env_state(env, saved)
+    assert torch.equal(
+        env.full_action_spec["agents", "action"].mask, start["agents", "action_mask"]
+    )
+    for _ in range(20):
+        action = env.rand_action(start.clone())["agents", "action"]
+        assert start["agents", "action_mask"].gather(-1, action.unsqueeze(-1)).all()
 
 
 def test_resq_trains_on_smax_and_reports_a_win_rate(tmp_path):

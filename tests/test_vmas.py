@@ -108,6 +108,12 @@ def test_team_reward_rejects_a_wrong_shape():
 def test_config_without_scenario_is_a_clear_error():
     with pytest.raises(KeyError, match="scenario"):
         make_env({"family": "vmas", "name": "vmas_x", "max_steps": 5}, n_envs=1)
+    # a misspelt scenario was VMAS's AssertionError ten frames deep, without the choices
+    cfg = {"family": "vmas", "name": "vmas_x", "scenario": "balanse", "max_steps": 5}
+    with pytest.raises(
+        ValueError, match=r"unknown VMAS scenario 'balanse'; choose one of .*'balance'"
+    ):
+        make_env(cfg, n_envs=1)
 
 
 def test_resq_trains_on_vmas_balance(tmp_path):

@@ -26,7 +26,7 @@ from tensordict.utils import NestedKey
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
 from resq_torchrl.data.priority import TensorPrioritizedSampler
-from resq_torchrl.errors import UnsafeCheckpointError
+from resq_torchrl.errors import UnsafeCheckpointError, is_whole
 
 #: Entries a collector or policy writes that the losses recompute and need not be stored.
 DEFAULT_EXCLUDE: tuple[NestedKey, ...] = (
@@ -103,7 +103,8 @@ class EpisodeReplayBuffer:
             episodes get the largest priority seen), set by :meth:`update_priority`
             (:class:`~resq_torchrl.data.priority.TensorPrioritizedSampler`: torchrl's
             ``PrioritizedSampler`` needs a compiled extension that fails to load with the
-            pinned torch). Samples then carry importance weights ``"_weight"`` ``[B]``
+            pinned torch). Samples then carry importance weights ``"_weight"`` ``[B, T]`` (each
+            episode's weight along its steps)
             (``(N p_i)^-beta / max``), which the losses use to weight their means. Off by
             default (the papers sample uniformly); a remedy for rare rewards.
         alpha, beta: prioritization exponent and importance-correction exponent.
@@ -141,6 +142,11 @@ class EpisodeReplayBuffer:
                 f"capacity, max_len and batch_size must be >= 1, got {capacity}, {max_len}, "
                 f"{batch_size}"
             )
+        sizes = {"capacity": capacity, "max_len": max_len, "batch_size": batch_size}
+        for key, value in sizes.items():
+            if not is_whole(value):
+                raise ValueError(f"{key} must be a whole number, got {value!r}")
+        capacity, max_len, batch_size = int(capacity), int(max_len), int(batch_size)
         self.capacity, self.max_len, self.batch_size = capacity, max_len, batch_size
         self.exclude = tuple(exclude)
         self.prioritized = bool(prioritized)
@@ -184,6 +190,7 @@ class EpisodeReplayBuffer:
                 f"an episode of {t} steps is longer than max_len={self.max_len}: set max_len "
                 "to the env's step limit"
             )
+        self._check_whole(episodes)
         episodes = episodes.exclude(*self.exclude)
         if self.shifted is None:
             self.shifted = self._shiftable(episodes)
@@ -194,6 +201,31 @@ class EpisodeReplayBuffer:
         self.buffer.extend(episodes)
         self.episodes_added += k
         return k
+
+    def _check_whole(self, episodes: TensorDictBase) -> None:
+        """Each row of ``episodes`` ``[k, T]`` one whole episode: its real steps a prefix
+        (at least one), the last of them ``("next", "done")``. Partial trajectories (a
+        collector without ``trajs_per_batch``, a rollout across resets) were stored, and the
+        next batch then failed with a message blaming the env."""
+        mask = episodes.get(self.mask_key).reshape(episodes.shape).bool()
+        length = mask.sum(-1)
+        steps = torch.arange(mask.shape[-1], device=mask.device)
+        if not bool(((steps < length.unsqueeze(-1)) == mask).all() and (length > 0).all()):
+            raise ValueError(
+                f"{self.mask_key!r} must mark each row's real steps as a non-empty prefix "
+                "(whole episodes padded at the end, as a Collector with trajs_per_batch "
+                "writes them)"
+            )
+        done = episodes.get(("next", "done"), None)
+        if done is not None:
+            done = done.reshape(episodes.shape).bool()
+            last = done.gather(-1, (length - 1).unsqueeze(-1))
+            if not bool(last.all()):
+                raise ValueError(
+                    f"{int((~last).sum())} of {episodes.shape[0]} rows do not end with "
+                    "('next', 'done'): the buffer stores whole episodes (a Collector with "
+                    "trajs_per_batch; not partial trajectories)"
+                )
 
     def _shiftable(self, episodes: TensorDictBase) -> tuple[NestedKey, ...]:
         """The root keys ``k`` of ``episodes`` ``[k, T]`` whose ``("next", k)`` equals ``k``
@@ -264,6 +296,8 @@ class EpisodeReplayBuffer:
         """``[batch_size, T]`` episodes, ``T`` the longest real length among them."""
         if len(self.buffer) == 0:
             raise RuntimeError("the replay buffer holds no complete episode yet")
+        if batch_size is not None and batch_size < 1:  # 0 took the default size in silence
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sample = self.buffer.sample(batch_size or self.batch_size)
         length = int(sample.get(self.mask_key).sum(-1).max())
         return self._unfold_next(sample, length)
@@ -352,6 +386,7 @@ class EpisodeReplayBuffer:
         check_replay_dump(found)  # before torchrl's loads unpickles anything in it
         meta = json.loads((found / "episodes.json").read_text())
         layout = meta.get("layout", "plain")
+        self._check_same_shape(found, layout)
         if layout == (LAYOUT if self.shift_next else "plain"):
             self.buffer.loads(found)
             if self.shift_next:
@@ -359,6 +394,29 @@ class EpisodeReplayBuffer:
         else:
             self._convert(found, layout, meta)
         self.episodes_added = meta["episodes_added"]
+
+    def _check_same_shape(self, found: Path, layout: str) -> None:
+        """The dump at ``found`` was written by a buffer of this capacity, ``max_len`` and
+        sampling: another ``max_len`` loaded cut every episode short in silence, another
+        capacity or sampling failed deep inside tensordict or torchrl."""
+        try:
+            shape = json.loads((found / "storage" / "meta.json").read_text())["shape"]
+        except (OSError, ValueError, KeyError):
+            return  # an empty dump, or another storage: torchrl's own checks apply
+        capacity, slots = int(shape[0]), int(shape[1])
+        max_len = slots - (1 if layout == LAYOUT else 0)
+        if (capacity, max_len) != (self.capacity, self.max_len):
+            raise ValueError(
+                f"the replay dump at {found} holds capacity={capacity} episodes of "
+                f"max_len={max_len} steps; this buffer has capacity={self.capacity}, "
+                f"max_len={self.max_len}: build it with the dump's"
+            )
+        if self.prioritized and not (found / "sampler").exists():
+            # (a prioritized dump loads into a uniform buffer: the priorities are dropped)
+            raise ValueError(
+                f"the replay dump at {found} was written by a uniform buffer and holds no "
+                "priorities: load it with prioritized=False"
+            )
 
     def _convert(self, found: Path, layout: str, meta: dict) -> None:
         """Load a copy of the other layout into this buffer's, chunk by chunk, keeping each

@@ -116,13 +116,20 @@ class MatrixGameEnv(EnvBase):
         out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
         return out
 
+    def _check_actions(self, action: torch.Tensor) -> None:
+        """Integer actions ``[*B, N]`` in ``[0, A)``: indexing the payoff with ``-1`` or a
+        truncated ``0.7`` would pay another cell in silence."""
+        if action.shape != (*self.batch_size, self.n_agents) or action.is_floating_point():
+            raise ValueError(
+                f"expected integer actions of shape {(*self.batch_size, self.n_agents)}, "
+                f"got {action.dtype} {tuple(action.shape)}"
+            )
+        if ((action < 0) | (action >= self.n_actions)).any():
+            raise ValueError(f"actions must lie in [0, {self.n_actions}), got {action.unique()}")
+
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get(("agents", "action"))
-        if action.shape != (*self.batch_size, self.n_agents):
-            raise ValueError(
-                f"expected actions of shape {(*self.batch_size, self.n_agents)}, "
-                f"got {tuple(action.shape)}"
-            )
+        self._check_actions(action)
         reward = self.payoff[tuple(action.long().unbind(-1))].unsqueeze(-1)
         out = self._observation()
         true = torch.ones(*self.batch_size, 1, dtype=torch.bool, device=self.device)
@@ -159,13 +166,8 @@ class MatrixGameEnv(EnvBase):
             action = torch.randint(
                 0, self.n_actions, (*self.batch_size, self.n_agents), device=self.device
             )
-        elif action.shape != (*self.batch_size, self.n_agents) or action.is_floating_point():
-            raise ValueError(
-                f"expected integer actions of shape {(*self.batch_size, self.n_agents)}, "
-                f"got {action.dtype} {tuple(action.shape)}"
-            )
-        elif ((action < 0) | (action >= self.n_actions)).any():
-            raise ValueError(f"actions must lie in [0, {self.n_actions}), got {action.unique()}")
+        else:
+            self._check_actions(action)
         out.set(("agents", "action"), action)
         out.set(("next", "reward"), self.payoff[tuple(action.unbind(-1))].unsqueeze(-1))
         return out

@@ -172,6 +172,8 @@ def make_mpe_env(task: str, max_steps: int, **task_kwargs) -> PettingZooParallel
     :class:`PadHeterogeneousAgents` when its agents differ in observation or action size."""
     if "max_cycles" in task_kwargs:
         raise ValueError("set the episode limit with max_steps, not max_cycles")
+    if int(max_steps) < 1:  # mpe2 truncates every step then, in silence
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     env = mpe_task(task).parallel_env(max_cycles=int(max_steps), **task_kwargs)
     return PadHeterogeneousAgents(env) if _is_heterogeneous(env) else env
 

@@ -11,6 +11,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
 from resq_torchrl.envs.specs import set_team_specs
+from resq_torchrl.errors import is_whole
 
 #: Action indices of a predator.
 UP, DOWN, LEFT, RIGHT, STAY, CATCH = range(6)
@@ -188,6 +189,16 @@ class PredatorPreyEnv(EnvBase):
         batch_size = torch.Size(batch_size)
         if len(batch_size) != 1:
             raise ValueError(f"PredatorPreyEnv takes a 1-d batch_size [B], got {tuple(batch_size)}")
+        sizes = {
+            "grid_size": grid_size,
+            "n_predators": n_predators,
+            "n_prey": n_prey,
+            "episode_limit": episode_limit,
+            "obs_radius": obs_radius,
+        }
+        for key, value in sizes.items():  # 2.5 was truncated to 2 in silence
+            if not is_whole(value):
+                raise ValueError(f"{key} must be a whole number, got {value!r}")
         if grid_size < 2:
             raise ValueError(f"grid_size must be >= 2, got {grid_size}")
         if n_predators < 2:
@@ -456,8 +467,16 @@ class PredatorPreyEnv(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         b, n, m, w = self.batch_size[0], self.n_predators, self.n_prey, self._w
         action = tensordict.get(("agents", "action"))
-        if action.shape != (b, n):
-            raise ValueError(f"expected actions of shape {(b, n)}, got {tuple(action.shape)}")
+        if action.shape != (b, n) or action.is_floating_point():
+            raise ValueError(
+                f"expected integer actions of shape {(b, n)}, got {action.dtype} "
+                f"{tuple(action.shape)}"
+            )
+        in_range = ((action >= 0) & (action < self.n_actions)).all()  # -1 moved up, 6 stayed
+        if action.device.type != "cpu":  # no host sync per step on an accelerator
+            torch._assert_async(in_range, f"actions must lie in [0, {self.n_actions})")
+        elif not bool(in_range):
+            raise ValueError(f"actions must lie in [0, {self.n_actions}), got {action.unique()}")
         action = action.long()
         draws = self._draw_step_randomness()
         self.last_draws = draws

@@ -100,7 +100,13 @@ def _build(map_name: str, max_steps: int, smax_kwargs: Mapping, normalize_state:
     try:
         scenario = map_name_to_scenario(map_name)
     except KeyError as err:
-        raise ValueError(f"unknown SMAX map {map_name!r}") from err
+        try:  # the maps jaxmarl knows, to list them
+            from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+
+            known = f"; choose one of {sorted(MAP_NAME_TO_SCENARIO)}"
+        except ImportError:  # pragma: no cover - another jaxmarl layout
+            known = ""
+        raise ValueError(f"unknown SMAX map {map_name!r}{known}") from err
     smax = enemy_smax(scenario=scenario, max_steps=max_steps, **smax_kwargs)
     agents = smax.agents
     n_allies = smax.num_allies
@@ -273,7 +279,10 @@ class SMAXEnv(EnvBase):
         }
 
     def load_simulator_state(self, state: Mapping) -> None:
-        """Put back a :meth:`simulator_state`."""
+        """Put back a :meth:`simulator_state`. The ``ActionMask`` of the env
+        :func:`make_smax_env` wraps this one in keeps its own copy of the mask: restore
+        through ``resq_torchrl.training.checkpoint.load_env_state(env, {"simulator":
+        state})``, which refreshes it, for random actions from the wrapper's spec."""
         jax = self._jax
         if state["state"] is None:
             self._state = self._out = None

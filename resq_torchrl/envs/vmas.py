@@ -180,6 +180,12 @@ def make_vmas(
         raise ImportError("VMAS needs the 'vmas' extra: pip install -e '.[vmas]'") from err
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    known = [*vmas.scenarios, *vmas.mpe_scenarios, *vmas.debug_scenarios]
+    if isinstance(scenario, str) and scenario.removesuffix(".py") not in known:
+        # VMAS's own message is an AssertionError ten frames deep, without the choices
+        raise ValueError(
+            f"unknown VMAS scenario {scenario!r}; choose one of {sorted(vmas.scenarios)}"
+        )
     base = _vmas_env_class()(
         scenario,
         num_envs=int(n_envs),

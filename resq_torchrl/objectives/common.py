@@ -53,7 +53,8 @@ def gather_chosen(
     Args:
         action_value: ``[*B, N, A]`` per-agent utilities.
         action: ``[*B, N]`` integer actions (a trailing singleton dim is accepted).
-        check: verify that every action lies in ``[0, A)`` (one device sync); the losses
+        check: verify that every action lies in ``[0, A)`` and, for float actions, has no
+            fraction (one device sync, two for float actions); the losses
             check the taken actions once per call and skip it for the other gathers.
 
     Returns:
@@ -506,7 +507,9 @@ class ValueFactorizationLoss(LossModule):
             for key, value in params.items(include_nested=True, leaves_only=True):
                 key = (key,) if isinstance(key, str) else key
                 owner = module.get_submodule(".".join(key[:-1]))
-                if key[-1] in owner._parameters:  # a view of the same storage, never a copy
+                if key[-1] in owner._parameters and not isinstance(value, nn.Parameter):
+                    # a view of the same storage, never a copy (target tensors); a Parameter
+                    # is set itself, so its gradient reaches the optimizer's tensor
                     value = nn.Parameter(value, requires_grad=value.requires_grad)
                 setattr(owner, key[-1], value)
         except (AttributeError, TypeError, KeyError):

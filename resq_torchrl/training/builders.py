@@ -77,6 +77,17 @@ def _make_matrix_game(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
 def _make_predator_prey(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
     adapter = ("name", "family", "max_steps", "win_key")  # config keys, not env arguments
     kwargs = {k: v for k, v in env_cfg.items() if k not in adapter}
+    # max_steps is the replay's episode length, episode_limit the env's: one number (the
+    # yaml ties them; a dict without episode_limit built 200-step episodes for max_steps=20)
+    limit, steps = kwargs.get("episode_limit"), env_cfg.get("max_steps")
+    if limit is None and steps is not None:
+        kwargs["episode_limit"] = steps
+    elif limit is not None and steps is not None and limit != steps:
+        raise ConfigError(
+            f"env.episode_limit={limit} and env.max_steps={steps} differ: the episodes' "
+            "limit is the replay's episode length; set one (configs/env/predator_prey.yaml "
+            "ties episode_limit to max_steps)"
+        )
     return PredatorPreyEnv(batch_size=[n_envs], device=device, **kwargs)
 
 
@@ -143,7 +154,10 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     family = env_family(env_cfg)
     if family not in ENV_BUILDERS:
         raise ConfigError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
-    env = ENV_BUILDERS[family](env_cfg, n_envs, device)
+    if not is_whole(n_envs) or n_envs < 1:
+        raise ConfigError(f"n_envs must be a whole number >= 1, got {n_envs!r}")
+    device = check_device(device)
+    env = ENV_BUILDERS[family](env_cfg, int(n_envs), device)
     if not isinstance(env, TransformedEnv):  # adapters bring their own transforms: extend them
         env = TransformedEnv(env)
     env.append_transform(InitTracker())

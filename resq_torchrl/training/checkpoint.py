@@ -479,6 +479,23 @@ def env_state(env: EnvBase) -> dict:
     return {"rng": rng.get_state() if isinstance(rng, torch.Generator) else None}
 
 
+def _refresh_action_masks(env: EnvBase, base: EnvBase) -> None:
+    """torchrl's ``ActionMask`` transform keeps its own copy of the action spec, whose mask
+    it updates at each step and reset: after a simulator restore the base env's mask is the
+    restored one and the copy still the one before (random actions from the transformed
+    env's spec were then unavailable; SMAX)."""
+    from torchrl.envs import ActionMask, Compose, TransformedEnv
+
+    while isinstance(env, TransformedEnv):
+        transforms = env.transform if isinstance(env.transform, Compose) else [env.transform]
+        for transform in transforms:
+            if isinstance(transform, ActionMask):
+                mask = base.full_action_spec[transform.in_keys[0]].mask
+                if mask is not None:
+                    transform.action_spec.update_mask(mask.to(transform.action_spec.device))
+        env = env.base_env
+
+
 def load_env_state(env: EnvBase, state: Mapping | None) -> None:
     if not state:
         return
@@ -487,6 +504,7 @@ def load_env_state(env: EnvBase, state: Mapping | None) -> None:
         getattr(type(base), "load_simulator_state", None)
     ):
         base.load_simulator_state(state["simulator"])
+        _refresh_action_masks(env, base)
     rng = vars(base).get("rng")
     if state.get("rng") is not None and isinstance(rng, torch.Generator):
         rng.set_state(state["rng"].cpu())
