@@ -332,3 +332,18 @@ def test_a_next_entry_that_stops_matching_the_following_step_is_refused():
     bad["next", "x"][0, 1] = -1.0
     with pytest.raises(RuntimeError, match="shift_next=False"):
         buf.extend(bad)
+
+
+def test_episodes_of_another_layout_are_refused():
+    """Another env's episodes, or a batch without a key the stored ones have: one line
+    naming the keys (a broadcast error inside the storage, or a NoneType error, before)."""
+    buf = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=2)
+    buf.extend(padded([3, 2]))
+    other = padded([2, 2])
+    other["x"] = torch.zeros(2, 2, 3)  # another per-step shape
+    with pytest.raises(ValueError, match=r"other per-step shapes or dtypes \['x'\]"):
+        buf.extend(other)
+    with pytest.raises(ValueError, match="missing keys \\['x'\\]"):
+        buf.extend(padded([2, 2]).exclude("x"))
+    assert len(buf) == 2
+    assert buf.extend(padded([1, 4])) == 2  # the same layout still goes in

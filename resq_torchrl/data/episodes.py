@@ -198,9 +198,33 @@ class EpisodeReplayBuffer:
             episodes = pad(episodes, [0, 0, 0, self.slots - t])
         if self.shifted:
             episodes = self._fold_next(episodes)
+        self._check_layout(episodes)
         self.buffer.extend(episodes)
         self.episodes_added += k
         return k
+
+    def _check_layout(self, episodes: TensorDictBase) -> None:
+        """``episodes`` (as stored) hold the keys, per-step shapes and dtypes of the stored
+        ones: another env's episodes, or a batch without a key, failed deep inside the
+        storage (a broadcast error) or with a ``NoneType`` error."""
+        if len(self.buffer) == 0:
+            return
+        stored = self.buffer.storage.get(torch.zeros(1, dtype=torch.long))
+
+        def layout(td: TensorDictBase) -> dict:  # "index": what the buffer's writer adds
+            return {
+                k: (tuple(v.shape[2:]), v.dtype) for k, v in td.items(True, True) if k != "index"
+            }
+
+        mine, theirs = layout(episodes), layout(stored)
+        if mine != theirs:
+            missing = sorted(set(theirs) - set(mine), key=str)
+            new = sorted(set(mine) - set(theirs), key=str)
+            other = sorted((k for k in set(mine) & set(theirs) if mine[k] != theirs[k]), key=str)
+            raise ValueError(
+                f"these episodes do not match the stored ones (missing keys {missing}, new "
+                f"keys {new}, other per-step shapes or dtypes {other}): one buffer per env"
+            )
 
     def _check_whole(self, episodes: TensorDictBase) -> None:
         """Each row of ``episodes`` ``[k, T]`` one whole episode: its real steps a prefix
@@ -258,7 +282,12 @@ class EpisodeReplayBuffer:
         rows = torch.arange(mask.shape[0], device=mask.device)
         length = mask.sum(-1)
         for key in self.shifted:
-            root, nxt = episodes.get(key), episodes.get(("next", *key))
+            root, nxt = episodes.get(key, None), episodes.get(("next", *key), None)
+            if root is None or nxt is None:
+                raise ValueError(
+                    f"these episodes lack {key if root is None else ('next', *key)!r}, which "
+                    "the stored ones have: one buffer per env"
+                )
             if not torch.equal(nxt[:, :-1][follows], root[:, 1:][follows]):
                 name = "/".join(key)
                 raise RuntimeError(
