@@ -518,8 +518,10 @@ def test_action_mask_row_without_available_action_is_rejected(
     next_mask = torch.ones(2, 2, 3, dtype=torch.bool)
     next_mask[0, 1] = False  # not terminal: this next state would be bootstrapped from
     td = make_transition([[0, 0], [1, 1]], [1.0, 1.0], [0, 0], next_mask=next_mask)
-    with pytest.raises(ValueError, match="no available action"):
+    with pytest.raises(ValueError, match="no available action") as err:
         loss(td)
+    # it says which mask: the next step's (it read like the current step's)
+    assert str(err.value).startswith("the next step's ('next', ('agents', 'action_mask'))")
 
 
 def test_agent_count_mismatch_between_data_and_mixer(make_table_qnet, make_transition):

@@ -91,6 +91,7 @@ def masked_greedy(
     action_value: torch.Tensor,
     action_mask: torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
+    name: str = "action_mask",
 ) -> torch.Tensor:
     """Per-agent greedy action among the available ones.
 
@@ -100,6 +101,7 @@ def masked_greedy(
             means every action is available.
         ignore: ``[*B]`` or ``[*B, 1]`` bool marking samples whose mask is not checked
             (padding, or next states after termination, whose values are never used).
+        name: how the error names the mask (the losses name the next step's).
 
     Returns:
         ``[*B, N]`` int64 actions; an unavailable action is never returned for a checked
@@ -123,7 +125,7 @@ def masked_greedy(
     if not _transformed() and empty.any():
         where = empty.nonzero()[0].tolist()
         raise ValueError(
-            f"action_mask has an agent with no available action (first at batch index "
+            f"{name} has an agent with no available action (first at batch index "
             f"{where[:-1]}, agent {where[-1]}); every agent needs at least one available action"
         )
     lowest = torch.finfo(action_value.dtype).min
@@ -827,7 +829,11 @@ class ValueFactorizationLoss(LossModule):
         if pad is not None:
             skip = skip | ~pad.bool().reshape(skip.shape)
         return masked_greedy(
-            q_next.detach(), self._mask(next_td, self.tensor_keys.action_mask), skip
+            q_next.detach(),
+            self._mask(next_td, self.tensor_keys.action_mask),
+            skip,
+            name=f"the next step's {('next', self.tensor_keys.action_mask)!r} (not terminated: "
+            "the target bootstraps from it)",
         )
 
     def joint_q(self, tensordict: TensorDictBase, with_next: bool = False) -> TensorDict:
