@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from resq_torchrl.envs.specs import set_team_specs
+from resq_torchrl.envs.specs import check_actions, set_team_specs
 
 #: The paper's game: optimum (A, A) = 8, trap (C, C) = 7.9 (rows: agent 1, columns: agent 2).
 PAPER_PAYOFF: list[list[float]] = [[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 7.9]]
@@ -116,20 +116,9 @@ class MatrixGameEnv(EnvBase):
         out.update({"done": false, "terminated": false.clone(), "truncated": false.clone()})
         return out
 
-    def _check_actions(self, action: torch.Tensor) -> None:
-        """Integer actions ``[*B, N]`` in ``[0, A)``: indexing the payoff with ``-1`` or a
-        truncated ``0.7`` would pay another cell in silence."""
-        if action.shape != (*self.batch_size, self.n_agents) or action.is_floating_point():
-            raise ValueError(
-                f"expected integer actions of shape {(*self.batch_size, self.n_agents)}, "
-                f"got {action.dtype} {tuple(action.shape)}"
-            )
-        if ((action < 0) | (action >= self.n_actions)).any():
-            raise ValueError(f"actions must lie in [0, {self.n_actions}), got {action.unique()}")
-
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get(("agents", "action"))
-        self._check_actions(action)
+        check_actions(action, (*self.batch_size, self.n_agents), self.n_actions)
         reward = self.payoff[tuple(action.long().unbind(-1))].unsqueeze(-1)
         out = self._observation()
         true = torch.ones(*self.batch_size, 1, dtype=torch.bool, device=self.device)
@@ -167,7 +156,7 @@ class MatrixGameEnv(EnvBase):
                 0, self.n_actions, (*self.batch_size, self.n_agents), device=self.device
             )
         else:
-            self._check_actions(action)
+            check_actions(action, (*self.batch_size, self.n_agents), self.n_actions)
         out.set(("agents", "action"), action)
         out.set(("next", "reward"), self.payoff[tuple(action.unbind(-1))].unsqueeze(-1))
         return out

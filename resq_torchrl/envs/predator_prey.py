@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from resq_torchrl.envs.specs import set_team_specs
+from resq_torchrl.envs.specs import check_actions, set_team_specs
 from resq_torchrl.errors import is_whole
 
 #: Action indices of a predator.
@@ -467,16 +467,7 @@ class PredatorPreyEnv(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         b, n, m, w = self.batch_size[0], self.n_predators, self.n_prey, self._w
         action = tensordict.get(("agents", "action"))
-        if action.shape != (b, n) or action.is_floating_point():
-            raise ValueError(
-                f"expected integer actions of shape {(b, n)}, got {action.dtype} "
-                f"{tuple(action.shape)}"
-            )
-        in_range = ((action >= 0) & (action < self.n_actions)).all()  # -1 moved up, 6 stayed
-        if action.device.type != "cpu":  # no host sync per step on an accelerator
-            torch._assert_async(in_range, f"actions must lie in [0, {self.n_actions})")
-        elif not bool(in_range):
-            raise ValueError(f"actions must lie in [0, {self.n_actions}), got {action.unique()}")
+        check_actions(action, (b, n), self.n_actions)  # -1 moved a predator up, 6 stayed
         action = action.long()
         draws = self._draw_step_randomness()
         self.last_draws = draws

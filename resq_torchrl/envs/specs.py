@@ -46,3 +46,18 @@ def set_team_specs(env: EnvBase, n_agents: int, n_actions: int, obs_dim: int, st
         },
         shape=b,
     )
+
+
+def check_actions(action: torch.Tensor, shape: tuple, n_actions: int) -> None:
+    """Integer actions of ``shape`` in ``[0, n_actions)``, what the library's own envs index
+    with: ``-1`` or a truncated ``0.7`` would pick another payoff cell or move in silence.
+    On an accelerator the range is asserted on the device (no host sync per step)."""
+    if action.shape != shape or action.is_floating_point():
+        raise ValueError(
+            f"expected integer actions of shape {shape}, got {action.dtype} {tuple(action.shape)}"
+        )
+    in_range = ((action >= 0) & (action < n_actions)).all()
+    if action.device.type != "cpu":
+        torch._assert_async(in_range, f"actions must lie in [0, {n_actions})")
+    elif not bool(in_range):
+        raise ValueError(f"actions must lie in [0, {n_actions}), got {action.unique()}")

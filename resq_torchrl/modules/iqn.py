@@ -80,6 +80,12 @@ class _QuantileOutputs:
     fractions_key: NestedKey
     mean_key: NestedKey
 
+    def _set_outputs(self, n_acting: int, fractions_key: NestedKey, mean_key: NestedKey) -> None:
+        """The acting fraction count (checked) and the fraction and mean keys."""
+        check_sizes(type(self).__name__, n_acting=n_acting)
+        self.n_acting = int(n_acting)
+        self.fractions_key, self.mean_key = unravel_key(fractions_key), unravel_key(mean_key)
+
     def _fractions(self, tensordict: TensorDictBase, h: torch.Tensor) -> torch.Tensor:
         tau = tensordict.get(self.fractions_key, None)
         if tau is None:
@@ -140,9 +146,7 @@ class MultiAgentIQN(_QuantileOutputs, MultiAgentGRU):
         )
         del self.net.fc2  # the quantile head replaces the scalar one
         self.head = QuantileHead(hidden_dim, n_actions, n_cos, device)
-        check_sizes(type(self).__name__, n_acting=n_acting)
-        self.n_acting = int(n_acting)
-        self.fractions_key, self.mean_key = unravel_key(fractions_key), unravel_key(mean_key)
+        self._set_outputs(n_acting, fractions_key, mean_key)
         self.in_keys = [*self.in_keys, self.fractions_key]
         self.optional_in_keys = [*self.optional_in_keys, self.fractions_key]
         self.out_keys = [*self.out_keys, self.mean_key]
@@ -193,11 +197,9 @@ class IQNAgentMLP(_QuantileOutputs, TensorDictModuleBase):
             device=device,
         )
         self.head = QuantileHead(hidden[-1], n_actions, n_cos, device)
-        check_sizes(type(self).__name__, n_acting=n_acting)
-        self.n_acting = int(n_acting)
+        self._set_outputs(n_acting, fractions_key, mean_key)
         self.observation_key = unravel_key(observation_key)
         self.out_key = unravel_key(out_key)
-        self.fractions_key, self.mean_key = unravel_key(fractions_key), unravel_key(mean_key)
         self.in_keys = [self.observation_key, self.fractions_key]
         self.optional_in_keys = [self.fractions_key]
         self.out_keys = [self.out_key, self.mean_key]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -189,6 +190,12 @@ def _module_edges(module: nn.Module) -> tuple:
     )
 
 
+def _unchanged(edges: tuple) -> bool:
+    """Does every ``(dict, key, value)`` of :func:`_tree_edges` or :func:`_module_edges`
+    still hold its value?"""
+    return all(entries.get(key) is value for entries, key, value in edges)
+
+
 def _same_tree(edges: tuple | None, params: TensorDictBase, leaves: tuple) -> bool:
     """Does ``params`` still hold the entries recorded by :func:`_tree_edges`?"""
     if params is None:  # nothing registered: nothing to compute with
@@ -196,7 +203,20 @@ def _same_tree(edges: tuple | None, params: TensorDictBase, leaves: tuple) -> bo
     if edges is None:  # compared by memory: a getter may wrap the same tensors anew
         found = tuple(params.values(include_nested=True, leaves_only=True))
         return _storage(found) == _storage(leaves)
-    return all(entries.get(key) is value for entries, key, value in edges)
+    return _unchanged(edges)
+
+
+class _Binding(NamedTuple):
+    """A module bound to parameters by :meth:`ValueFactorizationLoss._bound`, with what
+    tells whether it still is: the leaves' memory, the registered parameter TensorDict, its
+    tree's entries and the module's parameter slots."""
+
+    signature: tuple
+    leaves: tuple
+    module: nn.Module
+    params: TensorDictBase | None
+    tree: tuple | None
+    slots: tuple
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -475,27 +495,27 @@ class ValueFactorizationLoss(LossModule):
             return self._bound_transformed(name, target)
         cache = self.__dict__.setdefault("_bound_modules", {})  # not a registered submodule
         hit = cache.get((name, target))
-        params = self._registered_params(name, target)
+        registered = self._registered_params(name, target)
         # reading the leaves of a TensorDictParams is slow: the binding keeps them and checks
         # the tree still holds them, and their memory (cleared by _apply and
         # load_state_dict, which may replace them)
         if (
             hit is not None
-            and hit[3] is params
-            and _same_tree(hit[4], params, hit[1])
-            and all(slots.get(key) is value for slots, key, value in hit[5])
-            and _storage(hit[1]) == hit[0]
+            and hit.params is registered
+            and _same_tree(hit.tree, registered, hit.leaves)
+            and _unchanged(hit.slots)
+            and _storage(hit.leaves) == hit.signature
         ):
-            return hit[2]
+            return hit.module
         params = self._params(name, target)  # torchrl's getter: lazy parameters, warnings
         leaves = tuple(params.values(include_nested=True, leaves_only=True))
         signature = _storage(leaves)
         module = getattr(self, name)
         if _storage(_module_leaves(module)) != signature:
             module = self._bind_copy(name, module, params, signature)
-        registered = self._registered_params(name, target)
-        edges = _tree_edges(registered), _module_edges(module)
-        cache[(name, target)] = (signature, leaves, module, registered, *edges)
+        cache[(name, target)] = _Binding(
+            signature, leaves, module, registered, _tree_edges(registered), _module_edges(module)
+        )
         return module
 
     @staticmethod

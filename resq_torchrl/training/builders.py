@@ -154,8 +154,7 @@ def make_env(env_cfg: Mapping, n_envs: int, device="cpu", seed: int | None = Non
     family = env_family(env_cfg)
     if family not in ENV_BUILDERS:
         raise ConfigError(f"unknown env family {family!r}; available: {sorted(ENV_BUILDERS)}")
-    if not is_whole(n_envs) or n_envs < 1:
-        raise ConfigError(f"n_envs must be a whole number >= 1, got {n_envs!r}")
+    _whole("n_envs", n_envs, 1)
     device = check_device(device)
     env = ENV_BUILDERS[family](env_cfg, int(n_envs), device)
     if not isinstance(env, TransformedEnv):  # adapters bring their own transforms: extend them
