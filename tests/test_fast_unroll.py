@@ -495,3 +495,28 @@ def test_flat_adam_takes_torchs_step_for_other_options():
             a.step()
             b.step()
         torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True, msg=str(kwargs))
+
+
+@pytest.mark.parametrize("algorithm", ["vdn", "ddn"])
+@pytest.mark.parametrize("fast,pack", [(False, False), (True, False), (True, True)])
+def test_sum_mixers_need_no_state(algorithm, fast, pack, monkeypatch):
+    """Property: VDN and DDN (sums of the agents' values) do not read the global state, so
+    data without one (a PettingZoo env without a state, a user's own batch) give the same
+    losses, priorities and gradients, bit for bit, on every unroll path; a loss whose
+    mixer reads the state still names the missing key."""
+    monkeypatch.setattr(rnn, "PACK_MAX_FILL", 1.0)
+    loss = build(algorithm, seed=0, td_lambda=0.6)
+    assert "state" not in loss.in_keys and ("next", "state") not in loss.in_keys
+    td = episodes(b=5, t=9, seed=1)
+    with_state, prio, grads = run(loss, td, fast=fast, pack=pack)
+    stateless = td.exclude("state", ("next", "state"))
+    out, prio_ns, grads_ns = run(loss, stateless, fast=fast, pack=pack)
+    assert set(out.keys()) == set(with_state.keys())
+    for key in out.keys():
+        assert torch.equal(out[key], with_state[key]), key
+    assert torch.equal(prio_ns, prio)
+    assert grads_ns.keys() == grads.keys() and grads
+    assert all(torch.equal(grads_ns[k], grads[k]) for k in grads)
+    qmix = build("qmix", seed=0, td_lambda=0.0)
+    with pytest.raises(KeyError, match=r"no key \('next', 'state'\)"):
+        qmix(stateless.clone())

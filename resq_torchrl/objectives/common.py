@@ -237,7 +237,8 @@ class ValueFactorizationLoss(LossModule):
 
     Data (``*B`` is any batch shape; ``N`` agents, ``A`` actions, ``S`` state features):
         ``tensor_keys.action`` ``[*B, N]``, ``tensor_keys.action_mask`` ``[*B, N, A]``
-        (optional), ``tensor_keys.state`` ``[*B, S]``, the agent networks' inputs, and under
+        (optional), ``tensor_keys.state`` ``[*B, S]`` (only where a mixer reads it: not for
+        VDN's and DDN's sums), the agent networks' inputs, and under
         ``"next"``: the same observations/state/mask plus ``reward`` ``[*B, 1]``,
         ``terminated`` and ``done`` ``[*B, 1]``. ``tensor_keys.padding_mask``
         (``("collector", "mask")``) marks real samples when present.
@@ -253,7 +254,8 @@ class ValueFactorizationLoss(LossModule):
                 Default ``("agents", "action_value")``.
             action_mask: available actions ``[*B, N, A]``; optional in the data.
                 Default ``("agents", "action_mask")``.
-            state: global state ``[*B, S]`` fed to the mixers. Default ``"state"``.
+            state: global state ``[*B, S]`` fed to the mixers (unread, and not required, when
+                no mixer needs it: VDN, DDN). Default ``"state"``.
             reward: team reward ``[*B, 1]`` (read under ``"next"``). Default ``"reward"``.
             done: episode end ``[*B, 1]`` (read under ``"next"``). Default ``"done"``.
             terminated: true termination ``[*B, 1]``; targets do not bootstrap through it.
@@ -420,7 +422,9 @@ class ValueFactorizationLoss(LossModule):
     def _required_keys(self) -> list[NestedKey]:
         """What :attr:`in_keys` lists: the accepted keys and the agent networks' inputs, at
         the root and under ``"next"`` (optional network inputs left out)."""
-        keys = {self.tensor_keys.action, self.tensor_keys.state, ("next", self.tensor_keys.state)}
+        keys = {self.tensor_keys.action}
+        if self._needs_state():
+            keys |= {self.tensor_keys.state, ("next", self.tensor_keys.state)}
         for k in (self.tensor_keys.reward, self.tensor_keys.done, self.tensor_keys.terminated):
             keys.add(("next", k))
         for name in self._agent_network_names:
@@ -431,6 +435,17 @@ class ValueFactorizationLoss(LossModule):
                 if unravel_key(k) not in optional:
                     keys |= {k, ("next", k)}
         return sorted({unravel_key(k) for k in keys}, key=str)
+
+    def _needs_state(self) -> bool:
+        """Whether a mixer of the loss reads the global state (VDN's and DDN's sums do not:
+        their data need no ``state`` key)."""
+        return any(getattr(getattr(self, n), "needs_state", True) for n in self._mixer_names)
+
+    def _state(self, tensordict: TensorDictBase, key: NestedKey | None = None):
+        """The global state ``[*B, S]`` at ``key`` (default ``tensor_keys.state``), or
+        ``None`` when it is absent and no mixer reads it."""
+        key = self.tensor_keys.state if key is None else key
+        return tensordict.get(key) if self._needs_state() else tensordict.get(key, None)
 
     def _check_input(self, tensordict: TensorDictBase) -> None:
         """Raise a ``KeyError`` naming the first required key missing from the input."""
@@ -694,7 +709,7 @@ class ValueFactorizationLoss(LossModule):
         padded ones get 0."""
         self._checked_mixer(name, chosen.shape[-2])
         mixer = self._bound(name, target)
-        needs_state = not (isinstance(mixer, Mixer) and not mixer.needs_state)
+        needs_state = getattr(mixer, "needs_state", True)
         lead = chosen.shape[:-2]
         rows = self._real_rows(valid, lead)
         if rows is not None:
@@ -800,7 +815,7 @@ class ValueFactorizationLoss(LossModule):
         return self._mix(
             mixer,
             gather_chosen(q_next, next_greedy, check=False),
-            tensordict.get(("next", self.tensor_keys.state)),
+            self._state(tensordict, ("next", self.tensor_keys.state)),
             target=True,
             valid=self._padding(tensordict),
         )
@@ -817,7 +832,7 @@ class ValueFactorizationLoss(LossModule):
         with ``with_next`` also the online greedy next action ``next_greedy_action``."""
         q, q_next = self._agent_q("agent_network", tensordict, with_next=with_next)
         action = tensordict.get(self.tensor_keys.action)
-        state = tensordict.get(self.tensor_keys.state)
+        state = self._state(tensordict)
         pad = self._padding(tensordict)
         q_tot = self._mix("mixer", gather_chosen(q, action), state, valid=pad)
         out = TensorDict(

@@ -122,8 +122,20 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         given = tensordict.get(self.tensor_keys.fractions, None)
         if given is not None:
             return given
-        device = tensordict.get(self.tensor_keys.state).device
+        device = self._data_device(tensordict)
         return sample_fractions(tensordict.batch_size, n, device=device)
+
+    def _data_device(self, tensordict: TensorDictBase) -> torch.device:
+        """The device of the data: the state's, else the action's (root) or the reward's
+        (``"next"``), for losses whose data have no state."""
+        for key in (self.tensor_keys.state, self.tensor_keys.action, self.tensor_keys.reward):
+            x = tensordict.get(key, None)
+            if x is not None:
+                return x.device
+        raise KeyError(
+            f"{type(self).__name__}: the input has none of {self.tensor_keys.state!r}, "
+            f"{self.tensor_keys.action!r}, {self.tensor_keys.reward!r}"
+        )
 
     def _agent_z(
         self,
@@ -160,7 +172,7 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         tau_next = sample_fractions(
             tensordict.batch_size,
             self.n_target_quantiles,
-            device=next_td.get(self.tensor_keys.state).device,
+            device=self._data_device(next_td),
         )
         # a recurrent agent first unrolls over the sequence for its state: only the state is
         # used, so that pass reads the same (few) fractions rather than drawing 32
@@ -170,7 +182,7 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         return self._mix(
             mixer,
             gather_quantiles(z_next, next_greedy),
-            next_td.get(self.tensor_keys.state),
+            self._state(next_td),
             target=True,
             valid=self._padding(tensordict),
         )
@@ -180,7 +192,7 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         :meth:`_bootstrap_value` would have drawn (the same calls, so the random stream, and
         with it the training, stays the same)."""
         next_td = tensordict.get("next")
-        device = next_td.get(self.tensor_keys.state).device
+        device = self._data_device(next_td)
         sample_fractions(tensordict.batch_size, self.n_target_quantiles, device=device)
         reward = next_td.get(self.tensor_keys.reward)
         return torch.zeros(
@@ -200,7 +212,7 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         z_tot = self._mix(
             "mixer",
             gather_quantiles(z, action),
-            tensordict.get(self.tensor_keys.state),
+            self._state(tensordict),
             valid=self._padding(tensordict),
         )
         out = TensorDict(
