@@ -188,3 +188,58 @@ def test_partial_reset_resets_only_the_masked_envs():
     assert out["step_count"].flatten().tolist() == [0, 3, 0, 3]
     assert torch.equal(out["agents", "observation"][[1, 3]], before[[1, 3]])
     assert not torch.equal(out["agents", "observation"][0], before[0])
+
+
+def test_each_env_draws_from_its_own_random_stream():
+    """VMAS shares one generator among all its envs: an evaluation env built with seed 8
+    re-seeded the training env of seed 7, and its rollouts moved the training env's episodes.
+    Property: an env's rollouts depend on its own seed only."""
+
+    def rollout(env):
+        # actions from a generator of their own: only VMAS's draws (the resets) vary
+        gen = torch.Generator().manual_seed(0)
+        n = env.batch_size[0]
+
+        def policy(td):
+            return td.set(("agents", "action"), torch.randint(0, 9, (n, 3), generator=gen))
+
+        return env.rollout(6, policy, break_when_any_done=False)["agents", "observation"]
+
+    env = make_vmas("balance", n_envs=2, max_steps=3, seed=7, n_agents=3)
+    alone = [rollout(env), rollout(env)]
+    env = make_vmas("balance", n_envs=2, max_steps=3, seed=7, n_agents=3)
+    # built after it with another seed: re-seeded VMAS's shared stream
+    other = make_vmas("balance", n_envs=3, max_steps=2, seed=8, n_agents=3)
+    first = rollout(env)
+    rollout(other)  # draws between the two
+    second = rollout(env)
+    assert torch.equal(first, alone[0]) and torch.equal(second, alone[1])
+    reseeded = rollout(make_vmas("balance", n_envs=2, max_steps=3, seed=8, n_agents=3))
+    assert not torch.equal(reseeded, alone[0])  # the seed does matter
+
+
+def test_a_step_that_terminates_at_the_limit_is_not_truncated():
+    """``StepCounter`` marks the limit ``truncated`` even where the scenario terminated at
+    that step; the library's envs report such a step as a termination only."""
+    cfg = {"family": "vmas", "scenario": "balance", "max_steps": 30}
+    env = make_env({**cfg, "scenario_kwargs": {"n_agents": 3}}, 8, "cpu", seed=1)
+    torch.manual_seed(0)  # random actions: one env terminates at its 30th step
+    td = env.rollout(60, break_when_any_done=False)
+    terminated, truncated = td["next", "terminated"], td["next", "truncated"]
+    at_limit = td["step_count"] == 29
+    assert (terminated & at_limit).any()  # the case occurs in this rollout
+    assert not (terminated & truncated).any()
+    assert torch.equal(td["next", "done"], terminated | truncated)
+    assert torch.equal(truncated, at_limit & ~terminated)
+
+
+def test_truncation_transform_by_hand():
+    from resq_torchrl.envs.transforms import TruncationOnlyIfNotTerminated
+
+    t = torch.tensor([[True], [True], [False], [False]])
+    next_td = TensorDict(
+        {"terminated": t, "truncated": torch.tensor([[True], [False], [True], [False]])}, [4]
+    )
+    out = TruncationOnlyIfNotTerminated()._call(next_td)
+    assert out["truncated"].squeeze(-1).tolist() == [False, False, True, False]
+    assert torch.equal(out["terminated"], t)

@@ -73,6 +73,24 @@ class TeamReward(Transform):
         return tensordict_reset
 
 
+class TruncationOnlyIfNotTerminated(Transform):
+    """``truncated`` becomes ``truncated & ~terminated``: a step that ends the episode and
+    hits the time limit at once is a termination only, as the library's own envs report it
+    (torchrl's ``StepCounter`` sets ``truncated`` at the limit whatever ``terminated`` says;
+    ``done`` is unchanged)."""
+
+    def __init__(self, truncated_key: NestedKey = "truncated", terminated_key="terminated"):
+        super().__init__(in_keys=[truncated_key, terminated_key], out_keys=[truncated_key])
+
+    def _call(self, next_td: TensorDictBase) -> TensorDictBase:
+        truncated, terminated = self.in_keys
+        next_td.set(truncated, next_td.get(truncated) & ~next_td.get(terminated))
+        return next_td
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase):
+        return tensordict_reset
+
+
 class FixedActionMask(Transform):
     """Writes a constant ``mask_key`` ``[*B, N, A]`` from a per-agent ``mask`` ``[N, A]``
     (``None``: every action available, for envs without masks) and sets it as the mask of

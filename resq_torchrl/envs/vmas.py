@@ -11,7 +11,8 @@ docs/design.md's vocabulary:
 - the time limit as ``"truncated"``: VMAS's own ``max_steps`` would report the limit as
   ``terminated``, so the simulator runs without one and torchrl's ``StepCounter`` ends the
   episode at ``max_steps`` with ``truncated`` (targets bootstrap through it); a scenario's
-  own ``done`` (e.g. every agent on its goal) stays ``terminated``;
+  own ``done`` (e.g. every agent on its goal) stays ``terminated``, and a step that does
+  both is a termination only (``truncated`` False);
 - ``"state"`` ``[B, N * obs]``: the agents' observations stacked (VMAS has no global state);
 - ``("agents", "action_mask")`` all ``True`` (VMAS has no unavailable actions);
 - the per-agent ``info`` diagnostics are dropped unless ``keep_info``.
@@ -22,6 +23,7 @@ tensor they write stay on the GPU. Needs the ``vmas`` extra (``pip install -e ".
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Mapping
 
@@ -30,7 +32,12 @@ from tensordict import TensorDict
 from torchrl.envs import Compose, EnvBase, ExcludeTransform, StepCounter, TransformedEnv
 from torchrl.envs.utils import MarlGroupMapType
 
-from resq_torchrl.envs.transforms import FixedActionMask, TeamReward, stacked_state
+from resq_torchrl.envs.transforms import (
+    FixedActionMask,
+    TeamReward,
+    TruncationOnlyIfNotTerminated,
+    stacked_state,
+)
 
 
 def _vmas_env_class():
@@ -41,28 +48,61 @@ def _vmas_env_class():
     where an episode ended. Here the indices to reset are read with one ``nonzero`` and the
     parent's loop gets an all-``False`` CPU mask, so it only reads the envs' new state."""
     from torchrl.envs.libs.vmas import VmasEnv
+    from vmas.simulator.environment.environment import Environment
 
     class BatchedResetVmasEnv(VmasEnv):
+        """Besides the batched resets: each env draws from its own random stream. VMAS keeps
+        one (torch, numpy, python) generator triple on its ``Environment`` class, which
+        every VMAS env in the process seeds and steps, so an env built later with another
+        seed re-seeded this one's episodes, and an evaluation env's episodes changed the
+        training env's. Each env here keeps its own triple, seeded when it is built, and
+        puts it in VMAS's place for each of its own resets, steps and seedings."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._random = list(Environment.vmas_random_state)
+
+        @contextlib.contextmanager
+        def _own_random_stream(self):
+            own = self.__dict__.get("_random")
+            if own is None:  # while being built: VMAS's stream is this env's
+                yield
+                return
+            shared = Environment.vmas_random_state
+            # VMAS's decorator reads and rewrites this list in place
+            shared[:] = own
+            try:
+                yield
+            finally:
+                self._random = list(shared)
+
+        def _set_seed(self, seed):
+            with self._own_random_stream():
+                return super()._set_seed(seed)
+
+        def _step(self, tensordict):
+            with self._own_random_stream():
+                return super()._step(tensordict)
+
         def _reset(self, tensordict=None, **kwargs):
-            if tensordict is not None and "_reset" in tensordict.keys():
-                envs = tensordict.get("_reset").squeeze(-1)
-                if not bool(envs.all()):  # all: the parent's single full reset
-                    for i in envs.nonzero().flatten().tolist():
-                        self._env.reset_at(i, return_observations=False)
-                    # no device on this TensorDict: the mask stays on the CPU
-                    none = torch.zeros(envs.shape[0], 1, dtype=torch.bool)
-                    tensordict = TensorDict({"_reset": none}, batch_size=envs.shape)
-            return super()._reset(tensordict, **kwargs)
+            with self._own_random_stream():
+                if tensordict is not None and "_reset" in tensordict.keys():
+                    envs = tensordict.get("_reset").squeeze(-1)
+                    if not bool(envs.all()):  # all: the parent's single full reset
+                        for i in envs.nonzero().flatten().tolist():
+                            self._env.reset_at(i, return_observations=False)
+                        # no device on this TensorDict: the mask stays on the CPU
+                        none = torch.zeros(envs.shape[0], 1, dtype=torch.bool)
+                        tensordict = TensorDict({"_reset": none}, batch_size=envs.shape)
+                return super()._reset(tensordict, **kwargs)
 
         def simulator_state(self) -> dict:
             """Everything the simulation's future depends on, for checkpoints: every tensor
             and number held by the VMAS objects (environment, world, entities and their
-            states, scenario), by attribute path, and VMAS's own random state (a class-level
-            torch/numpy/python generator triple that every VMAS env steps and resets with)."""
-            from vmas.simulator.environment.environment import Environment
-
+            states, scenario), by attribute path, and this env's random stream (the
+            torch/numpy/python generator triple it steps and resets with)."""
             torch_rng, (_, keys, pos, has_gauss, gauss), (version, internal, gauss_next) = (
-                Environment.vmas_random_state
+                self._random
             )
             return {
                 "values": dict(_vmas_values(self._env)),
@@ -75,8 +115,6 @@ def _vmas_env_class():
 
         def load_simulator_state(self, state) -> None:
             """Put back a :meth:`simulator_state` (same scenario, options and batch size)."""
-            from vmas.simulator.environment.environment import Environment
-
             saved = state["values"]
             for path, (owner, name, value) in _vmas_attributes(self._env):
                 if path not in saved:
@@ -92,7 +130,7 @@ def _vmas_env_class():
             rnd = state["random"]
             keys, pos, has_gauss, gauss = rnd["numpy"]
             version, internal, gauss_next = rnd["python"]
-            Environment.vmas_random_state[:] = [
+            self._random = [
                 rnd["torch"].cpu().clone(),
                 ("MT19937", keys.cpu().numpy().astype("uint32"), pos, has_gauss, gauss),
                 (version, tuple(internal.tolist()), gauss_next),
@@ -171,7 +209,11 @@ def make_vmas(
         device: where the simulation runs (``"cpu"``, ``"cuda"``, ...).
         reward_reduction: ``"mean"`` or ``"sum"`` of the agents' rewards.
         keep_info: keep the scenario's per-agent ``("agents", "info")`` diagnostics.
-        seed: the simulator's seed.
+        seed: the simulator's seed. Each env draws from its own stream (VMAS shares one
+            among all its envs; see ``BatchedResetVmasEnv``), so another env built or
+            stepped beside it does not change its episodes. On CUDA, VMAS's scenarios draw
+            from torch's global CUDA generator, which VMAS's seeding sets
+            (``torch.manual_seed``) but neither VMAS nor this class keeps per env.
         **scenario_kwargs: the scenario's own options (``n_agents``, ...).
     """
     try:
@@ -204,6 +246,7 @@ def make_vmas(
     transforms += [
         TeamReward(reward_reduction),
         StepCounter(int(max_steps), truncated_key="truncated"),
+        TruncationOnlyIfNotTerminated(),
         stacked_state(),
         FixedActionMask(),
     ]
