@@ -214,8 +214,28 @@ def test_config_errors():
         make("simple_spread", reward_reduction="max")
     with pytest.raises(ValueError, match="available action per agent"):
         FixedActionMask(torch.tensor([[True, False], [False, False]]))
+    # an option of another task (simple_spread's N) was mpe2's TypeError deep inside
+    with pytest.raises(ValueError, match=r"'simple_reference' has no option 'N'; .*'local_ratio'"):
+        make("simple_reference", N=3)
     # versioned task names work too
     assert make("simple_spread_v3").batch_size == torch.Size([1])
+
+
+@pytest.mark.parametrize(
+    "task", ["simple_tag", "simple_adversary", "simple_push", "simple_crypto", "simple_world_comm"]
+)
+def test_tasks_with_adversaries_are_refused(task):
+    """Both sides in one group would train on the mean of opposing rewards (simple_tag: a
+    capture, +10 to each adversary and -10 to the prey, was a team reward of +5)."""
+    with pytest.raises(ValueError, match=rf"mpe2 task '{task}' pits adversaries .*simple_spread"):
+        make(task)
+
+
+def test_every_listed_cooperative_task_builds():
+    from resq_torchrl.envs.pettingzoo import COOPERATIVE_TASKS
+
+    for task in COOPERATIVE_TASKS:
+        assert make(task).rollout(2)["next", "reward"].shape == (1, 2, 1)
 
 
 def train_config(algorithm: str, env: str, out) -> dict:

@@ -41,6 +41,10 @@ inside the pettingzoo env by :class:`PadHeterogeneousAgents`:
 Homogeneous tasks (``simple_spread``, ``simple_reference``) are not padded and their mask is
 all ``True`` (``FixedActionMask()``).
 
+Only cooperative tasks are accepted (:data:`COOPERATIVE_TASKS`): a task with adversaries
+(``simple_tag``, ``simple_adversary``, ...) would put both sides in one group and average
+their opposing rewards into one team reward, so it is refused with a one-line error.
+
 Example::
 
     >>> env = make_pettingzoo_env(
@@ -54,6 +58,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import warnings
 from collections.abc import Mapping
@@ -174,8 +179,47 @@ def make_mpe_env(task: str, max_steps: int, **task_kwargs) -> PettingZooParallel
         raise ValueError("set the episode limit with max_steps, not max_cycles")
     if int(max_steps) < 1:  # mpe2 truncates every step then, in silence
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    env = mpe_task(task).parallel_env(max_cycles=int(max_steps), **task_kwargs)
+    module = mpe_task(task)
+    options = [p for p in inspect.signature(module.raw_env.__init__).parameters if p != "self"]
+    unknown = [k for k in task_kwargs if k not in options]
+    if unknown:  # mpe2's TypeError came from deep inside, without the choices
+        raise ValueError(
+            f"mpe2 task {task!r} has no option {unknown[0]!r}; its options: "
+            f"{[p for p in options if p != 'max_cycles']}"
+        )
+    env = module.parallel_env(max_cycles=int(max_steps), **task_kwargs)
+    _check_one_team(env, task)
     return PadHeterogeneousAgents(env) if _is_heterogeneous(env) else env
+
+
+#: mpe2's tasks whose agents form one team (no agent marked ``adversary``)
+COOPERATIVE_TASKS = (
+    "collect_treasure",
+    "simple",
+    "simple_formation",
+    "simple_line",
+    "simple_reference",
+    "simple_speaker_listener",
+    "simple_spread",
+)
+
+
+def _check_one_team(env: PettingZooParallelEnv, task: str) -> None:
+    """Refuse a task that pits adversaries against the other agents (``simple_tag``,
+    ``simple_adversary``, ``simple_push``, ``simple_crypto``, ``simple_world_comm``): the
+    adapter puts every agent in one group with one team reward, the mean of opposing
+    rewards (in ``simple_tag`` a capture would reward the team for catching its own
+    member)."""
+    agents = getattr(getattr(env.unwrapped, "world", None), "agents", ())
+    adversaries = [a.name for a in agents if getattr(a, "adversary", False)]
+    if adversaries and len(adversaries) < len(agents):
+        others = [a.name for a in agents if not getattr(a, "adversary", False)]
+        env.close()
+        raise ValueError(
+            f"mpe2 task {task!r} pits adversaries {adversaries} against {others}: the library "
+            f"trains one cooperative team on one team reward; cooperative tasks: "
+            f"{list(COOPERATIVE_TASKS)}"
+        )
 
 
 def wrap_mpe_env(task: str, max_steps: int, **task_kwargs) -> PettingZooWrapper:
@@ -229,6 +273,7 @@ def make_pettingzoo_env(env_cfg: Mapping, n_envs: int, device) -> EnvBase:
 
 
 __all__ = [
+    "COOPERATIVE_TASKS",
     "PadHeterogeneousAgents",
     "make_mpe_env",
     "make_pettingzoo_env",
