@@ -106,6 +106,9 @@ def one_error_line(result) -> str:
         ("scripts/matrix_game.py n_updates=3 json_out=.", ["json_out=. is a directory"]),
         ("scripts/diagnose_ro.py log_every=0 out_dir={out}", ["log_every must be >= 1"]),
         ("scripts/diagnose_ro.py device=cuda:7 out_dir={out}", ["device=cuda"]),
+        # meta passed the check and failed inside torch (Tensor.item() on meta tensors)
+        ("scripts/train.py device=meta output_dir={out}", ["device=meta holds no data"]),
+        ("scripts/matrix_game.py device=meta n_updates=1", ["device=meta holds no data"]),
         (
             "scripts/diagnose_ro.py capture_threshold=abc out_dir={out}",
             ["capture_threshold must be a number", "got 'abc'"],

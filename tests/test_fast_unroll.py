@@ -517,6 +517,12 @@ def test_sum_mixers_need_no_state(algorithm, fast, pack, monkeypatch):
     assert torch.equal(prio_ns, prio)
     assert grads_ns.keys() == grads.keys() and grads
     assert all(torch.equal(grads_ns[k], grads[k]) for k in grads)
+    # nor does a state they do not read steer them (DDN drew its fractions on its device)
+    elsewhere = td.clone()
+    for key in ("state", ("next", "state")):
+        elsewhere[key] = elsewhere[key].to("meta")
+    out_meta, _, _ = run(loss, elsewhere, fast=fast, pack=pack)
+    assert torch.equal(out_meta["loss_td"], with_state["loss_td"])
     qmix = build("qmix", seed=0, td_lambda=0.0)
     with pytest.raises(KeyError, match=r"no key \('next', 'state'\)"):
         qmix(stateless.clone())

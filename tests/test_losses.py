@@ -580,3 +580,15 @@ def test_out_keys_name_the_loss_terms_and_a_loss_prints(algo):
     out = loss(env.rand_transition())
     assert sorted(k for k in out.keys() if k.startswith("loss_")) == sorted(loss.out_keys)
     assert type(loss).__name__ in repr(loss)
+
+
+def test_data_on_another_device_is_named(make_transition):
+    """Data and parameters on two devices failed inside torch ("Tensor on device cpu is not
+    on the expected device meta!"), naming neither."""
+    loss = QMIXLoss(make_agent_qnet(1, 3, 2), QMixer(2, 1, 8, 16))
+    td = make_transition([[0, 1]], [1.0], [1])
+    with pytest.raises(
+        RuntimeError, match="the input is on meta but the loss's parameters are on cpu"
+    ):
+        loss(td.to("meta"))
+    loss(td)  # on one device it runs

@@ -93,6 +93,15 @@ def test_wrong_agent_count_is_rejected():
         gru(td)
 
 
+def test_last_action_as_indices_is_rejected():
+    """Integer last actions ``[*B, N]`` failed in a broadcast of the input assembly."""
+    gru = MultiAgentGRU(OBS, A, N)
+    td = random_sequences(2, 3, seed=0)
+    td["agents", "last_action"] = td["agents", "last_action"].argmax(-1)
+    with set_recurrent_mode(True), pytest.raises(ValueError, match=rf"one-hot \[\*B, {N}, {A}\]"):
+        gru(td)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_custom_gru_backward_equals_torch_gru(seed):
     """Property: the CPU unroll with the hand-written backward (``_GRUSequence``) gives the

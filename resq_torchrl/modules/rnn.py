@@ -276,6 +276,12 @@ class AgentGRU(nn.Module):
         if self.use_last_action:
             if last_action is None:
                 raise KeyError("AgentGRU uses the last action but none was given")
+            if last_action.shape[-2:] != (self.n_agents, self.n_actions):
+                raise ValueError(
+                    f"AgentGRU: the last action must be one-hot [*B, {self.n_agents}, "
+                    f"{self.n_actions}] (as LastActionWriter writes it), got shape "
+                    f"{tuple(last_action.shape)}"
+                )
             x[..., at : at + self.n_actions] = last_action
             at += self.n_actions
         if self.use_agent_id:

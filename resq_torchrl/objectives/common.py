@@ -206,6 +206,12 @@ def _same_tree(edges: tuple | None, params: TensorDictBase, leaves: tuple) -> bo
     return _unchanged(edges)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``a`` and ``b`` are one device (``cuda`` without an index is the current one, which
+    may be ``cuda:0``)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 class _Binding(NamedTuple):
     """A module bound to parameters by :meth:`ValueFactorizationLoss._bound`, with what
     tells whether it still is: the leaves' memory, the registered parameter TensorDict, its
@@ -448,7 +454,8 @@ class ValueFactorizationLoss(LossModule):
         return tensordict.get(key) if self._needs_state() else tensordict.get(key, None)
 
     def _check_input(self, tensordict: TensorDictBase) -> None:
-        """Raise a ``KeyError`` naming the first required key missing from the input."""
+        """Raise a ``KeyError`` naming the first required key missing from the input (a
+        ``RuntimeError`` for one on another device than the parameters)."""
         present = set(tensordict.keys(include_nested=True, leaves_only=True))
         for key in self.in_keys:
             if key not in present:
@@ -456,6 +463,14 @@ class ValueFactorizationLoss(LossModule):
                     f"{type(self).__name__}: the input tensordict has no key {key!r} "
                     f"(required: {self.in_keys}); rename keys with loss.set_keys(...)"
                 )
+        # data on another device failed inside torch, naming neither key nor devices
+        param = next(self.parameters(), None)
+        device = tensordict.device or tensordict.get(self.tensor_keys.action).device
+        if param is not None and not _same_device(device, param.device):
+            raise RuntimeError(
+                f"{type(self).__name__}: the input is on {device} but the loss's parameters "
+                f"are on {param.device}; move one to the other with .to(device)"
+            )
         # masks are optional, but a mask for the current step and none for the next would
         # let the targets pick unavailable actions
         mask = unravel_key(self.tensor_keys.action_mask)

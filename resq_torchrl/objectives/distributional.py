@@ -126,9 +126,9 @@ class DistributionalFactorizationLoss(ValueFactorizationLoss):
         return sample_fractions(tensordict.batch_size, n, device=device)
 
     def _data_device(self, tensordict: TensorDictBase) -> torch.device:
-        """The device of the data: the state's, else the action's (root) or the reward's
-        (``"next"``), for losses whose data have no state."""
-        for key in (self.tensor_keys.state, self.tensor_keys.action, self.tensor_keys.reward):
+        """The device of the data: the action's (root) or the reward's (``"next"``), else
+        the state's."""
+        for key in (self.tensor_keys.action, self.tensor_keys.reward, self.tensor_keys.state):
             x = tensordict.get(key, None)
             if x is not None:
                 return x.device

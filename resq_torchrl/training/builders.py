@@ -123,13 +123,28 @@ ENV_BUILDERS: dict[str, Callable[[Mapping, int, object], EnvBase]] = {
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``, or a :class:`ConfigError` when it names a CUDA device that
-    this machine or this torch build does not have."""
+    """``torch.device(device)``, or a :class:`ConfigError` when it names a device that this
+    machine or this torch build does not have (a CUDA device, another accelerator type), or
+    ``meta`` (no data)."""
     try:
         device = torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"device={device!r} is not a device: {err}") from None
-    if device.type != "cuda":
+    if device.type == "meta":  # shapes without data: every env and loss fails inside torch
+        raise ConfigError(
+            "device=meta holds no data, so nothing can be simulated or trained on it; use "
+            "device=cpu or device=cuda"
+        )
+    if device.type not in ("cpu", "cuda"):
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ConfigError(
+                f"device={device} was asked for, but this torch has no such device available;"
+                " use device=cpu or device=cuda"
+            )
+        return device
+    if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
         why = (
