@@ -28,15 +28,37 @@ from resq_torchrl.training.evaluation import (
     format_table,
     load_run,
 )
+from resq_torchrl.training.checkpoint import KEPT
 from resq_torchrl.training.trainer import RUN_FILES
 
 #: per-episode lists: in the JSON file, left out of the summary on stdout
 PER_EPISODE = ("returns", "lengths", "wins", "captures_per_episode", "lone_catches_per_episode")
 
 
+def check_own_checkpoint(cfg: DictConfig) -> None:
+    """A ``checkpoint=`` outside ``output_dir`` (not its ``checkpoint.pt`` nor one of its
+    ``checkpoints/``) would write its evaluation (and videos) as ``output_dir``'s: refused
+    unless ``json_out=`` (and, with ``render=true``, ``render_dir=``) say where they go."""
+    if not cfg.checkpoint:
+        return
+    run = Path(cfg.output_dir).resolve()
+    if Path(cfg.checkpoint).resolve().parent in (run, (run / KEPT).resolve()):
+        return
+    missing = [
+        k for k in ("json_out", "render_dir") if not cfg[k] and (k == "json_out" or cfg.render)
+    ]
+    if missing:
+        raise ConfigError(
+            f"checkpoint={cfg.checkpoint} is not a file of output_dir={cfg.output_dir}: its "
+            f"evaluation would be written as that run's; set output_dir to the checkpoint's "
+            f"run, or say where it goes with {' and '.join(f'{k}=' for k in missing)}"
+        )
+
+
 @cli.main("evaluate", auto_threads={"cpu": 1, "cuda": 1})
 def main(cfg: DictConfig) -> None:
     loaded = load_run(cfg.output_dir, cfg.checkpoint)
+    check_own_checkpoint(cfg)
     out = Path(cfg.json_out or Path(cfg.output_dir) / EVALUATION_JSON)
     if out.is_dir():  # checked before the evaluation, which it would otherwise lose
         raise ConfigError(f"json_out={out} is a directory: give a file path, e.g. {out}/eval.json")

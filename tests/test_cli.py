@@ -570,8 +570,8 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1] == (
         f"error: output_dir={tmp_path} already holds a run (checkpoint.pt, final.json, "
-        "eval.jsonl): continue it with resume=true (or resume=auto), start over there with "
-        "overwrite=true, or choose another output_dir"
+        "eval.jsonl, replay, vdn_matrix_game_seed0): continue it with resume=true (or "
+        "resume=auto), start over there with overwrite=true, or choose another output_dir"
     )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     # a setting that cannot build the networks is refused before overwrite=true clears anything
@@ -587,16 +587,30 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
     fresh = tmp_path / "fresh"
     bad = run_in_process([*args[:-1], *ragged, f"output_dir={fresh}"], tmp_path)
     assert bad.returncode == 2 and not fresh.exists()
-    over = run_in_process([*args, "seed=1", "overwrite=true"], tmp_path)
+    scalars = tmp_path / "vdn_matrix_game_seed0" / "scalars"
+    logged = {p.relative_to(scalars): p.read_text() for p in scalars.rglob("*.csv")}
+    over = run_in_process([*args, "overwrite=true"], tmp_path)
     assert over.returncode == 0, over.stderr[-2000:]
     assert "overwrite=true: removed the earlier" in over.stdout
     assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == evaluations
+    # the csv logs start over too (the new run's lines were appended to the earlier run's)
+    assert logged and {
+        p.relative_to(scalars): p.read_text() for p in scalars.rglob("*.csv")
+    }.keys() == logged.keys()
+    for name, text in logged.items():
+        assert len((scalars / name).read_text().splitlines()) == len(text.splitlines()), name
+    # another seed's run there: the earlier run's logger directory goes with the rest
+    over = run_in_process([*args, "seed=1", "overwrite=true"], tmp_path)
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert not (tmp_path / "vdn_matrix_game_seed0").exists()
+    assert (tmp_path / "vdn_matrix_game_seed1" / "scalars").is_dir()
     assert json.loads((tmp_path / "final.json").read_text())["frames"] >= 200
     (tmp_path / "checkpoint.pt").unlink()  # an attempt that never reached a checkpoint
     (tmp_path / "final.json").unlink()
     auto = run_in_process([*args, "resume=auto"], tmp_path)
     assert auto.returncode == 0, auto.stderr[-2000:]
     assert "resume=auto without a checkpoint: removed the earlier eval.jsonl" in auto.stdout
+    assert "vdn_matrix_game_seed1" in auto.stdout  # that attempt's logs with it
     assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == evaluations
 
 
@@ -615,6 +629,25 @@ def test_resuming_another_methods_checkpoint_is_one_line(tmp_path):
     assert "trained with algorithm=vdn env=matrix_game" in line
     assert "this run asks for algorithm=qmix" in line
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    # any other training setting: the run went on with the checkpoint's lr (its optimizer
+    # state) and wrote the new one in its config; a new seed continued seed 0's streams
+    logs = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for change, was in [
+        (["lr=0.5"], "lr=0.001"),
+        (["exploration.eps_end=0.5"], "exploration.eps_end=0.05"),
+        (["seed=5"], "seed=0"),
+    ]:
+        line = one_error_line(
+            run_in_process([*args, "algorithm=vdn", "resume=true", *change], tmp_path)
+        )
+        assert "checkpoint.pt was trained with" in line and was in line, line
+        assert "this run asks for" in line and change[0] in line, line
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == logs
+    # how long it runs, how it evaluates and saves may change
+    longer = run_in_process(
+        [*args, "algorithm=vdn", "resume=true", "total_frames=300", "eval_interval=50"], tmp_path
+    )
+    assert longer.returncode == 0, longer.stderr[-2000:]
     # evaluate.py refuses a json_out it could not write before evaluating, not after
     line = one_error_line(
         run_in_process(["scripts/evaluate.py", f"output_dir={tmp_path}", "json_out=."], tmp_path)

@@ -269,6 +269,25 @@ def test_script_mistakes_get_one_line(pp_run, tmp_path, args, fragment):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_checkpoint_of_another_run_never_writes_into_this_one(pp_run, tmp_path):
+    """``output_dir=A checkpoint=<B's checkpoint>`` wrote B's evaluation as A's
+    ``evaluation.json``: refused unless ``json_out=`` says where it goes."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoint.pt").write_bytes((pp_run / "checkpoint.pt").read_bytes())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    args = f"scripts/evaluate.py output_dir={tmp_path} checkpoint={other / 'checkpoint.pt'}"
+    proc = run_in_process(f"{args} episodes=1", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = [line for line in proc.stderr.splitlines() if line.startswith("error:")][-1]
+    assert "is not a file of output_dir" in line and "json_out=" in line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    out = tmp_path / "b.json"
+    proc = run_in_process(f"{args} episodes=1 json_out={out}", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["episodes"] == 1
+
+
 def test_render_of_an_env_it_cannot_draw_fails_before_evaluating(pp_run, tmp_path):
     """A checkpoint whose env is SMAX: render=true names the envs it draws, at once."""
     state = load_checkpoint(pp_run / "checkpoint.pt")

@@ -234,6 +234,80 @@ def _check_same_env(path: Path, saved: Mapping | None, asked: Mapping) -> None:
         )
 
 
+#: settings a resumed run may change: how long it runs, how often it evaluates and saves,
+#: where and how it logs and reports, its threads and device. Every other setting is the
+#: run's own (networks, data, exploration, optimizer, seed, batch sizes), restored from the
+#: checkpoint or tied to what it holds, so a change is refused (:func:`check_resumable`):
+#: a new lr was written in the run's config while the optimizer kept the old one, a new
+#: epsilon floor was mixed with the old schedule, a new seed labelled seed 0's streams.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "total_frames",
+        "eval_interval",
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "checkpoint_buffer",
+        "checkpoint_buffer_max_mb",
+        "logger",
+        "wandb_offline",
+        "wandb_project",
+        "mlflow_tracking_uri",
+        "output_dir",
+        "resume",
+        "overwrite",
+        "kill_after_checkpoint",
+        "progress",
+        "threads",
+        "reuse_freed_memory",
+        "device",
+    }
+)
+
+
+def _flat(cfg: Mapping, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": value}`` for every leaf of the nested mapping ``cfg``."""
+    out: dict[str, object] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_resumable(path: Path, cfg: Mapping) -> None:
+    """Raise a :class:`ConfigError` (one line) when the run config ``cfg`` differs from the
+    one the checkpoint at ``path`` was written with in a setting outside
+    :data:`RESUMABLE_SETTINGS`; called before anything of the run is built or written.
+    Settings only one of the two names (added since the checkpoint was written) are not
+    compared."""
+    saved = plain_config(load_checkpoint(path, map_location="cpu").get("config") or {})
+    if not saved:  # a checkpoint without its config: nothing to compare
+        return
+    _check_same_env(path, saved.get("env"), cfg.get("env") or {})
+    was, now = _flat(saved), _flat(plain_config(cfg))
+    differ = [
+        k
+        for k in sorted(set(was) & set(now))
+        if k.split(".")[0] not in RESUMABLE_SETTINGS and was[k] != now[k]
+    ]
+    if not differ:
+        return
+    if any(k == "algorithm.name" or k.startswith("agent.") for k in differ):
+        raise ConfigError(
+            f"{path} holds other networks than this run builds: it was trained with "
+            f"{_model_of(saved)}, this run asks for {_model_of(cfg)}"
+        )
+    raise ConfigError(
+        f"{path} was trained with {', '.join(f'{k}={was[k]}' for k in differ)}; this run asks "
+        f"for {', '.join(f'{k}={now[k]}' for k in differ)}: a resumed run keeps its "
+        "settings but how long it runs, how it evaluates, saves and logs, its threads and "
+        "device (checkpoint.RESUMABLE_SETTINGS); resume without these changes, or start a new "
+        "run"
+    )
+
+
 def _threads(n: int) -> str:
     return f"{n} torch thread{'' if n == 1 else 's'}"
 
@@ -394,10 +468,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
                     "it was not run"
                 ) from None
         state["config"] = plain_config(state.get("config") or {})
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UnsafeCheckpointError(
-            f"{path} is not a readable checkpoint ({str(err).strip().splitlines()[0]})"
-        ) from None
+    except Exception as err:  # a text or empty file: KeyError, IndexError... from inside torch
+        lines = str(err).strip().splitlines()
+        why = (
+            lines[0]
+            if lines and isinstance(err, (RuntimeError, OSError))
+            else "not a file written by torch.save"
+        )
+        raise UnsafeCheckpointError(f"{path} is not a readable checkpoint ({why})") from None
     if not isinstance(state, dict) or "loss" not in state:
         raise UnsafeCheckpointError(
             f"{path} is not a checkpoint of scripts/train.py (no 'loss' entry)"

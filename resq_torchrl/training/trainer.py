@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ from resq_torchrl.training.builders import (
 from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, Progress, RunState
 from resq_torchrl.training.collectors import make_collector
 from resq_torchrl.training.loggers import (
+    MLFLOW_DB,
     check_logger,
     close_logger,
     make_logger,
@@ -303,6 +305,39 @@ def resume_path(cfg: Mapping, out_dir: Path) -> Path | None:
 
 #: the files of a run in its output_dir: a new run there would replace or append to them
 RUN_FILES = (CHECKPOINT, "final.json", "eval.jsonl")
+#: what else a run (and ``scripts/evaluate.py``) writes there, besides its loggers'
+#: directories (:func:`earlier_run_outputs`)
+RUN_OUTPUTS = (
+    *RUN_FILES,
+    "evaluation.json",  # evaluation.EVALUATION_JSON (that module imports this one)
+    MLFLOW_DB,
+    REPLAY,
+    f"{REPLAY}.old",
+    f"{REPLAY}.prev",
+    KEPT,
+    "wandb",
+    "mlartifacts",
+)
+
+
+def earlier_run_outputs(out_dir: Path) -> list[str]:
+    """The names in ``out_dir`` that an earlier run wrote: :data:`RUN_OUTPUTS`, and each
+    logger directory (``<experiment_name>/`` with the csv logger's ``scalars/`` or
+    ``texts/``, or tensorboard's event files), whatever the earlier run's name was. A new
+    run appended its csv lines to the earlier run's, and plots mixed both."""
+    if not out_dir.is_dir():
+        return []
+    found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    for sub in sorted(out_dir.iterdir()):
+        if sub.name in found or not sub.is_dir():
+            continue
+        if (
+            (sub / "scalars").is_dir()
+            or (sub / "texts").is_dir()
+            or any(sub.glob("events.out.tfevents.*"))
+        ):
+            found.append(sub.name)
+    return found
 
 
 def check_fresh_output_dir(
@@ -310,7 +345,8 @@ def check_fresh_output_dir(
 ) -> list[str]:
     """Before a new run (nothing to resume), or one resumed from another directory's
     checkpoint (``resuming_from``), writes into ``out_dir``: raise a :class:`ConfigError`
-    when another run's files are there (:data:`RUN_FILES`), whose checkpoint and results the
+    when another run's outputs are there (:func:`earlier_run_outputs`), whose checkpoint,
+    results and logs the
     run would replace and whose evaluations it would append to or cut. ``overwrite=true``
     (or ``resume=auto``, which found no checkpoint: what is there is an attempt that never
     reached one) lets the run start clean: returns the files :func:`clear_earlier_run` is
@@ -318,7 +354,7 @@ def check_fresh_output_dir(
     cost the earlier run)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output_dir={out_dir} is a file, not a directory: choose another")
-    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    found = earlier_run_outputs(out_dir)
     if not found:
         return []
     if resuming_from is not None and not overwrite:
@@ -342,7 +378,11 @@ def clear_earlier_run(out_dir: Path, found: list[str], overwrite: bool) -> None:
     if not found:
         return
     for name in found:
-        (out_dir / name).unlink(missing_ok=True)
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     why = "overwrite=true" if overwrite else "resume=auto without a checkpoint"
     print(f"{why}: removed the earlier {', '.join(found)} of {out_dir}", flush=True)
 
@@ -442,6 +482,8 @@ def train(cfg: Mapping) -> dict:
     check_budget(cfg)
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
+    if start_from is not None:  # before anything is built or written
+        checkpoint.check_resumable(start_from, cfg)
     overwrite = bool(cfg.get("overwrite", False))
     earlier: list[str] = []  # an earlier run's files to remove (overwrite=true)
     if start_from is None:
