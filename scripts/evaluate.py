@@ -22,13 +22,13 @@ from omegaconf import DictConfig
 
 from resq_torchrl import cli
 from resq_torchrl.errors import ConfigError, check_writable
+from resq_torchrl.training.checkpoint import KEPT
 from resq_torchrl.training.evaluation import (
     EVALUATION_JSON,
     evaluate_run,
     format_table,
     load_run,
 )
-from resq_torchrl.training.checkpoint import KEPT
 from resq_torchrl.training.trainer import RUN_FILES
 
 #: per-episode lists: in the JSON file, left out of the summary on stdout
