@@ -87,6 +87,38 @@ def check_writable(key: str, path, kind: str = "file") -> None:
         ) from err
 
 
+def check_figure_path(key: str, path) -> None:
+    """Raise a :class:`ConfigError` naming ``key`` and the extensions matplotlib's ``savefig``
+    writes when the figure path ``path`` ends in none of them (no extension: savefig would
+    write ``<path>.png`` instead), or in ``.pgf`` without the TeX program that format runs;
+    run before the work whose figure it is. ``None`` passes."""
+    if path is None or str(path) == "":
+        return
+    import os
+    import shutil
+
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    choices = ", ".join(f".{f}" for f in formats)
+    extension = os.path.splitext(str(path))[1][1:].lower()  # as savefig reads it
+    if not extension:
+        raise ConfigError(f"{key}={path} has no file extension: end it in one of {choices}")
+    if extension not in formats:
+        raise ConfigError(
+            f"{key}={path}: matplotlib cannot write .{extension} figures; end it in one of "
+            f"{choices}"
+        )
+    tex = matplotlib.rcParams["pgf.texsystem"]
+    if extension == "pgf" and shutil.which(tex) is None:  # savefig runs it for the text
+        others = ", ".join(f".{f}" for f in formats if f != "pgf")
+        raise ConfigError(
+            f"{key}={path}: .pgf figures need {tex} (matplotlib's pgf.texsystem), which is "
+            f"not installed; end it in one of {others}"
+        )
+
+
 def require(module: str, extra: str, needed_by: str) -> ModuleType:
     """Import ``module`` or raise a :class:`MissingDependencyError` saying that ``needed_by``
     (e.g. ``"logger=tensorboard"``) needs the package extra ``extra``."""
@@ -109,4 +141,5 @@ __all__ = [
     "at_least",
     "is_whole",
     "check_writable",
+    "check_figure_path",
 ]

@@ -594,9 +594,11 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
     assert "overwrite=true: removed the earlier" in over.stdout
     assert len((tmp_path / "eval.jsonl").read_text().splitlines()) == evaluations
     # the csv logs start over too (the new run's lines were appended to the earlier run's)
-    assert logged and {
-        p.relative_to(scalars): p.read_text() for p in scalars.rglob("*.csv")
-    }.keys() == logged.keys()
+    assert (
+        logged
+        and {p.relative_to(scalars): p.read_text() for p in scalars.rglob("*.csv")}.keys()
+        == logged.keys()
+    )
     for name, text in logged.items():
         assert len((scalars / name).read_text().splitlines()) == len(text.splitlines()), name
     # another seed's run there: the earlier run's logger directory goes with the rest

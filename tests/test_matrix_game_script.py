@@ -3,13 +3,16 @@ own ``sys.argv``, ``__main__`` and exit code (``script_runner``), which spares e
 interpreter's imports, and once as a real subprocess (the unknown-algorithm error)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from script_runner import run_in_process
+from test_cli import one_error_line
 
 from resq_torchrl.analysis import format_table, igm_consistent
+from resq_torchrl.errors import ConfigError, check_figure_path
 from resq_torchrl.training import EnvDims, make_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +122,37 @@ def test_script_rejects_bad_payoff(payoff, message, tmp_path):
     proc = matrix_game(f"payoff={payoff}", "n_updates=5", "progress=false")
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "plot, fragment",
+    [
+        ("q.txt", "matplotlib cannot write .txt figures; end it in one of"),
+        ("q", "has no file extension: end it in one of"),  # savefig would write q.png
+    ],
+)
+def test_a_plot_matplotlib_cannot_write_is_refused_before_training(plot, fragment, tmp_path):
+    """The figure's format is checked before the training (it failed in savefig, after the
+    training and the JSON, with a traceback and no table)."""
+    proc = matrix_game(
+        f"plot={tmp_path / plot}", f"json_out={tmp_path / 'out.json'}", "n_updates=5"
+    )
+    line = one_error_line(proc)
+    assert f"plot={tmp_path / plot}" in line and fragment in line
+    assert ".png" in line and ".pdf" in line and ".svg" in line  # the choices
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_check_figure_path_takes_what_savefig_writes(monkeypatch):
+    for path in (None, "", "q.png", "out/Q.PNG", "a.b/q.svg", "q.pdf"):
+        check_figure_path("plot", path)
+    with pytest.raises(ConfigError, match=r"plot=q\.txt: matplotlib cannot write \.txt figures"):
+        check_figure_path("plot", "q.txt")
+    with pytest.raises(ConfigError, match=r"plot=a\.b/q has no file extension"):
+        check_figure_path("plot", "a.b/q")
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no TeX: savefig fails on .pgf
+    with pytest.raises(ConfigError, match=r"\.pgf figures need \w+ .*which is not installed"):
+        check_figure_path("plot", "q.pgf")
 
 
 def test_script_rejects_unknown_algorithm(run_script):

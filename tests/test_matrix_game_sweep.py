@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
+from script_runner import run_in_process
 
 from resq_torchrl.training.matrix_game import job_key, train_matrix_game_seeds
 
@@ -62,6 +64,36 @@ def test_sweep_script_writes_table_figure_and_runs(tmp_path, run_script):
     ]
     assert (tmp_path / "matrix_game.png").stat().st_size > 1000
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_an_unreadable_cache_entry_is_trained_again_with_a_warning(vectorize, tmp_path):
+    """A cache entry cut short (or otherwise unreadable) is a miss: one warning line naming
+    it, the run trained again and the entry overwritten (it was a JSONDecodeError)."""
+    sweep = [
+        "scripts/matrix_game_sweep.py",
+        "algorithms=[vdn]",
+        "n_seeds=2",
+        "n_updates=3",
+        "workers=1",
+        f"vectorize={str(vectorize).lower()}",
+        f"out_dir={tmp_path / 'out'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    first = run_in_process(sweep, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    assert len(entries) == 2
+    before = [json.loads(e.read_text()) for e in entries]
+    entries[1].write_text('{"algorithm": "vd')  # cut short
+    again = run_in_process(sweep, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"cache entry {entries[1]} is unreadable" in warnings[0]
+    assert "Traceback" not in again.stderr
+    assert [json.loads(e.read_text()) for e in entries] == before  # trained again, overwritten
+    runs = json.loads((tmp_path / "out" / "matrix_game.json").read_text())["runs"]
+    assert runs == before
 
 
 def test_vectorized_sweep_caches_apart_and_retrains_incomplete_groups(tmp_path):

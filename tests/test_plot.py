@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import TINY_PREDATOR_PREY
 from script_runner import run_in_process
+from test_cli import one_error_line
 
 from resq_torchrl.analysis import aggregate
 from resq_torchrl.errors import ConfigError
@@ -314,4 +315,18 @@ def test_plot_settings_it_cannot_honour_are_one_line(logs, tmp_path, arg, messag
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "train/return" in result.stderr or "grid_step" in arg  # the scalars it has
+    assert not list(tmp_path.glob("p.*"))
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "abc", "true"])
+def test_train_bin_out_of_range_is_one_line_naming_it(logs, tmp_path, value):
+    """train_bin=-3 ended on numpy's "'minlength' must not be negative", train_bin=0 was
+    taken as null without a word, train_bin=abc was a traceback."""
+    result = run_in_process(
+        f"scripts/plot.py runs='[{logs}/good_seed*]' out={tmp_path}/p reps=20 train_bin={value}",
+        tmp_path,
+    )
+    line = one_error_line(result)
+    assert line.startswith("error: train_bin must be a number > 0 (frames per bin of the")
+    assert "or null: one grid step" in line
     assert not list(tmp_path.glob("p.*"))

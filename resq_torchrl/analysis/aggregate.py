@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import numbers
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -418,6 +419,19 @@ def pairs(names: Sequence[str], compare) -> list[tuple[str, str]]:
     return list(itertools.combinations(chosen, 2))
 
 
+def check_train_bin(train_bin) -> None:
+    """Raise a :class:`ConfigError` naming ``train_bin`` unless it is ``None`` or a number of
+    frames > 0 (0 was taken as ``None`` without a word, a negative width failed in numpy)."""
+    if train_bin is None:
+        return
+    number = isinstance(train_bin, numbers.Real) and not isinstance(train_bin, bool)
+    if not number or not 0 < float(train_bin) < float("inf"):
+        raise ConfigError(
+            "train_bin must be a number > 0 (frames per bin of the training panel), or null: "
+            f"one grid step; got {train_bin!r}"
+        )
+
+
 def summarize(
     methods: dict[str, list[Run]],
     metric: str,
@@ -434,6 +448,7 @@ def summarize(
         raise ConfigError(f"reps must be a whole number >= 1, got {reps}")
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be between 0 and 1 (0.95 for 95%), got {confidence}")
+    check_train_bin(train_bin)
     comparisons = pairs(list(methods), compare)
     rng = np.random.default_rng(seed)
     every = [r for runs in methods.values() for r in runs]
@@ -609,6 +624,7 @@ __all__ = [
     "Estimate",
     "Run",
     "Summary",
+    "check_train_bin",
     "common_grid",
     "curve",
     "find_runs",

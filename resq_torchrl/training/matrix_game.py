@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import multiprocessing as mp
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from resq_torchrl.analysis import evaluate_matrix_game, save_heatmap
 from resq_torchrl.envs import MatrixGameEnv, payoff_tensor
-from resq_torchrl.errors import at_least, check_writable
+from resq_torchrl.errors import at_least, check_figure_path, check_writable
 from resq_torchrl.training.builders import (
     EnvDims,
     check_device,
@@ -45,6 +46,7 @@ def check_matrix_game_settings(cfg: Mapping) -> None:
         at_least(key, cfg.get(key), 0, strict=True)
     for key in ("json_out", "plot"):  # before the training, whose result would be lost
         check_writable(key, cfg.get(key))
+    check_figure_path("plot", cfg.get("plot"))  # savefig failed after the training
 
 
 def train_matrix_game(cfg: Mapping) -> dict:
@@ -284,9 +286,10 @@ def train_matrix_game_seeds(
     units = []
     for unit in groups.values():
         paths = [None if cache is None else cache / f"{job_key(jobs[i])}.json" for i in unit]
-        if all(path is not None and path.exists() for path in paths):
-            results.update({i: json.loads(p.read_text()) for i, p in zip(unit, paths, strict=True)})
-        else:
+        cached = [None if path is None else _cached_result(path) for path in paths]
+        if all(result is not None for result in cached):
+            results.update(dict(zip(unit, cached, strict=True)))
+        else:  # trained (again: an unreadable entry is overwritten)
             units.append(unit)
     # the costliest units first (longest-processing-time-first scheduling): with the pool's
     # workers taking units in order, ResZ's group no longer starts last and runs alone at
@@ -314,6 +317,47 @@ def train_matrix_game_seeds(
                     if on_result is not None:
                         on_result(n, len(jobs), result)
     return [results[i] for i in range(len(jobs))]
+
+
+#: what a sweep reads of a cached run (the table, the heatmaps): an entry without them is
+#: not a run's result
+RESULT_KEYS = (
+    "algorithm",
+    "seed",
+    "payoff",
+    "q_agents",
+    "q_jt",
+    "greedy_action",
+    "greedy_payoff",
+    "optimal_payoff",
+    "igm_consistent",
+)
+
+
+def _cached_result(path: Path) -> dict | None:
+    """The run result cached at ``path``, or ``None`` when there is none or it cannot be
+    read back (cut short, not a run's result: said on one warning line, and the run is
+    trained again, which overwrites it; it ended the sweep on a JSONDecodeError)."""
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        why = None
+        if not isinstance(result, dict):
+            why = f"a JSON {type(result).__name__}, not a run's result"
+        elif missing := [k for k in RESULT_KEYS if k not in result]:
+            why = f"not a run's result: no {', '.join(missing)}"
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        why = " ".join(f"{type(err).__name__}: {err}".split())
+    if why is None:
+        return result
+    print(
+        f"warning: cache entry {path} is unreadable ({why}): training that run again, which "
+        "overwrites it",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
 
 
 #: CPU seconds of 100 vectorised updates of 20 seeds on the paper's game, per method (one
