@@ -47,6 +47,8 @@ CONFIGS = REPO / "configs"
 #: a ValueError or ImportError raised from these directories is one of our own checks
 _OWN_CODE = tuple(REPO / d for d in ("resq_torchrl", "scripts", "benchmarks", "examples"))
 EXIT_USER_ERROR = 2
+#: the exit status of a script stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_INTERRUPTED = 130
 
 
 def _debug() -> bool:
@@ -220,11 +222,12 @@ def _command_line_value(key: str) -> str | None:
 
     if not HydraConfig.initialized():
         return None
+    found = None
     for override in HydraConfig.get().overrides.task:
         name, _, value = override.partition("=")
         if name.lstrip("+") == key:
-            return value
-    return None
+            found = value  # a key given twice takes its last value, as in Hydra
+    return found
 
 
 def _positive_int(value, what: str) -> int:
@@ -412,6 +415,16 @@ def main(
                 use_threads(cfg, auto_threads)
                 use_allocator(cfg)
                 task(cfg)
+            except KeyboardInterrupt:  # Ctrl-C: one line, not a 50-line traceback
+                if _debug():
+                    raise
+                print(
+                    "interrupted (Ctrl-C); a training continues from its last checkpoint with "
+                    "resume=true",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.exit(EXIT_INTERRUPTED)
             except Exception as err:
                 message = None if _debug() else user_error_message(err)
                 if message is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from resq_torchrl import cli
-from resq_torchrl.errors import ConfigError, check_writable
+from resq_torchrl.errors import ConfigError, at_least, check_writable
 from resq_torchrl.training.checkpoint import KEPT
 from resq_torchrl.training.evaluation import (
     EVALUATION_JSON,
@@ -71,6 +71,7 @@ def main(cfg: DictConfig) -> None:
             f"checkpoint): choose another path, e.g. the default {EVALUATION_JSON}"
         )
     check_writable("json_out", out)
+    at_least("seed", cfg.seed, 0)  # the env's seeding takes no negative seed
     if int(cfg.bootstrap_resamples) < 1:
         raise ConfigError(f"bootstrap_resamples must be >= 1, got {cfg.bootstrap_resamples}")
     if cfg.render:  # a render that cannot work fails before the evaluation

@@ -106,6 +106,14 @@ def one_error_line(result) -> str:
         ("scripts/matrix_game.py n_updates=3 json_out=.", ["json_out=. is a directory"]),
         ("scripts/diagnose_ro.py log_every=0 out_dir={out}", ["log_every must be >= 1"]),
         ("scripts/diagnose_ro.py device=cuda:7 out_dir={out}", ["device=cuda"]),
+        # negative seeds failed in the envs' seeding ("expected non-negative integer")
+        ("scripts/train.py seed=-1 output_dir={out}", ["seed must be >= 0, got -1"]),
+        ("scripts/diagnose_ro.py seed=-1 out_dir={out}", ["seed must be >= 0, got -1"]),
+        # a group of settings given a value: an AttributeError on int.get
+        ("scripts/train.py exploration=3 output_dir={out}", ["exploration is a group of"]),
+        ("scripts/train.py agent=3 output_dir={out}", ["agent is a group of settings"]),
+        # the thread policy read a key's first value, Hydra the last
+        ("scripts/matrix_game.py n_updates=1 threads=1 threads=abc", ["threads", "'abc'"]),
         # meta passed the check and failed inside torch (Tensor.item() on meta tensors)
         ("scripts/train.py device=meta output_dir={out}", ["device=meta holds no data"]),
         ("scripts/matrix_game.py device=meta n_updates=1", ["device=meta holds no data"]),
@@ -191,6 +199,20 @@ def test_cuda_asked_for_but_absent(command, tmp_path, monkeypatch):
     command = command.format(out=tmp_path / "run")
     line = one_error_line(run_in_process(f"{command} device=cuda", tmp_path))
     assert "device=cuda was asked for" in line and "device=cpu" in line
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, monkeypatch):
+    """Ctrl-C printed a 50-line KeyboardInterrupt traceback (status 1)."""
+    import resq_torchrl.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_matrix_game", interrupted)
+    proc = run_in_process("scripts/matrix_game.py n_updates=1", tmp_path)
+    assert proc.returncode == 130
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
 
 
 def test_debug_keeps_the_traceback(tmp_path):

@@ -568,6 +568,7 @@ def run_diagnostic(cfg: Mapping) -> dict:
     for key in ("episodes", "n_envs", "updates", "log_every"):
         at_least(key, cfg[key], 1)
     at_least("lr", cfg.get("lr"), 0, strict=True)
+    at_least("seed", seed, 0)  # the env's seeding takes no negative seed
     check_writable("out_dir", cfg.get("out_dir"), kind="dir")  # before the training
     env_cfg, algo, agent_cfg = cfg["env"], cfg["algorithm"], cfg["agent"]
     threshold = cfg.get("capture_threshold")

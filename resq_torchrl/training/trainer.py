@@ -199,6 +199,14 @@ def check_settings(cfg: Mapping) -> None:
     """Raise a :class:`ConfigError` naming the key for a setting out of its range, before
     anything is built: each would otherwise fail deep inside (``n_envs=0``: an IndexError;
     ``eval_interval=0``: a division by zero) or train nothing without a word (``lr=0``)."""
+    for key in ("exploration", "agent", "algorithm", "env"):
+        if key in cfg and not isinstance(cfg[key], Mapping):
+            raise ConfigError(
+                f"{key} is a group of settings, got {key}={cfg[key]!r}: set one of them "
+                f"({key}.<name>=...)"
+            )
+    # the envs' seeding (numpy's, VMAS's, ...) takes no negative seed
+    at_least("seed", cfg.get("seed"), 0)
     for key in ("n_envs", "rollout_steps", "episodes_per_batch", "batch_episodes"):
         at_least(key, cfg.get(key), 1)
     for key in ("eval_interval", "eval_episodes", "checkpoint_interval"):
