@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from resq_torchrl.errors import ConfigError, is_whole
@@ -139,24 +139,41 @@ def check_choices(args: list[str], configs: Path = CONFIGS) -> None:
             check_choice(key, choice, configs)
 
 
-def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) -> None:
+def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) -> list[str]:
     """Compose ``configs/<config_name>`` with the command line's overrides as Hydra would, and
     raise a :class:`ConfigError` of one line for one it refuses (an unknown key, a malformed
-    override), where Hydra would print several. Sweeps (``-m``), flags and ``hydra``'s own
-    overrides are left to Hydra."""
-    if any(a in ("-m", "--multirun") for a in args):
-        return
+    override, a value not of its setting's type: :func:`check_type`), where Hydra would print
+    several. With ``-m`` (a sweep) every value of every swept setting is checked, before the
+    first job runs (a bad one failed its job after the others had trained), composing with
+    the first value of each. Flags and ``hydra``'s own overrides are left to Hydra, and
+    so are sweeps through Hydra's functions (``range(...)``) for the composition.
+
+    Returns ``args`` with whole-number values of integer settings written as integers
+    (``seed=2.0`` -> ``seed=2``, ``total_frames=1e6`` -> ``total_frames=1000000``): Hydra
+    keeps them floats, which went into the run's config, its name (``..._seed2.0``) and so
+    its default ``output_dir``."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [
         a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
     ]
     if not overrides:
-        return
+        return list(args)
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    def first(arg: str) -> str:  # a sweep's first value (a plain comma list)
+        key, sep, value = arg.partition("=")
+        if not multirun or not sep or "(" in value:
+            return arg
+        choices = _split_sweep(value)
+        return f"{key}={choices[0]}" if choices else arg
+
+    composable = [first(a) for a in overrides if not (multirun and "(" in a.partition("=")[2])]
     try:
         with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-            given = compose(config_name, overrides=overrides)
+            given = compose(config_name, overrides=composable)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown and type(err.__cause__).__name__ == "ConfigAttributeError":
@@ -170,16 +187,48 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
         message = " ".join(line for line in lines if not line.startswith("See https://"))
         raise ConfigError(f"{message} (configs/{config_name}.yaml)") from err
     # values are checked against the defaults of the chosen groups (algorithm=qmix, ...)
-    groups = [a for a in overrides if (configs / a.partition("=")[0].lstrip("+~")).is_dir()]
-    values = [a.partition("=") for a in overrides if "=" in a and a not in groups]
+    groups = [a for a in composable if (configs / a.partition("=")[0].lstrip("+~")).is_dir()]
+    values = [
+        (arg, o)
+        for arg, o in zip(overrides, parsed, strict=True)
+        if "=" in arg
+        and not o.is_delete()
+        and not (configs / o.key_or_group).is_dir()
+        and o.package is None
+    ]
     if not values:  # only group choices: nothing to type-check, no second composition
-        return
+        return list(args)
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         defaults = compose(config_name, overrides=groups)
     # a key given twice takes its last value (Hydra's rule): check that one, by that value
-    last = {key.lstrip("+~"): value for key, _, value in values}
-    for key, value in last.items():
-        check_type(key, value, defaults, given)
+    last = {o.key_or_group: o for _, o in values}
+    for key, o in last.items():
+        for value in o.sweep_iterator() if o.is_sweep_override() else [o.value()]:
+            check_type(key, value, defaults, given)
+    rewritten = {}
+    for arg, o in values:
+        default = OmegaConf.select(defaults, o.key_or_group, default=None)
+        if not isinstance(default, int) or isinstance(default, bool):
+            continue
+        key, _, text = arg.partition("=")
+        choices = _split_sweep(text) if o.is_sweep_override() and "(" not in text else [text]
+        if o.is_sweep_override() and "(" in text:
+            continue
+        as_ints = [_whole_as_int(c) for c in choices]
+        if as_ints != choices:
+            rewritten[arg] = f"{key}={','.join(as_ints)}"
+    return [rewritten.get(a, a) for a in args]
+
+
+def _whole_as_int(text: str) -> str:
+    """``"2.0"`` or ``"1e6"`` -> ``"2"``, ``"1000000"``; anything else unchanged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not number.is_integer() or text.strip().lstrip("+-").isdigit():
+        return text
+    return str(int(number))
 
 
 #: keys whose values are of more than one type (``resume``: false, true, auto or a path;
@@ -187,30 +236,30 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
 POLYMORPHIC = frozenset({"resume", "threads"})
 
 
-def check_type(key: str, value: str, defaults, given) -> None:
-    """Raise a :class:`ConfigError` when the command line's ``key=value`` is not of the type
-    of ``key``'s default: true/false for a boolean, a whole number for an integer (``1e6``
-    is one), a number for a float. Hydra would take ``seed=1.5`` or ``n_envs=abc`` as given
-    and the run would truncate the one and fail on the other deep inside; a misspelt
-    ``prioritized_replay=maybe`` would even count as true. Keys whose default is ``null``,
-    a string, a list or a mapping, and :data:`POLYMORPHIC` ones, are not checked."""
-    from omegaconf import OmegaConf
-
+def check_type(key: str, new, defaults, given=None) -> None:
+    """Raise a :class:`ConfigError` when ``key``'s value ``new`` (as Hydra parsed it from the
+    command line) is not of the type of ``key``'s default: true/false for a boolean, a
+    whole number for an integer (``1e6`` is one), a number for a float. Hydra would take
+    ``seed=1.5`` or ``n_envs=abc`` as given and the run would truncate the one and fail on
+    the other deep inside; a misspelt ``prioritized_replay=maybe`` would even count as true.
+    Keys whose default is ``null``, a string, a list or a mapping, and :data:`POLYMORPHIC`
+    ones, are not checked; nor is ``null`` given for a setting (``given``: the composed
+    config, where a key only an override adds has no default)."""
     if key.split(".")[-1] in POLYMORPHIC:
         return
     default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
-    new = OmegaConf.select(given, key, default=None, throw_on_missing=False)
     if default is None or new is None:
         return
+    shown = repr(str(new))
     if isinstance(default, bool):
         if not isinstance(new, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {shown}")
     elif isinstance(default, int):
         if not is_whole(new):
-            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+            raise ConfigError(f"{key} must be a whole number, got {shown}")
     elif isinstance(default, float):
         if isinstance(new, bool) or not isinstance(new, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {shown}")
 
 
 # ----------------------------------------------------------------------------------- threads
@@ -442,7 +491,7 @@ def main(
                 os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
                 check_choices(sys.argv[1:])
-                check_overrides(config_name, sys.argv[1:])
+                sys.argv[1:] = check_overrides(config_name, sys.argv[1:])
             except ConfigError as err:
                 if _debug():
                     raise

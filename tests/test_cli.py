@@ -577,6 +577,33 @@ def test_values_of_the_right_type_pass(arg):
     cli.check_overrides("train", [arg])  # 1e4 is a whole number; resume/threads take words
 
 
+def test_whole_numbers_of_integer_settings_become_integers():
+    """``seed=2.0`` reached the run as the float 2.0: its config said so, and its name (and
+    default output_dir) was ``..._seed2.0``, not seed 2's; a float setting keeps its value."""
+    args = ["seed=2.0", "total_frames=1e4", "lr=1", "n_envs=4", "progress=false"]
+    assert cli.check_overrides("train", args) == [
+        "seed=2",
+        "total_frames=10000",
+        "lr=1",
+        "n_envs=4",
+        "progress=false",
+    ]
+    sweep = ["-m", "seed=0,2.0,3", "algorithm=resq,qmix"]
+    assert cli.check_overrides("train", sweep) == ["-m", "seed=0,2,3", "algorithm=resq,qmix"]
+
+
+def test_every_value_of_a_sweep_is_checked_before_the_first_job():
+    """``-m seed=0,abc`` trained job 0, then failed job 1 with int()'s message, naming no key;
+    ``lr=0.1,abc`` likewise."""
+    with pytest.raises(ConfigError, match="seed must be a whole number, got 'abc'"):
+        cli.check_overrides("train", ["-m", "seed=0,abc"])
+    with pytest.raises(ConfigError, match="lr must be a number, got 'abc'"):
+        cli.check_overrides("train", ["--multirun", "algorithm=resq,qmix", "lr=0.1,abc"])
+    with pytest.raises(ConfigError, match="unknown config key 'sed'"):
+        cli.check_overrides("train", ["-m", "sed=0,1"])
+    cli.check_overrides("train", ["-m", "seed=range(0,3)", "lr=0.1,0.2"])  # Hydra's own
+
+
 def test_a_new_run_never_writes_over_another_run(tmp_path):
     """A second run into the same output_dir without resume= stops before touching it;
     overwrite=true starts over there (no evaluation of the old run is left in eval.jsonl);
