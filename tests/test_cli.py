@@ -112,6 +112,7 @@ def one_error_line(result) -> str:
         # a group of settings given a value: an AttributeError on int.get
         ("scripts/train.py exploration=3 output_dir={out}", ["exploration is a group of"]),
         ("scripts/train.py agent=3 output_dir={out}", ["agent is a group of settings"]),
+        ("scripts/train.py env.max_steps=0 output_dir={out}", ["env.max_steps must be >= 1"]),
         # the thread policy read a key's first value, Hydra the last
         ("scripts/matrix_game.py n_updates=1 threads=1 threads=abc", ["threads", "'abc'"]),
         # meta passed the check and failed inside torch (Tensor.item() on meta tensors)

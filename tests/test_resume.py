@@ -244,6 +244,19 @@ def test_resume_true_auto_and_path(tmp_path, capsys):
     assert again == third and "is done" in capsys.readouterr().out
 
 
+def test_a_damaged_replay_dump_is_one_line_and_can_be_left_behind(tmp_path):
+    """The replay saved with the checkpoint lost its storage (a FileNotFoundError deep in
+    torchrl): one line naming the way on, and the run continues without it when told."""
+    import shutil
+
+    first = train(_config(tmp_path, "total_frames=120"))
+    shutil.rmtree(tmp_path / REPLAY / "storage")
+    with pytest.raises(ConfigError, match="cannot be read .*checkpoint_buffer=false"):
+        train(_config(tmp_path, "total_frames=200", "resume=true"))
+    again = train(_config(tmp_path, "total_frames=200", "resume=true", "checkpoint_buffer=false"))
+    assert again["frames"] > first["frames"]
+
+
 def test_a_crash_between_the_replay_and_the_checkpoint_keeps_the_replay(
     tmp_path, capsys, monkeypatch
 ):

@@ -383,12 +383,21 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
                 shutil.rmtree(replay, ignore_errors=True)
                 os.replace(source, replay)
                 source = replay
-            run.buffer.loads(source)
+            try:
+                run.buffer.loads(source)
+            except (OSError, ValueError, KeyError, RuntimeError) as err:  # files gone, cut
+                raise ConfigError(
+                    f"the replay buffer saved with {path} at {source} cannot be read "
+                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]}): resume with "
+                    "checkpoint_buffer=false to continue with an empty buffer"
+                ) from err
         else:  # none saved, or saved by a run that died before its checkpoint
             tag = EpisodeReplayBuffer.tag_at(replay)
+            found = "none there" if tag is None else f"the one there is of {tag} frames"
             print(
                 f"warning: checkpoint_buffer: no replay buffer saved with the checkpoint at "
-                f"{run.progress.frames} frames (found: {tag}); starting with an empty buffer",
+                f"{run.progress.frames} frames in {replay} ({found}); starting with an empty "
+                "buffer",
                 flush=True,
             )
     return state

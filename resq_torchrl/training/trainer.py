@@ -207,6 +207,8 @@ def check_settings(cfg: Mapping) -> None:
             )
     # the envs' seeding (numpy's, VMAS's, ...) takes no negative seed
     at_least("seed", cfg.get("seed"), 0)
+    # the env's own message named the key its config ties to it (episode_limit, max_cycles)
+    at_least("env.max_steps", (cfg.get("env") or {}).get("max_steps"), 1)
     for key in ("n_envs", "rollout_steps", "episodes_per_batch", "batch_episodes"):
         at_least(key, cfg.get(key), 1)
     for key in ("eval_interval", "eval_episodes", "checkpoint_interval"):
