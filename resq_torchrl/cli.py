@@ -162,18 +162,20 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    def first(arg: str) -> str:  # a sweep's first value (a plain comma list)
-        key, sep, value = arg.partition("=")
-        if not multirun or not sep or "(" in value:
-            return arg
-        choices = _split_sweep(value)
-        return f"{key}={choices[0]}" if choices else arg
-
-    composable = [first(a) for a in overrides if not (multirun and "(" in a.partition("=")[2])]
+    parser = OverridesParser.create()
     try:
+        parsed = parser.parse_overrides(overrides)
+        # a sweep composes with its first value (Hydra's own reading of the values: commas
+        # inside {} or [] and quotes stay its); a sweep of Hydra's functions that is no list
+        # of values (interval(), for sweeper plugins) is left out
+        composable = []
+        for arg, o in zip(overrides, parsed, strict=True):
+            if not (multirun and o.is_sweep_override()):
+                composable.append(arg)
+            elif (first := _sweep_values(o)) is not None:
+                composable.append(f"{arg.partition('=')[0]}={first[0]}")
         with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
             given = compose(config_name, overrides=composable)
-        parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         unknown = re.match(r"Could not override '([^']+)'", str(err))
         if unknown and type(err.__cause__).__name__ == "ConfigAttributeError":
@@ -203,21 +205,34 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     # a key given twice takes its last value (Hydra's rule): check that one, by that value
     last = {o.key_or_group: o for _, o in values}
     for key, o in last.items():
-        for value in o.sweep_iterator() if o.is_sweep_override() else [o.value()]:
-            check_type(key, value, defaults, given)
+        if not (multirun and o.is_sweep_override()):  # as composed: interpolations resolved
+            check_type(key, OmegaConf.select(given, key, default=None), defaults)
+            continue
+        for text in _sweep_values(o) or []:
+            value = parser.parse_override(f"{key}={text}").value()
+            if not (isinstance(value, str) and "${" in value):  # an interpolation: Hydra's
+                check_type(key, value, defaults)
     rewritten = {}
     for arg, o in values:
         default = OmegaConf.select(defaults, o.key_or_group, default=None)
         if not isinstance(default, int) or isinstance(default, bool):
             continue
-        key, _, text = arg.partition("=")
-        choices = _split_sweep(text) if o.is_sweep_override() and "(" not in text else [text]
-        if o.is_sweep_override() and "(" in text:
-            continue
-        as_ints = [_whole_as_int(c) for c in choices]
-        if as_ints != choices:
-            rewritten[arg] = f"{key}={','.join(as_ints)}"
+        texts = _sweep_values(o) if o.is_sweep_override() else [arg.partition("=")[2]]
+        if texts is None or (o.is_sweep_override() and "(" in arg.partition("=")[2]):
+            continue  # range(...), choice(...): Hydra's functions, left as written
+        as_ints = [_whole_as_int(t) for t in texts]
+        if as_ints != texts:
+            rewritten[arg] = f"{arg.partition('=')[0]}={','.join(as_ints)}"
     return [rewritten.get(a, a) for a in args]
+
+
+def _sweep_values(override) -> list[str] | None:
+    """The values of a sweep override as Hydra writes them (``None``: a sweep that is not a
+    list of values, e.g. ``interval(0, 1)`` for a sweeper plugin)."""
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # hydra raises several types for the sweeps it cannot enumerate
+        return None
 
 
 def _whole_as_int(text: str) -> str:
@@ -236,15 +251,14 @@ def _whole_as_int(text: str) -> str:
 POLYMORPHIC = frozenset({"resume", "threads"})
 
 
-def check_type(key: str, new, defaults, given=None) -> None:
+def check_type(key: str, new, defaults) -> None:
     """Raise a :class:`ConfigError` when ``key``'s value ``new`` (as Hydra parsed it from the
     command line) is not of the type of ``key``'s default: true/false for a boolean, a
     whole number for an integer (``1e6`` is one), a number for a float. Hydra would take
     ``seed=1.5`` or ``n_envs=abc`` as given and the run would truncate the one and fail on
     the other deep inside; a misspelt ``prioritized_replay=maybe`` would even count as true.
     Keys whose default is ``null``, a string, a list or a mapping, and :data:`POLYMORPHIC`
-    ones, are not checked; nor is ``null`` given for a setting (``given``: the composed
-    config, where a key only an override adds has no default)."""
+    ones, are not checked; nor is ``null`` given for a setting."""
     if key.split(".")[-1] in POLYMORPHIC:
         return
     default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
@@ -467,12 +481,12 @@ def main(
             except KeyboardInterrupt:  # Ctrl-C: one line, not a 50-line traceback
                 if _debug():
                     raise
-                print(
-                    "interrupted (Ctrl-C); a training continues from its last checkpoint with "
-                    "resume=true",
-                    file=sys.stderr,
-                    flush=True,
+                hint = (
+                    ": the run continues from its last checkpoint with resume=true"
+                    if config_name == "train"
+                    else ""
                 )
+                print(f"interrupted (Ctrl-C){hint}", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)
             except Exception as err:
                 message = None if _debug() else user_error_message(err)

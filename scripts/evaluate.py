@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from resq_torchrl import cli
 from resq_torchrl.errors import ConfigError, at_least, check_writable
-from resq_torchrl.training.checkpoint import KEPT
+from resq_torchrl.training.checkpoint import is_run_checkpoint
 from resq_torchrl.training.evaluation import (
     EVALUATION_JSON,
     evaluate_run,
@@ -36,13 +36,12 @@ PER_EPISODE = ("returns", "lengths", "wins", "captures_per_episode", "lone_catch
 
 
 def check_own_checkpoint(cfg: DictConfig) -> None:
-    """A ``checkpoint=`` outside ``output_dir`` (not its ``checkpoint.pt`` nor one of its
+    """A ``checkpoint=`` that is not one of ``output_dir``'s (its ``checkpoint.pt``, its
     ``checkpoints/``) would write its evaluation (and videos) as ``output_dir``'s: refused
     unless ``json_out=`` (and, with ``render=true``, ``render_dir=``) say where they go."""
     if not cfg.checkpoint:
         return
-    run = Path(cfg.output_dir).resolve()
-    if Path(cfg.checkpoint).resolve().parent in (run, (run / KEPT).resolve()):
+    if is_run_checkpoint(cfg.checkpoint, cfg.output_dir):
         return
     missing = [
         k for k in ("json_out", "render_dir") if not cfg[k] and (k == "json_out" or cfg.render)

@@ -603,6 +603,40 @@ def test_every_value_of_a_sweep_is_checked_before_the_first_job():
     with pytest.raises(ConfigError, match="unknown config key 'sed'"):
         cli.check_overrides("train", ["-m", "sed=0,1"])
     cli.check_overrides("train", ["-m", "seed=range(0,3)", "lr=0.1,0.2"])  # Hydra's own
+    # values Hydra reads, not a comma split: a mapping with commas, interpolations, sweeps
+    # that are no list (interval(), for sweeper plugins)
+    mapping = "exploration={eps_init:1.0,eps_end:0.1,anneal_frames:1000}"
+    assert cli.check_overrides("train", ["-m", "seed=0,1", mapping])[-1] == mapping
+    cli.check_overrides("train", ["eval_interval=${checkpoint_interval}", "lr=${optim_eps}"])
+    cli.check_overrides("train", ["-m", "lr=0.1,${optim_eps}", "seed=2,3"])
+    cli.check_overrides("train", ["-m", "lr=interval(0.1,0.2)"])
+
+
+def test_what_counts_as_an_earlier_run(tmp_path):
+    """A run's outputs are its files, its replay and kept checkpoints and its loggers'
+    directories (the csv logger's texts/hparams0.txt, this run's experiment name); a user's
+    own folders beside them are not (overwrite=true would have deleted them)."""
+    from resq_torchrl.training.trainer import check_fresh_output_dir, earlier_run_outputs
+
+    (tmp_path / "paper" / "texts").mkdir(parents=True)
+    (tmp_path / "paper" / "texts" / "draft.tex").write_text("x")
+    (tmp_path / "other_tool").mkdir()
+    (tmp_path / "other_tool" / "events.out.tfevents.1.host").write_text("x")
+    assert earlier_run_outputs(tmp_path, "resq_pp_seed0") == []
+    (tmp_path / "old_seed1" / "texts").mkdir(parents=True)
+    (tmp_path / "old_seed1" / "texts" / "hparams0.txt").write_text("x")
+    (tmp_path / "resq_pp_seed0").mkdir()  # a tensorboard logger's directory of this run
+    (tmp_path / "replay").mkdir()
+    assert earlier_run_outputs(tmp_path, "resq_pp_seed0") == [
+        "replay",
+        "old_seed1",
+        "resq_pp_seed0",
+    ]
+    # resume=auto without checkpoint.pt but with kept checkpoints: the run did reach some
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "frames_40.pt").write_text("x")
+    with pytest.raises(ConfigError, match="keeps 1 checkpoint.*resume=<its path>"):
+        check_fresh_output_dir(tmp_path, overwrite=False, auto=True)
 
 
 def test_a_new_run_never_writes_over_another_run(tmp_path):

@@ -78,8 +78,8 @@ def _assert_same_tensors(a, b, where: str) -> None:
         assert a == b, f"{where}: {a} != {b}"
 
 
-def _replay(path: Path) -> EpisodeReplayBuffer:
-    buffer = EpisodeReplayBuffer(capacity=5000, max_len=10)
+def _replay(path: Path, max_len: int = 10) -> EpisodeReplayBuffer:
+    buffer = EpisodeReplayBuffer(capacity=5000, max_len=max_len)
     buffer.loads(path)
     return buffer
 
@@ -112,7 +112,9 @@ def _check_kill_and_resume(tmp_path: Path, settings: list[str], min_frames: int)
         _assert_same_tensors(a[key], b[key], key)
     for key in ("frames", "episodes", "updates", "last_target", "credit"):
         assert a[key] == b[key], key
-    ra, rb = _replay(whole / REPLAY), _replay(killed / REPLAY)
+    # the replay's episode length is the run's (12 steps for the VMAS and SMAX runs)
+    max_len = int(a["config"]["env"]["max_steps"])
+    ra, rb = _replay(whole / REPLAY, max_len), _replay(killed / REPLAY, max_len)
     assert len(ra) == len(rb) == a["episodes"]
     stored_a, stored_b = ra.buffer.storage[: len(ra)], rb.buffer.storage[: len(rb)]
     assert set(stored_a.keys(True, True)) == set(stored_b.keys(True, True))
@@ -329,6 +331,12 @@ def test_resuming_an_earlier_kept_checkpoint_sets_the_later_ones_aside(tmp_path)
     assert aside and aside <= later
     now = [int(p.stem.split("_")[1]) for p in (out / KEPT).glob("frames_*.pt")]
     assert start in now and len(now) == 3
+    # a set-aside checkpoint is still the run's own: resuming it clears nothing (with
+    # overwrite=true the run's checkpoints/ was deleted, the resumed file with it)
+    superseded = sorted((out / KEPT / "superseded").iterdir())[0]
+    args = [f"resume={superseded}", "overwrite=true", "checkpoint_buffer=false"]
+    train(_config(out, *args, "total_frames=300"))
+    assert superseded.is_file() and (out / KEPT).is_dir()
 
 
 def test_a_checkpoint_of_the_earlier_format_resumes_with_a_warning(tmp_path, capsys):

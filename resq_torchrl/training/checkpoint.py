@@ -203,6 +203,14 @@ def _replay_of(path: Path, frames: int) -> tuple[Path, Path | None]:
     return path.parent / REPLAY, None
 
 
+def is_run_checkpoint(path: Path, out_dir: Path) -> bool:
+    """Whether ``path`` is one of the checkpoints of the run in ``out_dir``: its
+    ``checkpoint.pt``, a kept ``checkpoints/frames_<N>.pt`` or one set aside in
+    ``checkpoints/superseded/``."""
+    run = Path(out_dir).resolve()
+    return Path(path).resolve().parent in (run, run / KEPT, run / KEPT / SUPERSEDED)
+
+
 def saved_frames(path: Path) -> int:
     """The frame count of the checkpoint at ``path`` (read safely, like :func:`restore`)."""
     return int(load_checkpoint(path, map_location="cpu").get("frames", 0))
@@ -234,16 +242,21 @@ def _check_same_env(path: Path, saved: Mapping | None, asked: Mapping) -> None:
         )
 
 
-#: settings a resumed run may change: how long it runs, how often it evaluates and saves,
-#: where and how it logs and reports, its threads and device. Every other setting is the
-#: run's own (networks, data, exploration, optimizer, seed, batch sizes), restored from the
-#: checkpoint or tied to what it holds, so a change is refused (:func:`check_resumable`):
-#: a new lr was written in the run's config while the optimizer kept the old one, a new
-#: epsilon floor was mixed with the old schedule, a new seed labelled seed 0's streams.
+#: settings a resumed run may change: how long it runs, how it evaluates (how often, how
+#: many episodes), saves and logs (and under which name), its threads, device and
+#: collector (other workers: the run goes on, not exactly, as the restore says). Every
+#: other setting is the run's own (networks, data, exploration, optimizer, seed, batch
+#: sizes), restored from the checkpoint or tied to what it holds, so a change is refused
+#: (:func:`check_resumable`): a new lr was written in the run's config while the optimizer
+#: kept the old one, a new epsilon floor was mixed with the old schedule, a new seed
+#: labelled seed 0's streams.
 RESUMABLE_SETTINGS = frozenset(
     {
         "total_frames",
         "eval_interval",
+        "eval_episodes",
+        "experiment_name",
+        "collector",
         "checkpoint_interval",
         "keep_checkpoints",
         "checkpoint_buffer",
@@ -302,9 +315,9 @@ def check_resumable(path: Path, cfg: Mapping) -> None:
     raise ConfigError(
         f"{path} was trained with {', '.join(f'{k}={was[k]}' for k in differ)}; this run asks "
         f"for {', '.join(f'{k}={now[k]}' for k in differ)}: a resumed run keeps its "
-        "settings but how long it runs, how it evaluates, saves and logs, its threads and "
-        "device (checkpoint.RESUMABLE_SETTINGS); resume without these changes, or start a new "
-        "run"
+        "settings but how long it runs, how it evaluates, saves and logs, its threads, device "
+        "and collector (checkpoint.RESUMABLE_SETTINGS); resume without these changes, or "
+        "start a new run"
     )
 
 
@@ -385,6 +398,8 @@ def restore(path: Path, run: RunState, cfg: Mapping, device: torch.device) -> di
                 source = replay
             try:
                 run.buffer.loads(source)
+            except UnsafeCheckpointError:  # a dump that would run code: said as it is
+                raise
             except (OSError, ValueError, KeyError, RuntimeError) as err:  # files gone, cut
                 raise ConfigError(
                     f"the replay buffer saved with {path} at {source} cannot be read "

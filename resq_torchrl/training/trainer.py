@@ -315,43 +315,47 @@ def resume_path(cfg: Mapping, out_dir: Path) -> Path | None:
 
 #: the files of a run in its output_dir: a new run there would replace or append to them
 RUN_FILES = (CHECKPOINT, "final.json", "eval.jsonl")
-#: what else a run (and ``scripts/evaluate.py``) writes there, besides its loggers'
-#: directories (:func:`earlier_run_outputs`)
+#: what else a run (and ``scripts/evaluate.py``, ``benchmarks/learning_runs.sh``) writes
+#: there, besides its loggers' directories (:func:`earlier_run_outputs`)
 RUN_OUTPUTS = (
     *RUN_FILES,
     "evaluation.json",  # evaluation.EVALUATION_JSON (that module imports this one)
+    "render",  # evaluate.py render=true's default render_dir
     MLFLOW_DB,
     REPLAY,
     f"{REPLAY}.old",
     f"{REPLAY}.prev",
+    f"{REPLAY}.tar.zst",  # a finished run's replay, packed by the experiment queues
     KEPT,
     "wandb",
     "mlartifacts",
 )
 
 
-def earlier_run_outputs(out_dir: Path) -> list[str]:
+def earlier_run_outputs(out_dir: Path, experiment_name: str | None = None) -> list[str]:
     """The names in ``out_dir`` that an earlier run wrote: :data:`RUN_OUTPUTS`, and each
-    logger directory (``<experiment_name>/`` with the csv logger's ``scalars/`` or
-    ``texts/``, or tensorboard's event files), whatever the earlier run's name was. A new
-    run appended its csv lines to the earlier run's, and plots mixed both."""
+    logger directory, whatever the earlier run's name was: one holding the csv logger's
+    ``texts/hparams0.txt`` (torchrl's file of the logged settings), or this run's
+    ``experiment_name`` (a tensorboard run's event files). A new run appended its csv
+    lines to the earlier run's, and plots mixed both. Other folders (a user's own, with a
+    ``texts/`` of theirs) are not a run's."""
     if not out_dir.is_dir():
         return []
     found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
     for sub in sorted(out_dir.iterdir()):
         if sub.name in found or not sub.is_dir():
             continue
-        if (
-            (sub / "scalars").is_dir()
-            or (sub / "texts").is_dir()
-            or any(sub.glob("events.out.tfevents.*"))
-        ):
+        if (sub / "texts" / "hparams0.txt").is_file() or sub.name == experiment_name:
             found.append(sub.name)
     return found
 
 
 def check_fresh_output_dir(
-    out_dir: Path, overwrite: bool, auto: bool = False, resuming_from: Path | None = None
+    out_dir: Path,
+    overwrite: bool,
+    auto: bool = False,
+    resuming_from: Path | None = None,
+    experiment_name: str | None = None,
 ) -> list[str]:
     """Before a new run (nothing to resume), or one resumed from another directory's
     checkpoint (``resuming_from``), writes into ``out_dir``: raise a :class:`ConfigError`
@@ -364,9 +368,17 @@ def check_fresh_output_dir(
     cost the earlier run)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output_dir={out_dir} is a file, not a directory: choose another")
-    found = earlier_run_outputs(out_dir)
+    found = earlier_run_outputs(out_dir, experiment_name)
     if not found:
         return []
+    kept = sorted((out_dir / KEPT).rglob("*.pt")) if (out_dir / KEPT).is_dir() else []
+    if auto and not overwrite and kept:
+        # no checkpoint.pt, yet the run did reach checkpoints: not an attempt to clear
+        raise ConfigError(
+            f"resume=auto: output_dir={out_dir} has no checkpoint.pt but keeps {len(kept)} "
+            f"checkpoint(s) in {out_dir / KEPT}: continue one with resume=<its path>, or start "
+            "over with overwrite=true"
+        )
     if resuming_from is not None and not overwrite:
         raise ConfigError(
             f"output_dir={out_dir} already holds another run ({', '.join(found)}), and "
@@ -498,11 +510,18 @@ def train(cfg: Mapping) -> dict:
     earlier: list[str] = []  # an earlier run's files to remove (overwrite=true)
     if start_from is None:
         auto = str(cfg.get("resume", False)) == "auto"
-        earlier = check_fresh_output_dir(out_dir, overwrite, auto)
-    elif Path(start_from).resolve().parent not in (out_dir.resolve(), (out_dir / KEPT).resolve()):
+        earlier = check_fresh_output_dir(
+            out_dir, overwrite, auto, experiment_name=str(cfg.get("experiment_name"))
+        )
+    elif not checkpoint.is_run_checkpoint(start_from, out_dir):
         # resume=PATH from another run's directory writes its checkpoints and evaluations
         # here: never over a third run's (its checkpoint would be replaced, its log cut)
-        earlier = check_fresh_output_dir(out_dir, overwrite, resuming_from=start_from)
+        earlier = check_fresh_output_dir(
+            out_dir,
+            overwrite,
+            resuming_from=start_from,
+            experiment_name=str(cfg.get("experiment_name")),
+        )
     check_writable("output_dir", out_dir, kind="dir")
     code = provenance()
     print(
