@@ -6,6 +6,7 @@
 # skipped too; a run that fails is reported and its queue goes on; the exit status is 1 if
 # any failed.
 #   bash benchmarks/learning_runs.sh ENV FRAMES OUT [ALGORITHMS...]   (default: resq qmix)
+#   (a relative OUT is taken from the repository's root, wherever the command is given)
 #   SEEDS="0 1 2"     the seeds of each queue
 #   PAD=0             frames asked beyond FRAMES (a run ends at or past its total_frames)
 #   EXTRA="..."       further Hydra overrides for every run (quoted as one string)
@@ -18,11 +19,21 @@
 # editing this file while a queue waits would otherwise run a fragment of the new text.)
 main() {
     set -euo pipefail
-    cd "$(dirname "$0")/.."
+    local usage="usage: bash benchmarks/learning_runs.sh ENV FRAMES OUT [ALGORITHMS...]"
+    if [ $# -lt 3 ]; then
+        echo "error: ENV, FRAMES and OUT are needed; $usage" >&2
+        return 2
+    fi
     ENV=$1
     FRAMES=$2
     OUT=$3
     shift 3
+    if ! [[ "$FRAMES" =~ ^[0-9]+$ && "${PAD:-0}" =~ ^[0-9]+$ ]]; then
+        echo "error: FRAMES and PAD must be whole numbers of frames, got FRAMES=$FRAMES" \
+            "PAD=${PAD:-0}; $usage" >&2
+        return 2
+    fi
+    cd "$(dirname "$0")/.."  # a relative OUT is under the repository, as in the wrappers
     if [ $# -gt 0 ]; then ALGORITHMS=("$@"); else ALGORITHMS=(resq qmix); fi
     read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
     mkdir -p "$OUT"

@@ -482,7 +482,8 @@ def main(
                 if _debug():
                     raise
                 hint = (
-                    ": the run continues from its last checkpoint with resume=true"
+                    ": continue the run with resume=auto (from its last checkpoint, or anew if "
+                    "it reached none)"
                     if config_name == "train"
                     else ""
                 )

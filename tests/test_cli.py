@@ -693,6 +693,9 @@ def test_a_new_run_never_writes_over_another_run(tmp_path):
     assert json.loads((tmp_path / "final.json").read_text())["frames"] >= 200
     (tmp_path / "checkpoint.pt").unlink()  # an attempt that never reached a checkpoint
     (tmp_path / "final.json").unlink()
+    # a new run there is told the way that works (resume=true would find no checkpoint)
+    line = one_error_line(run_in_process(args, tmp_path))
+    assert "reached no checkpoint" in line and "resume=auto or overwrite=true" in line
     auto = run_in_process([*args, "resume=auto"], tmp_path)
     assert auto.returncode == 0, auto.stderr[-2000:]
     assert "resume=auto without a checkpoint: removed the earlier eval.jsonl" in auto.stdout

@@ -310,3 +310,25 @@ def test_the_report_collects_plots_and_counts_the_greedy_events_of_a_run_set(tmp
         assert (docs / f"{figure}.png").stat().st_size > 0
         assert (docs / f"{figure}.md").is_file()
     assert "eval/lone_catches" in (docs / "predator_prey_eps1M_lone_catches.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "ENV, FRAMES and OUT are needed"),
+        (["predator_prey", "abc", "/tmp/unused_out"], "FRAMES and PAD must be whole numbers"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_status_2(args, message):
+    """Missing arguments were bash's '$1: unbound variable'; FRAMES=abc killed every queue
+    without a FAILED line."""
+    proc = subprocess.run(
+        ["bash", "benchmarks/learning_runs.sh", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

@@ -136,6 +136,33 @@ def test_ray_init_config_starts_a_small_local_instance_or_joins_a_cluster():
     cluster = compose_config("train", "collector=ray", "collector.ray_address=10.0.0.5:6379")
     assert ray_init_config(cluster)["address"] == "10.0.0.5:6379"
     assert "num_cpus" not in ray_init_config(cluster)
+    # workers reserving 2 CPUs each could never be placed on num_workers CPUs: a silent hang
+    big = compose_config(
+        "train", "collector=ray", "collector.num_workers=2", "collector.worker_cpus=2"
+    )
+    assert ray_init_config(big)["num_cpus"] == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["collector=multi_sync", "collector.num_workers=0"], "collector.num_workers must be"),
+        (
+            ["collector=ray", "collector.worker_cpus=-1"],
+            "collector.worker_cpus must be a number > 0",
+        ),
+        (["collector=ray", "collector.worker_memory_mb=0"], "collector.worker_memory_mb must be"),
+    ],
+)
+def test_collector_settings_are_refused_before_anything_is_written(overrides, message, tmp_path):
+    """They failed when the collector was made, after the run's logs were written, so the
+    corrected command was refused as a run into an output_dir that holds one."""
+    cfg = compose_config(
+        "train", "env=predator_prey_small", *overrides, f"output_dir={tmp_path / 'r'}"
+    )
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------ collector processes

@@ -38,6 +38,7 @@ are sent to the workers before each of their polls
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -113,6 +114,30 @@ def num_workers(cfg: Mapping) -> int:
     if n < 1 or str(value).strip() != str(n):
         raise ConfigError(f"collector.num_workers must be a whole number >= 1, got {value!r}")
     return n
+
+
+def check_collector(cfg: Mapping) -> None:
+    """Raise a :class:`ConfigError` (one line) for a collector setting that cannot work,
+    before the run builds or writes anything (they failed when the collector was made,
+    after the run's logs were written: the corrected command was then refused as a run
+    into an output_dir holding one)."""
+    coll = cfg.get("collector") or {}
+    kind = str(coll.get("type", "single"))
+    if kind not in COLLECTORS:
+        raise ConfigError(f"unknown collector {kind!r}; choose one of: {', '.join(COLLECTORS)}")
+    if kind == "single":
+        return
+    num_workers(cfg)
+    if kind != "ray":
+        return
+    for key, low in (("worker_cpus", 0.0), ("worker_memory_mb", 0.0), ("object_store_mb", 0.0)):
+        value = coll.get(key)
+        try:
+            ok = value is not None and float(value) > low and not isinstance(value, bool)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"collector.{key} must be a number > 0, got {value!r}")
 
 
 def worker_seed(seed: int, worker: int, resumed_at: int = 0) -> int:
@@ -191,14 +216,16 @@ def _make_multi(cfg: Mapping, env: EnvBase, policy, device, sync: bool, resumed_
 
 def ray_init_config(cfg: Mapping) -> dict:
     """``ray.init`` arguments: connect to ``collector.ray_address``, or (``null``) start a
-    local instance on loopback with ``num_workers`` CPUs and a small object store."""
+    local instance on loopback with the CPUs its workers reserve (``num_workers`` times
+    ``worker_cpus``: with ``num_workers`` CPUs, workers of 2 could never be placed and the
+    run waited forever) and a small object store."""
     coll = cfg.get("collector", {})
     address = coll.get("ray_address")
     if address:
         return {"address": str(address), "include_dashboard": False, "log_to_driver": True}
     return {
         "address": None,
-        "num_cpus": num_workers(cfg),
+        "num_cpus": math.ceil(num_workers(cfg) * float(coll.get("worker_cpus", 1))),
         "object_store_memory": int(coll.get("object_store_mb", 128)) * 1024**2,
         "include_dashboard": False,
         "_node_ip_address": "127.0.0.1",
@@ -295,6 +322,7 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device, res
 
 __all__ = [
     "COLLECTORS",
+    "check_collector",
     "RayWorkerCollector",
     "WorkerEnvFactory",
     "agent_transforms",

@@ -53,7 +53,7 @@ from resq_torchrl.training.builders import (
     make_target_updater,
 )
 from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, Progress, RunState
-from resq_torchrl.training.collectors import make_collector
+from resq_torchrl.training.collectors import check_collector, make_collector
 from resq_torchrl.training.loggers import (
     MLFLOW_DB,
     check_logger,
@@ -205,6 +205,7 @@ def check_settings(cfg: Mapping) -> None:
                 f"{key} is a group of settings, got {key}={cfg[key]!r}: set one of them "
                 f"({key}.<name>=...)"
             )
+    check_collector(cfg)
     # the envs' seeding (numpy's, VMAS's, ...) takes no negative seed
     at_least("seed", cfg.get("seed"), 0)
     # the env's own message named the key its config ties to it (episode_limit, max_cycles)
@@ -384,6 +385,12 @@ def check_fresh_output_dir(
             f"output_dir={out_dir} already holds another run ({', '.join(found)}), and "
             f"resume={resuming_from} would write over it: choose an output_dir without a run, "
             "or overwrite=true to replace it"
+        )
+    if not (overwrite or auto) and CHECKPOINT not in found:  # resume=true would not find one
+        raise ConfigError(
+            f"output_dir={out_dir} holds an earlier attempt that reached no checkpoint "
+            f"({', '.join(found)}): start over there with resume=auto or overwrite=true, or "
+            "choose another output_dir"
         )
     if not (overwrite or auto):
         raise ConfigError(
