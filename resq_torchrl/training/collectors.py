@@ -295,9 +295,8 @@ def make_collector(cfg: Mapping, env: EnvBase, policy, device: torch.device, res
         resumed_at: the frames of the checkpoint a resumed run continues from (0: a fresh
             run): the multi-process types then seed their workers anew (:func:`worker_seed`).
     """
+    check_collector(cfg)
     kind = str(cfg.get("collector", {}).get("type", "single"))
-    if kind not in COLLECTORS:
-        raise ConfigError(f"unknown collector {kind!r}; choose one of: {', '.join(COLLECTORS)}")
     if kind == "multi_sync":
         return _make_multi(cfg, env, policy, device, sync=True, resumed_at=resumed_at)
     if kind == "multi_async":
