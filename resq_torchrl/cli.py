@@ -165,15 +165,16 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
-        # a sweep composes with its first value (Hydra's own reading of the values: commas
-        # inside {} or [] and quotes stay its); a sweep of Hydra's functions that is no list
-        # of values (interval(), for sweeper plugins) is left out
+        # each sweep's values as Hydra reads them (commas inside {} or [] and quotes stay
+        # its); None for a sweep that is no list of values (interval(), for sweeper plugins)
+        sweeps = [_sweep_values(o) if o.is_sweep_override() else None for o in parsed]
+        # a sweep composes with its first value; one that is no list of values is left out
         composable = []
-        for arg, o in zip(overrides, parsed, strict=True):
+        for arg, o, swept in zip(overrides, parsed, sweeps, strict=True):
             if not (multirun and o.is_sweep_override()):
                 composable.append(arg)
-            elif (first := _sweep_values(o)) is not None:
-                composable.append(f"{arg.partition('=')[0]}={first[0]}")
+            elif swept is not None:
+                composable.append(f"{arg.partition('=')[0]}={swept[0]}")
         with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
             given = compose(config_name, overrides=composable)
     except HydraException as err:
@@ -191,8 +192,8 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     # values are checked against the defaults of the chosen groups (algorithm=qmix, ...)
     groups = [a for a in composable if (configs / a.partition("=")[0].lstrip("+~")).is_dir()]
     values = [
-        (arg, o)
-        for arg, o in zip(overrides, parsed, strict=True)
+        (arg, o, swept)
+        for arg, o, swept in zip(overrides, parsed, sweeps, strict=True)
         if "=" in arg
         and not o.is_delete()
         and not (configs / o.key_or_group).is_dir()
@@ -203,21 +204,21 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         defaults = compose(config_name, overrides=groups)
     # a key given twice takes its last value (Hydra's rule): check that one, by that value
-    last = {o.key_or_group: o for _, o in values}
-    for key, o in last.items():
+    last = {o.key_or_group: (o, swept) for _, o, swept in values}
+    for key, (o, swept) in last.items():
         if not (multirun and o.is_sweep_override()):  # as composed: interpolations resolved
             check_type(key, OmegaConf.select(given, key, default=None), defaults)
             continue
-        for text in _sweep_values(o) or []:
+        for text in swept or []:
             value = parser.parse_override(f"{key}={text}").value()
             if not (isinstance(value, str) and "${" in value):  # an interpolation: Hydra's
                 check_type(key, value, defaults)
     rewritten = {}
-    for arg, o in values:
+    for arg, o, swept in values:
         default = OmegaConf.select(defaults, o.key_or_group, default=None)
         if not isinstance(default, int) or isinstance(default, bool):
             continue
-        texts = _sweep_values(o) if o.is_sweep_override() else [arg.partition("=")[2]]
+        texts = swept if o.is_sweep_override() else [arg.partition("=")[2]]
         if texts is None or (o.is_sweep_override() and "(" in arg.partition("=")[2]):
             continue  # range(...), choice(...): Hydra's functions, left as written
         as_ints = [_whole_as_int(t) for t in texts]

@@ -74,6 +74,9 @@ KEPT = "checkpoints"
 SUPERSEDED = "superseded"
 #: with ``checkpoint_buffer=true``, the replay buffer's directory next to the checkpoint
 REPLAY = "replay"
+#: where ``scripts/evaluate.py`` (``evaluation.evaluate_run``) writes a run's greedy
+#: evaluation, in its ``output_dir`` (named here with the run's other files)
+EVALUATION_JSON = "evaluation.json"
 #: the checkpoint format: 2 holds the envs' and the collector's state (legacy ones: none)
 FORMAT = 2
 

@@ -28,7 +28,7 @@ import torch
 
 from resq_torchrl.errors import CheckpointNotFoundError, ConfigError
 from resq_torchrl.training.builders import check_device, env_dims, make_env, make_loss
-from resq_torchrl.training.checkpoint import load_checkpoint
+from resq_torchrl.training.checkpoint import EVALUATION_JSON, load_checkpoint
 from resq_torchrl.training.trainer import (
     CHECKPOINT,
     add_agent_transforms,
@@ -38,8 +38,6 @@ from resq_torchrl.training.trainer import (
 
 #: events an env may record per step (``event_log``, predator-prey), summed per episode
 EVENTS = ("captures", "lone_catches")
-#: where :func:`evaluate_run` writes its record, relative to the run's output_dir
-EVALUATION_JSON = "evaluation.json"
 #: the most envs one batch of evaluation episodes steps at once (``n_envs=null``)
 DEFAULT_MAX_ENVS = 256
 

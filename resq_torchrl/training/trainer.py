@@ -52,7 +52,14 @@ from resq_torchrl.training.builders import (
     make_optimizer,
     make_target_updater,
 )
-from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, Progress, RunState
+from resq_torchrl.training.checkpoint import (
+    CHECKPOINT,
+    EVALUATION_JSON,
+    KEPT,
+    REPLAY,
+    Progress,
+    RunState,
+)
 from resq_torchrl.training.collectors import check_collector, make_collector
 from resq_torchrl.training.loggers import (
     MLFLOW_DB,
@@ -320,7 +327,7 @@ RUN_FILES = (CHECKPOINT, "final.json", "eval.jsonl")
 #: there, besides its loggers' directories (:func:`earlier_run_outputs`)
 RUN_OUTPUTS = (
     *RUN_FILES,
-    "evaluation.json",  # evaluation.EVALUATION_JSON (that module imports this one)
+    EVALUATION_JSON,
     "render",  # evaluate.py render=true's default render_dir
     MLFLOW_DB,
     REPLAY,
