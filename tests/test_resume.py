@@ -18,6 +18,7 @@ from script_runner import run_in_process
 
 from resq_torchrl.data import EpisodeReplayBuffer
 from resq_torchrl.errors import CheckpointNotFoundError, ConfigError, TrainingDivergedError
+from resq_torchrl.training import trainer
 from resq_torchrl.training.checkpoint import CHECKPOINT, KEPT, REPLAY, load_checkpoint
 from resq_torchrl.training.trainer import train
 
@@ -217,7 +218,7 @@ def _config(out: Path, *extra: str) -> dict:
     return compose_config("train", *PREDATOR_PREY, *_args(out), *extra)
 
 
-def test_resume_true_auto_and_path(tmp_path, capsys):
+def test_resume_true_auto_and_path(tmp_path, capsys, monkeypatch):
     with pytest.raises(CheckpointNotFoundError, match="resume=true but there is no checkpoint"):
         train(_config(tmp_path / "none", "resume=true"))
     with pytest.raises(CheckpointNotFoundError, match="resume=.*nope.pt: no checkpoint file"):
@@ -241,9 +242,21 @@ def test_resume_true_auto_and_path(tmp_path, capsys):
     third = train(_config(tmp_path / "b", f"resume={older}", "checkpoint_buffer=false"))
     assert f"resumed from {older} at {frames[0]} frames" in capsys.readouterr().out
     assert third["frames"] == first["frames"] and (tmp_path / "b" / CHECKPOINT).exists()
-    # auto on a finished run (a sweep launched again): nothing to do, its final result
-    again = train(_config(tmp_path / "b", "resume=auto", "checkpoint_buffer=false"))
-    assert again == third and "is done" in capsys.readouterr().out
+    # auto on a finished run (a sweep launched again): nothing to do, its final result,
+    # decided before anything is built (no env, no replay read, no worker, no log written)
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "b").rglob("*"))
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "make_env", _must_not_be_called)
+        m.setattr(trainer, "make_logger", _must_not_be_called)
+        again = train(_config(tmp_path / "b", "resume=auto", "checkpoint_buffer=false"))
+        assert again == third and "is done" in capsys.readouterr().out
+        with pytest.raises(ConfigError, match=f"nothing to do: {third['frames']} frames"):
+            train(_config(tmp_path / "b", "resume=true", "checkpoint_buffer=false"))
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "b").rglob("*")) == files
+
+
+def _must_not_be_called(*args, **kwargs):
+    raise AssertionError("a finished run was rebuilt to be told it is done")
 
 
 def test_a_damaged_replay_dump_is_one_line_and_can_be_left_behind(tmp_path):

@@ -292,15 +292,18 @@ def _flat(cfg: Mapping, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def check_resumable(path: Path, cfg: Mapping) -> None:
+def check_resumable(path: Path, cfg: Mapping) -> int:
     """Raise a :class:`ConfigError` (one line) when the run config ``cfg`` differs from the
     one the checkpoint at ``path`` was written with in a setting outside
     :data:`RESUMABLE_SETTINGS`; called before anything of the run is built or written.
     Settings only one of the two names (added since the checkpoint was written) are not
-    compared."""
-    saved = plain_config(load_checkpoint(path, map_location="cpu").get("config") or {})
+    compared. Returns the checkpoint's frame count (:func:`saved_frames`, without reading
+    the file again)."""
+    state = load_checkpoint(path, map_location="cpu")
+    frames = int(state.get("frames", 0))
+    saved = plain_config(state.get("config") or {})
     if not saved:  # a checkpoint without its config: nothing to compare
-        return
+        return frames
     _check_same_env(path, saved.get("env"), cfg.get("env") or {})
     was, now = _flat(saved), _flat(plain_config(cfg))
     differ = [
@@ -309,7 +312,7 @@ def check_resumable(path: Path, cfg: Mapping) -> None:
         if k.split(".")[0] not in RESUMABLE_SETTINGS and was[k] != now[k]
     ]
     if not differ:
-        return
+        return frames
     if any(k == "algorithm.name" or k.startswith("agent.") for k in differ):
         raise ConfigError(
             f"{path} holds other networks than this run builds: it was trained with "

@@ -202,6 +202,22 @@ def _final_at(path: Path) -> int:
         return -1
 
 
+def _finished(cfg: Mapping, out_dir: Path, saved_at: int) -> dict | None:
+    """A resumed run whose checkpoint (at ``saved_at`` frames) spent ``total_frames`` and
+    whose ``final.json`` is at least as recent: with ``resume=auto`` (a sweep launched
+    again) its final evaluation, else a :class:`ConfigError`; ``None`` when there is
+    something to do. Decided before anything is built: a sweep of finished runs loads no
+    replay and starts no worker."""
+    total_frames = int(cfg["total_frames"])
+    done = out_dir / "final.json"
+    if saved_at < total_frames or _final_at(done) < saved_at:
+        return None
+    if str(cfg.get("resume")) == "auto":
+        print(f"resume=auto: {out_dir} is done ({saved_at} frames): nothing to do")
+        return json.loads(done.read_text())
+    raise ConfigError(f"nothing to do: {saved_at} frames done >= total_frames={total_frames}")
+
+
 def check_settings(cfg: Mapping) -> None:
     """Raise a :class:`ConfigError` naming the key for a setting out of its range, before
     anything is built: each would otherwise fail deep inside (``n_envs=0``: an IndexError;
@@ -518,8 +534,13 @@ def train(cfg: Mapping) -> dict:
     check_budget(cfg)
     check_logger(cfg["logger"])
     start_from = resume_path(cfg, out_dir)
+    resumed_frames = 0  # the frames of the checkpoint resumed (0: a new run)
     if start_from is not None:  # before anything is built or written
-        checkpoint.check_resumable(start_from, cfg)
+        resumed_frames = checkpoint.check_resumable(start_from, cfg)
+        if checkpoint.is_run_checkpoint(start_from, out_dir):
+            done = _finished(cfg, out_dir, resumed_frames)
+            if done is not None:
+                return done
     overwrite = bool(cfg.get("overwrite", False))
     earlier: list[str] = []  # an earlier run's files to remove (overwrite=true)
     if start_from is None:
@@ -584,7 +605,7 @@ def train(cfg: Mapping) -> dict:
     logger = make_logger(cfg, out_dir)
     # workers of a resumed run are seeded anew (their envs cannot be restored): see worker_seed
     single = str(cfg.get("collector", {}).get("type", "single")) == "single"
-    resumed_at = 0 if start_from is None or single else checkpoint.saved_frames(start_from)
+    resumed_at = 0 if single else resumed_frames
     collector = make_collector(cfg, env, policy, device, resumed_at)
     run = RunState(loss, optimizer, egreedy, buffer, env, eval_env, collector, capture, Progress())
     p = run.progress  # frames, episodes, updates, last_target, credit
@@ -607,21 +628,10 @@ def train(cfg: Mapping) -> dict:
         )
     total_frames = int(cfg["total_frames"])
     finishing = p.frames >= total_frames  # the budget is spent: at most the final evaluation
-    if finishing:
-        done = out_dir / "final.json"
-        if _final_at(done) >= p.frames:
-            collector.shutdown()
-            close_logger(logger)
-            if str(cfg.get("resume")) == "auto":  # a sweep launched again
-                print(f"resume=auto: {out_dir} is done ({p.frames} frames): nothing to do")
-                return json.loads(done.read_text())
-            raise ConfigError(
-                f"nothing to do: {p.frames} frames done >= total_frames={total_frames}"
-            )
-        # stopped after its last checkpoint, before final.json was written: finish it
+    if finishing:  # stopped after its last checkpoint, before final.json was written
         print(
-            f"the checkpoint is at the end of the run ({p.frames} frames) but {done} is "
-            "missing: only the final evaluation is made",
+            f"the checkpoint is at the end of the run ({p.frames} frames) but "
+            f"{out_dir / 'final.json'} is missing: only the final evaluation is made",
             flush=True,
         )
     else:
