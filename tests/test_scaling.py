@@ -20,7 +20,6 @@ from resq_torchrl.errors import ConfigError
 from resq_torchrl.training.builders import env_dims, make_env, make_loss
 from resq_torchrl.training.collectors import (
     COLLECTORS,
-    WORKER_SEED_STRIDE,
     agent_transforms,
     make_collector,
     ray_init_config,
@@ -74,7 +73,7 @@ def test_worker_envs_are_the_trainers_env_seeded_per_worker():
     extra = agent_transforms(env)  # the GRU agents' primer of hidden state and last action
     assert [type(t) for t in extra] == [TensorDictPrimer]
     factories = worker_env_factories(cfg, env, "cpu", 2)
-    assert [f.seed for f in factories] == [3 + WORKER_SEED_STRIDE, 3 + 2 * WORKER_SEED_STRIDE]
+    assert [f.seed for f in factories] == [worker_seed(3, 0), worker_seed(3, 1)]
     rng = torch.get_rng_state()
     worker_env = factories[0]()
     # built in the process that made the factory, it leaves its torch generator alone
@@ -89,13 +88,28 @@ def test_worker_envs_are_the_trainers_env_seeded_per_worker():
     assert agent_transforms(trainer_parts(mlp)[0]) == []
 
 
+def test_worker_seeds_are_no_other_runs_seeds():
+    """The workers of one run never take the seed of another run's env or workers: with
+    ``seed + 1000 (i + 1)``, worker 0 of the run of seed 0 collected the episodes of the run
+    of seed 1000 (whose training env is seeded 1000), and worker 1 of seed 1 those of worker
+    0 of seed 1001."""
+    seeds = range(2100)
+    envs = set(seeds) | {s + 1 for s in seeds}  # training and evaluation envs
+    workers = [worker_seed(s, i) for s in seeds for i in range(4)]
+    assert len(set(workers)) == len(workers)
+    assert not envs & set(workers)
+    assert all(0 <= w < 2**32 for w in workers)
+    # beyond that range (a seed of 2**21 or more) a hash, still a 32-bit seed
+    assert 0 <= worker_seed(2**40, 3) < 2**32 and worker_seed(2**40, 3) != worker_seed(2**40, 4)
+
+
 def test_a_resumed_run_seeds_its_workers_anew(tmp_path, monkeypatch):
     """The workers' envs and exploration cannot be restored: a resume must not reseed them as
-    at the start (replaying random streams the run already used). Fresh: seed + 1000 (i + 1);
-    resumed at N frames: seeds that differ from those, per worker and per N, and repeat
-    for the same N (a resume is reproducible)."""
+    at the start (replaying random streams the run already used). Resumed at N frames: seeds
+    that differ from the fresh ones, per worker and per N, and repeat for the same N (a
+    resume is reproducible)."""
     fresh = [worker_seed(3, i) for i in range(2)]
-    assert fresh == [3 + WORKER_SEED_STRIDE, 3 + 2 * WORKER_SEED_STRIDE]
+    assert fresh == [worker_seed(3, i) for i in range(2)] and len(set(fresh)) == 2
     at_100 = [worker_seed(3, i, resumed_at=100) for i in range(2)]
     at_200 = [worker_seed(3, i, resumed_at=200) for i in range(2)]
     assert len(set(fresh + at_100 + at_200)) == 6

@@ -29,7 +29,7 @@ make_env`) plus copies of the agent transforms the trainer appended to its own e
 recurrent agents' primer of hidden state and last action, see
 :func:`~resq_torchrl.training.trainer.add_agent_transforms`), so each worker's envs carry their
 own recurrent state and last action. Worker ``i`` seeds its env and its torch generator (its
-epsilon-greedy draws) with ``seed + 1000 * (i + 1)``; a resumed run seeds them anew
+epsilon-greedy draws) with ``2**31 + seed * 1024 + i``; a resumed run seeds them anew
 (:func:`worker_seed`). The policy's weights, including the epsilon of its ``EGreedyModule``,
 are sent to the workers before each of their polls
 (``update_at_each_batch`` / ``update_after_each_batch``): the trainer needs no call of its own.
@@ -54,8 +54,6 @@ from resq_torchrl.training.assembler import EpisodeAssembler
 
 #: collector types ``collector.type`` accepts
 COLLECTORS = ("single", "multi_sync", "multi_async", "ray")
-#: seed offset between workers: worker ``i`` uses ``seed + WORKER_SEED_STRIDE * (i + 1)``
-WORKER_SEED_STRIDE = 1000
 #: the frame budget given to a collector that has no endless mode (the trainer stops it)
 ENDLESS = 2**62
 
@@ -140,13 +138,23 @@ def check_collector(cfg: Mapping) -> None:
             raise ConfigError(f"collector.{key} must be a number > 0, got {value!r}")
 
 
+#: a fresh run's workers are seeded ``WORKER_SEEDS + seed * MAX_WORKERS + worker`` (one
+#: number per run seed and worker, above the env seeds such runs take: ``seed``, ``seed + 1``)
+WORKER_SEEDS, MAX_WORKERS = 2**31, 1024
+
+
 def worker_seed(seed: int, worker: int, resumed_at: int = 0) -> int:
-    """Worker ``worker``'s seed: ``seed + 1000 * (worker + 1)`` in a fresh run. A run resumed
-    at ``resumed_at`` frames gets other seeds, derived from all three numbers: the workers'
-    envs and exploration cannot be restored, and reseeding them as at the start would replay
-    the random streams the run already used."""
-    if resumed_at <= 0:
-        return seed + WORKER_SEED_STRIDE * (worker + 1)
+    """Worker ``worker``'s seed, ``0 <= . < 2**32``.
+
+    A fresh run (``resumed_at=0``) with ``0 <= seed < 2**21`` and fewer than
+    :data:`MAX_WORKERS` workers: ``2**31 + seed * 1024 + worker``, so no two runs' workers
+    share a seed and none takes a run's env seed (it was ``seed + 1000 * (worker + 1)``,
+    with which worker 0 of seed 0 drew the episodes of the run of seed 1000). Otherwise,
+    and for a run resumed at ``resumed_at`` frames, a hash of the three numbers: the
+    workers' envs and exploration cannot be restored, and reseeding them as at the start
+    would replay the random streams the run already used."""
+    if resumed_at <= 0 and 0 <= seed < 2**21 and 0 <= worker < MAX_WORKERS:
+        return WORKER_SEEDS + seed * MAX_WORKERS + worker
     digest = hashlib.sha256(f"{seed}/{worker}/{resumed_at}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
