@@ -21,6 +21,7 @@ from resq_torchrl.training.builders import env_dims, make_env, make_loss
 from resq_torchrl.training.collectors import (
     COLLECTORS,
     agent_transforms,
+    check_ray_address,
     make_collector,
     ray_init_config,
     worker_env_factories,
@@ -177,6 +178,37 @@ def test_collector_settings_are_refused_before_anything_is_written(overrides, me
     with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unreachable_ray_address_is_one_line_before_anything_is_written(tmp_path):
+    """ray.init retried an address where nothing listens for minutes, then raised a
+    traceback: the address is tried first (a closed port on loopback: refused at once)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once the socket is closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    out = tmp_path / "r"
+    cfg = compose_config(
+        "train",
+        "env=predator_prey_small",
+        "collector=ray",
+        f"collector.ray_address=127.0.0.1:{closed}",
+        f"output_dir={out}",
+    )
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{closed}: no Ray cluster answers there"):
+        train(cfg)
+    assert not out.exists()
+    for bad in ("headnode", "ray://:10001", "host:port"):
+        with pytest.raises(ConfigError, match="must be HOST:PORT, ray://HOST:PORT, auto"):
+            check_ray_address(bad)
+    with socket.socket() as head:  # something listening: the address is taken as given
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        port = head.getsockname()[1]
+        check_ray_address(f"127.0.0.1:{port}")
+        check_ray_address(f"ray://127.0.0.1:{port}")
+    check_ray_address("auto")
 
 
 # ------------------------------------------------------------------ collector processes

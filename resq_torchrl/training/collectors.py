@@ -136,6 +136,36 @@ def check_collector(cfg: Mapping) -> None:
             ok = False
         if not ok:
             raise ConfigError(f"collector.{key} must be a number > 0, got {value!r}")
+    if coll.get("ray_address"):
+        check_ray_address(str(coll["ray_address"]))
+
+
+#: seconds :func:`check_ray_address` waits for a cluster's head to accept a connection
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_ray_address(address: str) -> None:
+    """Raise a :class:`ConfigError` (one line) when ``collector.ray_address`` is neither
+    ``auto`` nor ``HOST:PORT`` / ``ray://HOST:PORT``, or when nothing accepts a connection
+    there within :data:`RAY_CONNECT_TIMEOUT_S`: ``ray.init`` retried such an address for
+    minutes before failing with a traceback."""
+    if address == "auto":  # ray reads the address of the cluster started on this machine
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # [IPv6]:PORT
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"collector.ray_address must be HOST:PORT, ray://HOST:PORT, auto, or null for a "
+            f"local Ray, got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(
+            f"collector.ray_address={address}: no Ray cluster answers there "
+            f"({err.strerror or type(err).__name__}); start its head with `ray start --head "
+            f"--port={port}`, or set collector.ray_address=null for a local Ray"
+        ) from None
 
 
 #: a fresh run's workers are seeded ``WORKER_SEEDS + seed * MAX_WORKERS + worker`` (one
@@ -336,6 +366,7 @@ __all__ = [
     "make_collector",
     "num_workers",
     "ray_init_config",
+    "check_ray_address",
     "worker_env_factories",
     "worker_seed",
 ]
