@@ -269,6 +269,58 @@ def test_resz_targets_come_from_the_target_central_networks_only():
     )
 
 
+def _ddn(**kwargs):
+    torch.manual_seed(0)
+    return DDNLoss(IQNAgentMLP(1, 3, 2, hidden=(16,)), n_agents=2, **kwargs)
+
+
+def _dmix(**kwargs):
+    torch.manual_seed(0)
+    return DMIXLoss(IQNAgentMLP(1, 3, 2, hidden=(16,)), DMIXMixer(QMixer(2, 1, 8, 16)), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "targets", "online"),
+    [
+        # DDN's VDN mixer has no parameters; its online agents choose the next action
+        (_ddn, ["target_agent_network_params"], []),
+        (_dmix, ["target_agent_network_params", "target_mixer_params"], ["mixer_params"]),
+        (
+            _resz,
+            ["target_central_agent_network_params", "target_central_mixer_params"],
+            ["central_agent_network_params", "central_mixer_params"],
+        ),
+    ],
+    ids=["ddn", "dmix", "resz"],
+)
+def test_the_bootstrap_reads_the_target_networks(make, targets, online):
+    """``y = r + gamma Z'(s', a*)``: ``Z'`` comes from the target copies, ``a*`` from the
+    online main agents. Moving each target copy moves ``y``; moving the online copies of the
+    same networks (which choose nothing) leaves it bit for bit."""
+    loss = make(gamma=0.9)
+    td = transition(torch.randint(3, (8, 2)), torch.randn(8), torch.zeros(8))
+
+    def target_mean() -> torch.Tensor:
+        torch.manual_seed(1)  # the same quantile fractions every time
+        with torch.no_grad():
+            return loss(td)["target_mean"]
+
+    def shift(name: str, by: float) -> None:
+        with torch.no_grad():
+            for param in getattr(loss, name).values(True, True):
+                param.add_(by)
+
+    before = target_mean()
+    for name in online:
+        shift(name, 1.0)
+    assert torch.equal(target_mean(), before)
+    for name in targets:
+        shift(name, 0.5)
+        after = target_mean()
+        assert not torch.equal(after, before), f"{name} does not reach the target"
+        before = after
+
+
 def test_masked_greedy_by_the_mean_never_picks_an_unavailable_action():
     loss = DMIXLoss(IQNAgentMLP(1, 3, 2), DMIXMixer(QMixer(2, 1, 8, 16)))
     for seed in range(5):

@@ -120,6 +120,39 @@ def test_fast_unroll_equals_two_passes(algorithm, td_lambda, pack, monkeypatch):
         )
 
 
+@pytest.mark.parametrize("algorithm", ["qmix", "resq", "resz"])
+@pytest.mark.parametrize("pack", [True, False])
+def test_the_unroll_cuda_takes_equals_two_passes(algorithm, pack, monkeypatch):
+    """Off the CPU the unrolls with gradient run through torch's GRU and autograd (dense or
+    packed), not the hand-written backward: that path's fast unroll gives the plain path's
+    loss terms, priorities and gradients (with the hand-written backward) to 1e-5."""
+    monkeypatch.setattr(rnn, "PACK_MAX_FILL", 1.0)
+    loss = build(algorithm, seed=0, td_lambda=0.6)
+    td = episodes(b=5, t=9, seed=1)
+    plain, plain_prio, plain_grads = run(loss, td, fast=False)
+    nets = [
+        m
+        for name in loss._agent_network_names
+        for m in getattr(loss, name).modules()
+        if hasattr(m, "custom_backward")
+    ]
+    assert nets
+    calls = []
+    monkeypatch.setattr(rnn._GRUSequence, "apply", lambda *a: calls.append(a))
+    for net in nets:
+        monkeypatch.setattr(net, "custom_backward", False)
+    fast, fast_prio, fast_grads = run(loss, td, fast=True, pack=pack)
+    assert not calls  # the hand-written backward was not used
+    for key in plain.keys():
+        torch.testing.assert_close(fast[key], plain[key], atol=1e-5, rtol=1e-5, msg=key)
+    torch.testing.assert_close(fast_prio, plain_prio, atol=1e-5, rtol=1e-5)
+    assert plain_grads.keys() == fast_grads.keys() and plain_grads
+    for name in plain_grads:
+        torch.testing.assert_close(
+            fast_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name
+        )
+
+
 def test_fast_path_is_taken_on_whole_episodes_and_declined_otherwise():
     torch.manual_seed(0)
     gru = MultiAgentGRU(OBS, A, N, hidden_dim=16)
@@ -466,8 +499,10 @@ def test_flat_adam_equals_torch_adam_bit_for_bit(eps, dtype):
         grad[: n // 3] = 0  # never a gradient
         if step % 7:
             grad[n // 3 : 2 * n // 3] = 0  # a gradient now and then
-        for p, o, s in zip(params, opts, scheds, strict=True):
+        for p in params:
             p.grad = grad.clone()
+        assert opts[1]._plain()  # FlatAdam takes its own step, not torch's
+        for o, s in zip(opts, scheds, strict=True):
             o.step()
             s.step()
         assert torch.equal(params[0], params[1]), f"step {step}"
@@ -483,12 +518,16 @@ def test_flat_adam_takes_torchs_step_for_other_options():
     small for the clamp to round away) take torch's own step, so they still work."""
     from resq_torchrl.training.builders import FlatAdam
 
+    plain = torch.nn.Parameter(torch.ones(4))
+    plain.grad = torch.ones(4)
+    assert FlatAdam([plain], lr=0.1)._plain()  # the default options: its own step
     for kwargs in ({"weight_decay": 0.1}, {"amsgrad": True}, {"eps": 0.0}):
         p = torch.nn.Parameter(torch.ones(4))
         q = torch.nn.Parameter(torch.ones(4))
         a = FlatAdam([p], lr=0.1, **kwargs)
         b = torch.optim.Adam([q], lr=0.1, **kwargs)
-        assert not a._plain() or kwargs == {}
+        p.grad = torch.ones(4)
+        assert not a._plain(), kwargs
         for _ in range(3):
             p.grad = torch.tensor([0.0, 1.0, -2.0, 3.0])
             q.grad = p.grad.clone()

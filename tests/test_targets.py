@@ -102,12 +102,16 @@ def test_td0_is_the_default_and_lambda_zero_equals_td0():
     assert loss.gamma == 0.5  # gamma stays the loss's
 
 
-def test_recurrent_next_values_continue_the_hidden_state():
+@pytest.mark.parametrize("fast_unroll", [False, True], ids=["one_step_from_the_state", "fast"])
+def test_recurrent_next_values_continue_the_hidden_state(fast_unroll):
     """For a recurrent agent the loss's next-state utilities at t equal its utilities at t+1
-    (same observation and last action), i.e. the hidden state carries over."""
+    (same observation and last action), i.e. the hidden state carries over: without
+    ``fast_unroll`` the next values are one step from the state the unroll wrote under
+    "next"; with it they come from the same unroll over T + 1 steps."""
     torch.manual_seed(0)
     gru = MultiAgentGRU(obs_dim=3, n_actions=4, n_agents=2, hidden_dim=8)
     loss = QMIXLoss(gru, VDNMixer(2, device=None))
+    loss.fast_unroll = fast_unroll
     b, t = 3, 6
     obs = torch.randn(b, t + 1, 2, 3)
     actions = torch.randint(4, (b, t + 1, 2))
