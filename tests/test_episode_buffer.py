@@ -27,22 +27,44 @@ def padded(lengths, max_t=None):
 
 
 def test_episodes_are_padded_to_max_len_and_sampled_trimmed():
-    buf = EpisodeReplayBuffer(capacity=10, max_len=8, batch_size=16)
+    buf = EpisodeReplayBuffer(capacity=10, max_len=8, batch_size=2)
     assert buf.extend(padded([3, 1, 5])) == 3 and len(buf) == 3
     data = buf.buffer[:]
     assert data.shape == (3, 9)  # max_len + 1: the slot after an episode holds its last next
     assert data["collector", "mask"].sum(-1).tolist() == [3, 1, 5]
     assert ("agents", "rnn_hidden") not in data.keys(True)  # recomputed by the loss
-    sample = buf.sample()
-    assert sample.shape == (16, 5)  # trimmed to the longest sampled episode
-    assert (sample["x"][~sample["collector", "mask"]] == 0).all()
+    torch.manual_seed(0)
+    lengths = torch.tensor([3, 1, 5])
+    widths = []
+    for _ in range(20):
+        sample = buf.sample()
+        index = sample["index"][:, 0]
+        width = int(lengths[index].max())  # the longest of the two sampled episodes
+        assert sample.shape == (2, width), (index.tolist(), sample.shape)
+        assert sample["collector", "mask"].sum(-1).tolist() == lengths[index].tolist()
+        assert torch.equal(sample["x"], padded([3, 1, 5], max_t=8)["x"][index, :width])
+        widths.append(width)
+    assert min(widths) < 5 == max(widths), widths  # narrower when no 5-step one is drawn
 
 
 def test_capacity_is_counted_in_episodes_and_oldest_go_first():
+    """Batches of 2 episodes into room for 3: each batch overwrites the oldest stored ones,
+    so the buffer holds exactly the 3 newest episodes."""
     buf = EpisodeReplayBuffer(capacity=3, max_len=4, batch_size=2)
-    for _ in range(2):
-        buf.extend(padded([1, 2, 3]))
+    # episode j of batch b: x = 100 b + 10 j + t at its real steps
+    batches = [padded(lengths, max_t=4) for lengths in ([1, 2], [3, 1], [2, 4])]
+    for b, batch in enumerate(batches):
+        batch["x"] = batch["x"] + 100 * b * batch["collector", "mask"]
+    stored_after = []
+    for batch in batches:
+        buf.extend(batch)
+        stored = buf.episodes(torch.arange(len(buf)))
+        stored_after.append(sorted(stored["x"][:, 0].tolist()))
+        for episode in stored:  # stored whole: the episode of batch b, row j, as given
+            b, j = divmod(int(episode["x"][0]), 100)
+            assert torch.equal(episode["x"], batches[b]["x"][j // 10])
     assert len(buf) == 3 and buf.episodes_added == 6
+    assert stored_after == [[0, 10], [10, 100, 110], [110, 200, 210]]
 
 
 def test_bad_input_is_reported():
@@ -152,34 +174,52 @@ def test_dumps_survives_a_crash_mid_swap(tmp_path):
 
 
 def test_prioritized_replay_samples_by_the_largest_real_td_error():
-    """Priorities are the largest absolute TD error over an episode's real steps (padding
-    never counts), and high-priority episodes are sampled more often; samples carry
-    torchrl's importance weights."""
+    """An episode's priority is its largest absolute TD error over its real steps (not the
+    mean; padding never counts); episodes are drawn with ``P(i) = p_i^alpha / sum p^alpha``
+    and carry the importance weight ``(N P(i))^-beta / max_j (N P(j))^-beta``."""
     torch.manual_seed(0)
-    buffer = EpisodeReplayBuffer(capacity=8, max_len=4, batch_size=64, prioritized=True)
-    lengths = torch.tensor([4, 2, 3, 1])
+    buffer = EpisodeReplayBuffer(
+        capacity=8, max_len=4, batch_size=64, prioritized=True, alpha=0.5, beta=0.5
+    )
+    lengths = torch.tensor([4, 3, 1, 2])
     mask = torch.arange(4).expand(4, 4) < lengths.unsqueeze(-1)
     episodes = TensorDict(
         {"x": torch.arange(4.0).reshape(4, 1).expand(4, 4).clone(), ("collector", "mask"): mask},
         batch_size=[4, 4],
     )
     buffer.extend(episodes)
-    sample = buffer.sample()
-    assert "_weight" in sample.keys() and "index" in sample.keys()
+    sampler = buffer.buffer._sampler
+    assert sampler._priority[:4].tolist() == [1.0] * 4  # new episodes: the largest seen (1)
     stored = buffer.episodes(torch.arange(4))  # every stored episode once, in order
     stored["index"] = torch.arange(4).unsqueeze(-1).expand(4, 4)
-    error = torch.full((4, 4), 0.01)
-    error[2, 1] = 10.0  # a real step of episode 2
-    error[3, 2] = 100.0  # padding of episode 3 (length 1): must not count
+    error = torch.tensor(
+        [
+            [9.0, 0.0, 0.0, 0.0],  # max 9, mean 2.25
+            [4.0, 4.0, 4.0, 50.0],  # max 4, mean 4 (the 50 is padding)
+            [1.0, 100.0, 100.0, 100.0],  # one real step: 1
+            [0.0, 1.0, 100.0, 100.0],  # max 1, mean 0.5
+        ]
+    )
     stored["td_error"] = error.unsqueeze(-1)
     buffer.update_priority(stored)
-    index = torch.cat([buffer.sample().get("index")[:, 0] for _ in range(20)])
-    counts = torch.bincount(index, minlength=4)
-    assert counts[2] > 3 * counts[3] and counts[2] > 3 * counts[0], counts.tolist()
-    weights = buffer.sample()
-    frequent = weights["index"] == 2
-    assert frequent.any() and (weights["_weight"][frequent] < 1.0).all()  # down-weighted
-    assert (weights["_weight"] <= 1.0).all()
+    eps = sampler.eps
+    torch.testing.assert_close(
+        sampler._priority[:4], torch.tensor([9.0, 4.0, 1.0, 1.0]) + eps, rtol=0, atol=1e-6
+    )
+    # alpha = 1/2: p^alpha = (3, 2, 1, 1), P = (3, 2, 1, 1) / 7, N = 4;
+    # w_i = (N P(i))^-1/2 / (N min P)^-1/2 = sqrt(min P / P(i)) = (1/sqrt 3, 1/sqrt 2, 1, 1)
+    expected_weight = torch.tensor([3.0**-0.5, 2.0**-0.5, 1.0, 1.0])
+    draws = [buffer.sample() for _ in range(20)]
+    for sample in draws:
+        weight = sample["_weight"]
+        assert weight.shape == sample.shape  # one weight per episode, along its steps
+        torch.testing.assert_close(weight, expected_weight[sample["index"]], rtol=1e-4, atol=0)
+    index = torch.cat([d.get("index")[:, 0] for d in draws])
+    counts = torch.bincount(index, minlength=4)  # 1280 draws: expected (549, 366, 183, 183)
+    assert counts[0] > counts[1] > counts[2:].max() and counts[2:].min() > 100, counts.tolist()
+    # an episode added now gets the largest priority given so far
+    buffer.extend(episodes[:1])
+    torch.testing.assert_close(sampler._priority[4], torch.tensor(9.0 + eps), rtol=0, atol=1e-6)
 
 
 def test_uniform_buffer_ignores_priority_updates():

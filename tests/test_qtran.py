@@ -125,13 +125,25 @@ def test_bootstrap_uses_target_networks_at_the_online_greedy_next_action(make_tr
 
 
 def test_learns_on_random_data_and_reaches_finite_values(make_transition):
+    """100 Adam steps on a fixed batch of random joint actions, whose rewards are a random
+    payoff of the joint action (so Q_jt can fit them), bring loss_td below a tenth of its
+    start (seeds 0-5 reach under 1 %); every output stays finite."""
     torch.manual_seed(0)
     qnet = make_agent_qnet(1, 3, 2, features_key=("agents", "features"))
     loss = QTRANLoss(qnet, QTranJointNetwork(2, 3, 64, 1, 16))
-    td = make_transition(torch.randint(3, (32, 2)), torch.randn(32), torch.ones(32))
-    out = loss(td)
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
-    assert all(torch.isfinite(v).all() for v in out.values())
+    action = torch.randint(3, (32, 2))
+    payoff = torch.randn(3, 3)
+    td = make_transition(action, payoff[action[:, 0], action[:, 1]], torch.ones(32))
+    optimizer = torch.optim.Adam(loss.parameters(), lr=1e-2)
+    history = []
+    for _ in range(101):
+        out = loss(td)
+        assert all(torch.isfinite(v).all() for v in out.values())
+        history.append(out["loss_td"].item())
+        optimizer.zero_grad()
+        sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+        optimizer.step()
+    assert history[-1] < 0.1 * history[0], (history[0], history[-1])
     assert td["td_error"].shape == (32, 1)
 
 

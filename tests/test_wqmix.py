@@ -55,20 +55,52 @@ def test_weights_on_a_crafted_batch(weighting, expected, make_table_qnet, make_t
 
 
 def test_weights_carry_no_gradient_and_targets_stay_fixed(make_transition):
+    """The weights the loss multiplies in are constants, loss_td never reaches the central
+    Q*, and an optimizer step moves the online main and central networks but not the
+    target copies of the central ones."""
     torch.manual_seed(0)
     loss = WeightedQMIXLoss(
         make_agent_qnet(1, 3, 2), QMixer(2, 1, 8, 16), FeedForwardMixer(2, 1, 16)
     )
     td = make_transition(torch.randint(3, (16, 2)), torch.randn(16), torch.zeros(16))
-    before = loss.target_central_mixer_params.clone()
+    used = []
+    weights = loss.weights
+
+    def spy(*args, **kwargs):
+        w = weights(*args, **kwargs)
+        used.append(w)
+        return w
+
+    loss.weights = spy  # the instance attribute shadows the method forward calls
+    online = {
+        name: getattr(loss, f"{name}_params").clone()
+        for name in ("agent_network", "mixer", "central_agent_network", "central_mixer")
+    }
+    targets = {
+        name: getattr(loss, f"target_{name}_params").clone()
+        for name in ("central_agent_network", "central_mixer")
+    }
     out = loss(td)
-    (out["loss_td"] + out["loss_central"]).backward()
-    assert (loss.target_central_mixer_params == before).all()
-    assert all(not v.requires_grad for v in loss.target_central_mixer_params.values(True, True))
+    assert len(used) == 1 and used[0].shape == (16, 1) and not used[0].requires_grad
+    w = used[0]
+    low = w == torch.tensor(0.1)  # the default alpha
+    assert (low | (w == 1.0)).all() and low.any() and not low.all()
     # loss_td trains the main agents and mixer, never the central Q*
-    central = list(loss.central_mixer_params.values(True, True))
-    grads = torch.autograd.grad(loss(td)["loss_td"], central, allow_unused=True)
+    central = [
+        *loss.central_agent_network_params.values(True, True),
+        *loss.central_mixer_params.values(True, True),
+    ]
+    grads = torch.autograd.grad(out["loss_td"], central, allow_unused=True, retain_graph=True)
     assert all(g is None or (g == 0).all() for g in grads)
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.1)
+    (out["loss_td"] + out["loss_central"]).backward()
+    optimizer.step()
+    for name, before in online.items():
+        assert not (getattr(loss, f"{name}_params") == before).all(), f"{name} did not move"
+    for name, before in targets.items():
+        after = getattr(loss, f"target_{name}_params")
+        assert (after == before).all(), f"target {name} moved"
+        assert all(not v.requires_grad and v.grad is None for v in after.values(True, True))
 
 
 def test_bad_arguments_are_rejected(make_table_qnet):

@@ -105,7 +105,8 @@ class EpisodeReplayBuffer:
             ``PrioritizedSampler`` needs a compiled extension that fails to load with the
             pinned torch). Samples then carry importance weights ``"_weight"`` ``[B, T]`` (each
             episode's weight along its steps)
-            (``(N p_i)^-beta / max``), which the losses use to weight their means. Off by
+            (``(N P(i))^-beta / max``, ``P(i) = p_i^alpha / sum_k p_k^alpha``), which the
+            losses use to weight their means. Off by
             default (the papers sample uniformly); a remedy for rare rewards.
         alpha, beta: prioritization exponent and importance-correction exponent.
         shift_next: store each step's content once (see the module docstring): every

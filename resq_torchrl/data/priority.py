@@ -5,8 +5,9 @@ torchrl's ``PrioritizedSampler`` keeps its priorities in a compiled segment tree
 (``SumSegmentTreeFp32 is not available``), so the sampler cannot be built at all. Episode
 buffers hold a few thousand items, for which one ``torch.multinomial`` over a priority
 tensor is as fast as a tree, so this module writes that sampler on torchrl's ``Sampler``
-interface (same info keys: ``"_weight"``; same rule: Schaul et al. 2016, proportional
-variant).
+interface (same rule: Schaul et al. 2016, proportional variant). Its weights come under
+``"_weight"``, the key the losses read (torchrl 0.14's ``PrioritizedSampler`` names them
+``"priority_weight"``).
 """
 
 from __future__ import annotations
