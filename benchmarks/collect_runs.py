@@ -27,7 +27,7 @@ from pathlib import Path
 
 # the project's one reader of eval.jsonl: it skips a line cut short by a run killed while
 # writing it, the usual state of a run at the end of a session
-from resq_torchrl.training.loggers import read_eval_rows
+from resq_torchrl.training.evallog import read_eval_rows
 
 MARK, END = "<!-- runs-table -->", "<!-- /runs-table -->"
 

@@ -472,6 +472,7 @@ def test_a_quick_throughput_run_never_replaces_the_committed_figures(tmp_path):
     committed full run); an explicit out=/markdown= still wins."""
     off = ["'updates.algorithms=[]'", "'short_updates.algorithms=[]'", "'matrix.algorithms=[]'"]
     off += ["'collection.cases=[]'", "reference.env=null", "memory.env=null"]
+    off += ["'thread_counts.algorithms=[]'"]  # measured by the other benchmark tests
     result = run_in_process(f"benchmarks/throughput.py quick=true {' '.join(off)}", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "runs" / "benchmarks_quick.json").is_file()

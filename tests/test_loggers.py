@@ -389,3 +389,28 @@ def test_the_eval_history_reader_skips_a_line_cut_short(tmp_path, capsys):
     frames, values, _ = read_eval(tmp_path, "eval/return")
     assert frames.tolist() == [10, 20] and values.tolist() == [1.0, 2.5]
     assert capsys.readouterr().err == f"note: skipped a line cut short in {path}\n"
+
+
+def test_the_log_tools_start_without_torch():
+    """``benchmarks/collect_runs.py`` reads logs only: it imports ``evallog`` and never
+    torch, torchrl or the envs (it took 5 s to start, in every call); the package's
+    exported names still import on first use."""
+    import subprocess
+
+    code = (
+        "import runpy, sys; sys.argv = ['collect_runs.py', '--help']\n"
+        "try:\n    runpy.run_path('benchmarks/collect_runs.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = {'torch', 'torchrl', 'tensordict'} & {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(heavy))\n"
+        "from resq_torchrl.training import EnvDims, train_matrix_game\n"
+        "print(train_matrix_game.__module__, EnvDims.__module__)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2] == "[]"
+    assert lines[-1] == "resq_torchrl.training.matrix_game resq_torchrl.training.builders"

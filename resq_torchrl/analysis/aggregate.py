@@ -40,7 +40,7 @@ import numpy as np
 import scipy.stats
 
 from resq_torchrl.errors import ConfigError
-from resq_torchrl.training.loggers import read_eval_rows
+from resq_torchrl.training.evallog import read_eval_rows
 
 #: the fraction cut from each end for the interquartile mean
 IQM_CUT = 0.25

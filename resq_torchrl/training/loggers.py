@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import random
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from torchrl.record.loggers import Logger, get_logger
 from torchrl.record.loggers.mlflow import MLFlowLogger
 
 from resq_torchrl.errors import ConfigError, require
+from resq_torchrl.training.evallog import read_eval_rows
 
 #: torchrl loggers a run can write to, and (module, package extra) each one needs
 LOGGER_EXTRAS: dict[str, tuple[str, str] | None] = {
@@ -246,21 +245,6 @@ def _plain(cfg: Any) -> Any:
 
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
-
-
-def read_eval_rows(path: Path, note: bool = False) -> list[dict]:
-    """The evaluations of a run's ``eval.jsonl`` (one JSON object per line, written by the
-    trainer), in order. A line cut short (a run killed, or a disk full, while writing it)
-    is skipped, with a note on stderr when ``note``."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                if note:
-                    print(f"note: skipped a line cut short in {path}", file=sys.stderr)
-    return rows
 
 
 __all__ = [
