@@ -139,6 +139,36 @@ def check_choices(args: list[str], configs: Path = CONFIGS) -> None:
             check_choice(key, choice, configs)
 
 
+#: Hydra's flags that take the next word as their value (``hydra._internal.utils.
+#: get_args_parser``); ``--info`` takes it only when it is one of its choices
+_FLAGS_WITH_VALUE = frozenset(
+    ("--cfg", "-c", "--package", "-p", "--experimental-rerun")
+    + ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+)
+_INFO_FLAGS = frozenset(("--info", "-i"))
+_INFO_CHOICES = frozenset(("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"))
+#: flags that change which config the overrides apply to: the checks here are left out
+_OTHER_CONFIG = frozenset(
+    ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+)
+
+
+def override_args(args: list[str]) -> list[str]:
+    """The overrides of a Hydra command line: its words without the flags and their values
+    (``--cfg job``, ``--info plugins``, ``-p collector``: the value was read as an override)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            following = args[i + 1] if i + 1 < len(args) else None
+            skip = arg in _FLAGS_WITH_VALUE or (arg in _INFO_FLAGS and following in _INFO_CHOICES)
+        else:
+            out.append(arg)
+    return out
+
+
 def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) -> list[str]:
     """Compose ``configs/<config_name>`` with the command line's overrides as Hydra would, and
     raise a :class:`ConfigError` of one line for one it refuses (an unknown key, a malformed
@@ -153,9 +183,9 @@ def check_overrides(config_name: str, args: list[str], configs: Path = CONFIGS) 
     keeps them floats, which went into the run's config, its name (``..._seed2.0``) and so
     its default ``output_dir``."""
     multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = [
-        a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
-    ]
+    if any(a.partition("=")[0] in _OTHER_CONFIG for a in args):
+        return list(args)  # another config than configs/<config_name>: Hydra's own checks
+    overrides = [a for a in override_args(args) if not a.lstrip("+~").startswith("hydra")]
     if not overrides:
         return list(args)
     from hydra import compose, initialize_config_dir
@@ -506,7 +536,7 @@ def main(
                 sys.argv.remove("--debug")
                 os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
-                check_choices(sys.argv[1:])
+                check_choices(override_args(sys.argv[1:]))
                 sys.argv[1:] = check_overrides(config_name, sys.argv[1:])
             except ConfigError as err:
                 if _debug():
@@ -525,6 +555,7 @@ __all__ = [
     "check_choice",
     "check_choices",
     "check_overrides",
+    "override_args",
     "check_type",
     "use_threads",
     "resolve_threads",

@@ -593,6 +593,25 @@ def test_whole_numbers_of_integer_settings_become_integers():
     assert cli.check_overrides("train", sweep) == ["-m", "seed=0,2,3", "algorithm=resq,qmix"]
 
 
+def test_hydras_flags_and_their_values_are_not_read_as_overrides(tmp_path):
+    """``--info plugins`` and ``--cfg job`` (space-separated, as Hydra's help writes them)
+    failed with "Error parsing override 'plugins'": the flag's value was parsed as an
+    override. The overrides around them are still checked and rewritten."""
+    assert cli.override_args(["--info", "plugins", "seed=1"]) == ["seed=1"]
+    assert cli.override_args(["-c", "job", "-p", "collector", "lr=1"]) == ["lr=1"]
+    assert cli.override_args(["--info", "seed=1"]) == ["seed=1"]  # not one of --info's
+    assert cli.override_args(["--cfg=job", "-m", "seed=0,1"]) == ["seed=0,1"]
+    args = ["--cfg", "job", "seed=2.0"]
+    assert cli.check_overrides("train", args) == ["--cfg", "job", "seed=2"]
+    with pytest.raises(ConfigError, match="unknown config key 'sed'"):
+        cli.check_overrides("train", ["--cfg", "job", "sed=2"])
+    # another config (-cn, -cp, -cd): its keys are Hydra's to check
+    assert cli.check_overrides("train", ["-cn", "mine", "sed=2"]) == ["-cn", "mine", "sed=2"]
+    shown = run_in_process(["scripts/train.py", "--cfg", "job", "-p", "collector"], tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "type: single" in shown.stdout
+
+
 def test_every_value_of_a_sweep_is_checked_before_the_first_job():
     """``-m seed=0,abc`` trained job 0, then failed job 1 with int()'s message, naming no key;
     ``lr=0.1,abc`` likewise."""
@@ -801,6 +820,14 @@ def test_check_writable():
         check_writable("out_dir", cli.REPO / "README.md", kind="dir")
     check_writable("out_dir", cli.REPO / "runs" / "not" / "yet" / "there", kind="dir")
     assert not (cli.REPO / "runs" / "not").exists()  # probed, nothing created
+    # a file where a directory of the path should be: the message names the path asked for
+    inside = cli.REPO / "README.md" / "x.json"
+    with pytest.raises(ConfigError) as err:
+        check_writable("json_out", inside)
+    assert str(err.value) == (
+        f"json_out={inside}: {cli.REPO / 'README.md'} is a file, so {inside} cannot be "
+        "created: choose another path"
+    )
 
 
 def test_evaluate_never_writes_over_the_runs_own_files(tmp_path):
