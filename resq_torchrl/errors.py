@@ -77,7 +77,10 @@ def check_writable(key: str, path, kind: str = "file") -> None:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConfigError(f"{key}={path}: {ancestor} is a file, so {wanted} cannot be created")
+        raise ConfigError(
+            f"{key}={path}: {ancestor} is a file, so {target} cannot be created: choose "
+            "another path"
+        )
     try:
         tempfile.TemporaryDirectory(dir=ancestor).cleanup()
     except OSError as err:
