@@ -396,6 +396,53 @@ def test_two_catchers_next_to_two_prey_capture_exactly_one():
     assert not out["done"].any()  # a prey and an active predator are left
 
 
+def neighbours(cell):
+    """The 4 orthogonal neighbours of ``(row, col)`` (off-grid ones included)."""
+    return {(cell[0] + d[0], cell[1] + d[1]) for d in MOVES.values()}
+
+
+def test_cells_freed_by_a_capture_can_be_entered_by_later_prey_of_the_same_step():
+    """Proves a capture frees cells at once, within the prey phase: (a) the two frozen
+    catchers' cells can be entered by the surviving prey resolved after the capture, so it
+    reaches each of its 4 neighbours, both catcher cells included; (b) the captured prey's
+    cell can be entered by a prey resolved after it, and never by one resolved before it
+    (the cell still holds an alive prey then). 400 seeded copies of each layout."""
+    b = 400
+    # (a) catchers 0 (1, 1) and 1 (2, 2) touch prey 0 (1, 2) and prey 1 (2, 1): the first
+    # prey of the order is captured, the other one then has 4 free neighbours
+    env = small_env(n_predators=3, n_prey=2, batch=b)
+    td = place(env, [[1, 1], [2, 2], [4, 4]], [[1, 2], [2, 1]])
+    step(env, td, [CATCH, CATCH, STAY])
+    first = env.last_draws.prey_order[:, 0].tolist()
+    start = [(1, 2), (2, 1)]
+    counts = {}
+    for cells, alive, f in zip(
+        positions(env.prey_pos), env.prey_alive.tolist(), first, strict=True
+    ):
+        assert alive == [f == 1, f == 0]
+        cell = cells[1 - f]
+        assert cell in neighbours(start[1 - f]), cell  # moved, into a free cell
+        counts[cell] = counts.get(cell, 0) + 1
+    assert counts.get((1, 1), 0) > 0 and counts.get((2, 2), 0) > 0, counts  # catcher cells
+    assert set(counts) == neighbours((1, 2)) | neighbours((2, 1)), counts
+
+    # (b) catchers 0 (1, 2) and 1 (2, 1) touch only prey 0 (2, 2); prey 1 (2, 3) has no
+    # catcher next to it and may step onto (2, 2) once prey 0 is captured
+    env = small_env(n_predators=3, n_prey=2, batch=b)
+    td = place(env, [[1, 2], [2, 1], [0, 0]], [[2, 2], [2, 3]])
+    out = step(env, td, [CATCH, CATCH, STAY])
+    assert (out["reward"] == 10.0).all()
+    assert env.prey_alive.tolist() == [[False, True]] * b
+    captured_first = (env.last_draws.prey_order[:, 0] == 0).tolist()
+    after, before = {}, {}
+    for cells, cap_first in zip(positions(env.prey_pos), captured_first, strict=True):
+        counts = after if cap_first else before
+        counts[cells[1]] = counts.get(cells[1], 0) + 1
+    assert set(after) == neighbours((2, 3)), after  # (2, 2) included
+    assert after[(2, 2)] > 0
+    assert set(before) == neighbours((2, 3)) - {(2, 2)}, before  # (2, 2) held prey 0 then
+
+
 @pytest.mark.parametrize("punishment", [-2.0, 0.0])
 def test_lone_catch_next_to_two_prey_is_punished_per_prey(punishment):
     """Proves the punishment is paid once per prey with a single active catcher: a lone
@@ -645,11 +692,14 @@ def test_prey_move_prob():
 # ---------------------------------------------------------------- ends
 
 
-def test_capturing_the_last_prey_terminates():
-    env = small_env(n_predators=3, batch=2)
+@pytest.mark.parametrize(("kwargs", "reward"), [({}, 10.0), ({"capture_reward": 5.0}, 5.0)])
+def test_capturing_the_last_prey_terminates(kwargs, reward):
+    """Proves a capture pays capture_reward (10 by default, 5 when set) and capturing the
+    last prey terminates the episode (not truncated)."""
+    env = small_env(n_predators=3, batch=2, **kwargs)
     td = place(env, [[1, 2], [2, 1], [4, 4]], [[2, 2]])
     out = step(env, td, [CATCH, CATCH, STAY])
-    assert (out["reward"] == 10.0).all()
+    assert (out["reward"] == reward).all()
     assert out["terminated"].all() and out["done"].all() and not out["truncated"].any()
 
 
@@ -699,7 +749,12 @@ def test_capture_at_the_limit_is_terminated_not_truncated():
     [
         {},
         {"obs_radius": 1, "step_penalty": -0.1, **OPTIONS},
-        {"prey_move_prob": 0.5, "obs_radius": 0, "miscapture_punishment": 0.0},
+        {
+            "prey_move_prob": 0.5,
+            "obs_radius": 0,
+            "miscapture_punishment": 0.0,
+            "capture_reward": 5.0,
+        },
     ],
 )
 def test_batched_steps_match_the_literal_reference(kwargs):

@@ -3,6 +3,7 @@ battles, dead allies' masks, resets inside the jitted step, action checks, train
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -214,17 +215,52 @@ def test_resq_trains_on_smax_and_reports_a_win_rate(tmp_path):
 
 
 def test_state_is_smax_world_state_scaled_to_the_unit_interval():
-    """Positions divided by the map size, cooldowns by the largest one (negative: 0)."""
+    """Proves the state is SMAX's world_state scaled entry by entry: per unit health
+    fraction and one-hot type unchanged, x and y divided by the map size (32), the weapon
+    cooldown divided by the largest unit-type cooldown and clipped to [0, 1] (SMAX's
+    cooldowns run below zero), then teams unchanged and type indices divided by the number
+    of type bits. Checked against the raw state at reset, and after 6 steps of attacks
+    against the scaling computed by hand from the JAX battle state."""
     # max_steps=20 as test_same_seed_same_battles: the scaled env shares its compiled reset
+    # and step
     raw = SMAXEnv("2s3z", batch_size=[2], max_steps=20, normalize_state=False, seed=3)
     scaled = SMAXEnv("2s3z", batch_size=[2], max_steps=20, seed=3)
+    smax = raw.smax
     a, b = raw.reset()["state"], scaled.reset()["state"]
-    assert b.min() >= 0 and b.max() <= 1
-    units = raw.smax.num_allies + raw.smax.num_enemies
-    n_own = len(raw.smax.own_features)
+    units = smax.num_allies + smax.num_enemies
+    n_own = len(smax.own_features)
     a_units = a[:, : units * n_own].reshape(2, units, n_own)
     b_units = b[:, : units * n_own].reshape(2, units, n_own)
     assert torch.allclose(b_units[..., 1], a_units[..., 1] / 32)  # x / map width
     assert torch.allclose(b_units[..., 2], a_units[..., 2] / 32)  # y / map height
     assert torch.equal(b_units[..., 0], a_units[..., 0])  # health fraction unchanged
+    assert torch.equal(b_units[..., 4:], a_units[..., 4:])  # one-hot type unchanged
+    tail = units * n_own
+    assert torch.equal(b[:, tail : tail + units], a[:, tail : tail + units])  # teams
+    assert torch.allclose(b[:, -units:], a[:, -units:] / smax.unit_type_bits)  # type index
+    stalker_zealot = torch.tensor([2 / 6, 3 / 6])  # type indices 2 and 3, 6 type bits
+    torch.testing.assert_close(b[:, -units:].unique(), stalker_zealot)
     assert a_units[..., 1].max() > 1  # the raw state is not in [0, 1]
+
+    td = scaled.reset()
+    for _ in range(6):
+        td["agents", "action"] = attack_or_stop(td)
+        _, td = scaled.step_and_maybe_reset(td)
+    battle = scaled._state.state  # the JAX state of td's observation
+    alive = torch.tensor(np.asarray(battle.unit_alive))
+    types = torch.tensor(np.asarray(battle.unit_types)).long()
+    cooldown = torch.tensor(np.asarray(battle.unit_weapon_cooldowns))
+    expected = torch.zeros(2, units, n_own)
+    health = torch.tensor(np.asarray(smax.unit_type_health))[types]
+    expected[..., 0] = torch.tensor(np.asarray(battle.unit_health)) / health
+    expected[..., 1:3] = torch.tensor(np.asarray(battle.unit_positions)) / 32
+    largest = float(np.max(np.asarray(smax.unit_type_weapon_cooldowns)))
+    expected[..., 3] = (cooldown / largest).clamp(0, 1)
+    expected[..., 4:] = torch.nn.functional.one_hot(types, n_own - 4).float()
+    expected *= alive.unsqueeze(-1)  # SMAX zeroes a dead unit's features
+    teams = torch.tensor(np.asarray(battle.unit_teams)).float()
+    expected = torch.cat([expected.view(2, -1), teams, types.float() / smax.unit_type_bits], dim=-1)
+    torch.testing.assert_close(td["state"], expected)
+    scaled_cooldown = td["state"][:, :tail].reshape(2, units, n_own)[..., 3]
+    assert ((scaled_cooldown > 0) & (scaled_cooldown < 1)).any()  # weapons reloading
+    assert (cooldown < 0).any()  # ready weapons: clipped to 0

@@ -176,7 +176,14 @@ def test_train_script_selects_the_env_by_family_and_task(tmp_path, run_script):
     assert (tmp_path / "final.json").exists()
 
 
+#: balance observation entries that are velocities (agent, package, line, line angular)
+BALANCE_VELOCITIES = [2, 3, 10, 11, 12, 13, 14]
+
+
 def test_partial_reset_resets_only_the_masked_envs():
+    """Proves a "_reset" mask [T, F, T, F] resets envs 0 and 2 and only them: each masked
+    env gets a fresh start (step count 0, a new observation, every velocity at rest), each
+    unmasked env keeps its step count and observation unchanged."""
     env = make_vmas("balance", n_envs=4, max_steps=100, seed=0)
     td = env.reset()
     gen = torch.Generator().manual_seed(0)
@@ -184,10 +191,17 @@ def test_partial_reset_resets_only_the_masked_envs():
         td["agents", "action"] = torch.randint(0, 9, (4, 3), generator=gen)
         _, td = env.step_and_maybe_reset(td)
     before = td["agents", "observation"].clone()
-    out = env.reset(td.clone().set("_reset", torch.tensor([[True], [False], [True], [False]])))
+    assert (before[..., BALANCE_VELOCITIES] != 0).any(-1).any(-1).all()  # all 4 in motion
+    mask = [True, False, True, False]
+    out = env.reset(td.clone().set("_reset", torch.tensor(mask).unsqueeze(-1)))
+    after = out["agents", "observation"]
     assert out["step_count"].flatten().tolist() == [0, 3, 0, 3]
-    assert torch.equal(out["agents", "observation"][[1, 3]], before[[1, 3]])
-    assert not torch.equal(out["agents", "observation"][0], before[0])
+    for i, masked in enumerate(mask):
+        if masked:
+            assert not torch.equal(after[i], before[i]), i
+            assert (after[i][..., BALANCE_VELOCITIES] == 0).all(), i
+        else:
+            assert torch.equal(after[i], before[i]), i
 
 
 def test_each_env_draws_from_its_own_random_stream():
