@@ -24,8 +24,10 @@ def test_reward_is_payoff_of_every_joint_action_and_episode_terminates():
     assert joint.tolist() == [list(u) for u in itertools.product(range(3), repeat=2)]
     td["agents", "action"] = joint
     out = env.step(td)["next"]
-    expected = torch.tensor([PAPER_PAYOFF[i][j] for i, j in joint.tolist()])
-    torch.testing.assert_close(out["reward"].squeeze(-1), expected)
+    # the paper's game, written out: rows agent 1's action, columns agent 2's, row-major
+    expected = torch.tensor([8.0, -12.0, -12.0, -12.0, 0.0, 0.0, -12.0, 0.0, 7.9])
+    torch.testing.assert_close(out["reward"].squeeze(-1), expected, rtol=0, atol=0)
+    assert PAPER_PAYOFF == [[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 7.9]]
     assert out["terminated"].all() and out["done"].all() and not out["truncated"].any()
 
 
@@ -39,11 +41,44 @@ def test_three_agent_game_reward_indexes_all_agents():
     torch.testing.assert_close(reward, payoff.reshape(-1))
 
 
-def test_rollout_resets_between_one_step_episodes():
+def test_the_first_agent_picks_the_row_and_the_second_the_column():
+    """An asymmetric 2x2 game (the paper's is symmetric): joint action (0, 1) pays row 0,
+    column 1 = 2 and (1, 0) pays 3."""
+    env = MatrixGameEnv([[1, 2], [3, 4]], batch_size=[2])
+    td = env.reset()
+    td["agents", "action"] = torch.tensor([[0, 1], [1, 0]])
+    assert env.step(td)["next", "reward"].squeeze(-1).tolist() == [2.0, 3.0]
+
+
+def test_rollout_resets_between_one_step_episodes(monkeypatch):
+    """``rollout(4, break_when_any_done=False)``: every step ends its episode (``next`` done
+    and terminated), the env is reset after each of the first 3 steps (every game of the
+    batch), so every step starts from a fresh episode: root ``done`` False (a missing reset
+    would carry the previous step's ``done`` True over) and the start observation and state
+    (ones); each reward is the payoff of that step's actions."""
     env = MatrixGameEnv(batch_size=[5])
+    resets = []
+    reset = env._reset
+
+    def spy(tensordict=None, **kwargs):
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        resets.append(None if mask is None else mask.reshape(-1).tolist())
+        return reset(tensordict, **kwargs)
+
+    monkeypatch.setattr(env, "_reset", spy)
     rollout = env.rollout(4, break_when_any_done=False)
     assert rollout.shape == (5, 4)
-    assert rollout["next", "terminated"].all()
+    assert rollout["next", "terminated"].all() and rollout["next", "done"].all()
+    assert not rollout["done"].any() and not rollout["terminated"].any()
+    assert resets[0] is None  # the rollout's first reset, of every game
+    assert len(resets) >= 4 and resets[1:] == [[True] * 5] * (len(resets) - 1)
+    assert (rollout["agents", "observation"] == 1).all() and (rollout["state"] == 1).all()
+    assert (rollout["next", "state"] == 1).all()
+    payoff = torch.tensor(PAPER_PAYOFF)
+    actions = rollout["agents", "action"]
+    torch.testing.assert_close(
+        rollout["next", "reward"].squeeze(-1), payoff[actions[..., 0], actions[..., 1]]
+    )
 
 
 @pytest.mark.parametrize(

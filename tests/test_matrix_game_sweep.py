@@ -7,6 +7,7 @@ import pytest
 import yaml
 from script_runner import run_in_process
 
+from resq_torchrl.analysis.sweep import markdown_table, summarize
 from resq_torchrl.training.matrix_game import job_key, train_matrix_game_seeds
 
 BASE = {
@@ -164,4 +165,73 @@ def test_costliest_methods_train_first_and_results_keep_their_order():
         ("vdn", 1),
         ("qtran", 0),
         ("qtran", 1),
+    ]
+
+
+def _run(algorithm, seed, greedy, q_jt, igm):
+    """One result as ``train_matrix_game`` writes it (the fields ``summarize`` reads)."""
+    payoff = BASE["payoff"]
+    return {
+        "algorithm": algorithm,
+        "seed": seed,
+        "payoff": payoff,
+        "greedy_action": greedy,
+        "greedy_payoff": float(payoff[greedy[0]][greedy[1]]),
+        "optimal_payoff": 8.0,
+        "q_jt": q_jt,
+        "igm_consistent": igm,
+    }
+
+
+def test_summarize_and_the_table_row_on_three_hand_made_runs():
+    """Three runs on the paper's payoff, every field checked against numbers worked out by
+    hand (errors chosen exact in float32):
+
+    - resq seed 0: greedy (A, A) = 8; q_jt = payoff but (B, B) = -1 and (B, C) = 0.5:
+      max |q_jt - payoff| = 1 (mean over cells 1.5 / 9); IGM consistent.
+    - resq seed 1: greedy (C, C) = 7.9; q_jt = payoff but (A, A) = 5: max error 3 (mean 3/9);
+      IGM consistent (7.9 is q_jt's maximum) though not optimal.
+    - qmix seed 0: greedy (C, C) = 7.9; q_jt = payoff but (A, A) = 10 and (A, B) = -8: max
+      error 4; IGM inconsistent (10 > 7.9).
+
+    resq: optimal 1/2 (greedy payoff equals the optimum, not IGM: 2/2), mean greedy payoff
+    (8 + 7.9) / 2, mean of the per-run *max* errors (1 + 3) / 2 = 2; qmix: 0/1, 7.9, 4, 0/1.
+    """
+    p = [row[:] for row in BASE["payoff"]]
+    a = [row[:] for row in p]
+    a[1][1], a[1][2] = -1, 0.5
+    b = [row[:] for row in p]
+    b[0][0] = 5
+    c = [row[:] for row in p]
+    c[0][0], c[0][1] = 10, -8
+    runs = [
+        _run("resq", 0, [0, 0], a, True),
+        _run("resq", 1, [2, 2], b, True),
+        _run("qmix", 0, [2, 2], c, False),
+    ]
+    summary = summarize(runs)
+    assert list(summary) == ["resq", "qmix"]  # methods in the order of the results
+    resq, qmix = summary["resq"], summary["qmix"]
+    assert resq["mean_greedy_payoff"] == pytest.approx(7.95)
+    assert qmix["mean_greedy_payoff"] == pytest.approx(7.9)
+    for s in (resq, qmix):
+        s.pop("mean_greedy_payoff")
+    assert resq == {
+        "runs": 2,
+        "optimal": 1,
+        "mean_max_abs_error": 2.0,
+        "igm_consistent": 2,
+        "greedy_actions": {"AA": 1, "CC": 1},
+    }
+    assert qmix == {
+        "runs": 1,
+        "optimal": 0,
+        "mean_max_abs_error": 4.0,
+        "igm_consistent": 0,
+        "greedy_actions": {"CC": 1},
+    }
+    table = markdown_table(summarize(runs)).splitlines()
+    assert table[2:] == [
+        "| resq | 1/2 | 7.95 | 2.00 | 2/2 | AA: 1, CC: 1 |",
+        "| qmix | 0/1 | 7.90 | 4.00 | 0/1 | CC: 1 |",
     ]
