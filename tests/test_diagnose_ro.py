@@ -296,6 +296,28 @@ def test_random_play_is_seeded_uniform_over_available_actions():
     available = episodes["agents", "action_mask"][real].gather(-1, action.unsqueeze(-1))
     assert available.all()
     assert not torch.equal(episodes["agents", "action"], random_play(2)[0]["agents", "action"])
+    # uniform: under a fixed mask, each agent's available actions are drawn equally often
+    # (20000 draws an agent, each frequency within 5 binomial standard deviations of 1/k)
+    draws = 20000
+    mask = torch.tensor(
+        [[False, True, False, True, True, True], [True, True, True, False, False, False]]
+    )
+    td = TensorDict({"agents": {"action_mask": mask.expand(draws, 2, 6)}}, batch_size=[draws])
+    policy = ro.RandomAvailablePolicy(torch.Generator().manual_seed(0))
+    action = policy(td)["agents", "action"]
+    assert action.shape == (draws, 2)
+    for agent in range(2):
+        counts = torch.bincount(action[:, agent], minlength=6)
+        assert (counts[~mask[agent]] == 0).all(), counts
+        p = 1.0 / int(mask[agent].sum())
+        bound = 5 * math.sqrt(p * (1 - p) / draws)
+        share = counts[mask[agent]].double() / draws
+        assert ((share - p).abs() < bound).all(), (agent, share.tolist(), p, bound)
+    # without a mask: uniform over all n_actions
+    obs = TensorDict({"agents": {"observation": torch.zeros(draws, 1, 3)}}, batch_size=[draws])
+    free = ro.RandomAvailablePolicy(torch.Generator().manual_seed(1), n_actions=4, mask=False)
+    share = torch.bincount(free(obs)["agents", "action"].flatten(), minlength=4).double() / draws
+    assert ((share - 0.25).abs() < 5 * math.sqrt(0.25 * 0.75 / draws)).all(), share.tolist()
 
 
 def test_capture_state_metrics_of_recurrent_agents_unroll_whole_episodes():

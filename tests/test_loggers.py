@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_PREDATOR_PREY
+from conftest import ROOT, TINY_PREDATOR_PREY, compose_config
 from script_runner import run_in_process
 
 from resq_torchrl.errors import ConfigError, MissingDependencyError
@@ -369,6 +369,46 @@ def test_train_script_writes_tensorboard_scalars(tmp_path):
     steps = [step for step, _ in scalars["train/return"]]  # one per batch, frames so far
     assert len(steps) >= 2 and steps == sorted(set(steps)) and steps[-1] == evals[-1]["frames"]
     assert {"train/epsilon", "train/loss_td"} <= set(scalars)
+
+
+def test_the_logged_epsilon_is_the_linear_anneal_over_the_frames_so_far(tmp_path):
+    """A run's ``train/epsilon`` (csv) at each logged step (its frames so far, the batch's
+    included): ``eps_init + (eps_end - eps_init) * min(frames / anneal_frames, 1)``, the
+    epsilon stepped by the batch's frames before it is logged; past ``anneal_frames`` it stays
+    at ``eps_end``."""
+    from resq_torchrl.training.trainer import train
+
+    eps_init, eps_end, anneal = 0.9, 0.2, 130
+    cfg = compose_config(
+        "train",
+        "logger=csv",
+        *TINY_PREDATOR_PREY,
+        "agent.hidden_dim=8",
+        "total_frames=200",
+        "batch_episodes=2",
+        "eval_interval=1000",
+        "eval_episodes=1",
+        "checkpoint_interval=1000",
+        "progress=false",
+        f"exploration.eps_init={eps_init}",
+        f"exploration.eps_end={eps_end}",
+        f"exploration.anneal_frames={anneal}",
+        f"output_dir={tmp_path}",
+    )
+    result = train(cfg)
+    run = tmp_path / cfg["experiment_name"] / "scalars" / "train"
+    rows = [line.split(",") for line in (run / "epsilon.csv").read_text().splitlines()]
+    logged = [(int(step), float(value)) for step, value in rows]
+    steps = [step for step, _ in logged]
+    # one row per batch, at the frames so far (those train/return is logged at)
+    returns = (run / "return.csv").read_text().splitlines()
+    assert steps == [int(line.split(",")[0]) for line in returns]
+    assert steps == sorted(set(steps)) and steps[-1] == result["frames"]
+    # the schedule is seen mid-anneal (more than one value strictly between) and at its end
+    assert sum(0 < step < anneal for step in steps) >= 2 and steps[-1] > anneal
+    want = [eps_init + (eps_end - eps_init) * min(step / anneal, 1.0) for step in steps]
+    # torchrl subtracts (eps_init - eps_end) / anneal_frames once a frame in float32
+    assert [value for _, value in logged] == pytest.approx(want, abs=1e-5)
 
 
 def test_the_eval_history_reader_skips_a_line_cut_short(tmp_path, capsys):

@@ -74,6 +74,13 @@ def test_intervals():
     a = aggregate.interval([data], aggregate.iqm, 500, 0.95, np.random.default_rng(1))
     b = aggregate.interval([data], aggregate.iqm, 500, 0.95, np.random.default_rng(1))
     assert a == b and 0.0 <= a[0] <= aggregate.iqm(data) <= a[1] <= 10.0 and a[0] < a[1]
+    # at the level asked, whatever scipy's draws: the exact bootstrap distribution (all 5^5
+    # resamples, equally likely) has about 95% of its mass in the interval, 2.5% or so on
+    # each side (a 50% interval holds 65% of it, 16% below and 19% above)
+    every = np.stack(np.meshgrid(*[np.arange(len(data))] * len(data)), -1).reshape(-1, 5)
+    exact = aggregate.iqm(data[every], axis=-1)
+    below, above = (exact < a[0]).mean(), (exact > a[1]).mean()
+    assert below <= 0.05 and above <= 0.05 and 1 - below - above >= 0.92, (below, above)
     # one seed: no interval
     assert aggregate.interval([np.array([1.0])], aggregate.iqm, 100, 0.95, rng) is None
 
@@ -174,6 +181,10 @@ def test_plot_three_seeds_of_two_methods(logs, tmp_path):
     assert bad["best"] == [0, 0, 0] and bad["best_iqm"] == {"value": 0, "low": 0, "high": 0}
     low, high = good["final_iqm"]["low"], good["final_iqm"]["high"]
     assert 20 <= low < 21 < high <= 22
+    # at 95%: the mean of 3 resampled seeds is 20 (or 22) with chance 1/27 and at most
+    # 20 1/3 (at least 21 2/3) with 4/27 (15%), so the 2.5% and 97.5% quantiles reach those;
+    # at 50% the interval would be 20 2/3 to 21 1/3
+    assert low <= 20 + 1 / 3 + 1e-9 and high >= 22 - 1 / 3 - 1e-9, (low, high)
     # the curve: seed 0's redone 200 (15) counts; bad's seed 2 is gone at 300
     assert good["curve"]["frames"] == [100, 200, 300]
     np.testing.assert_allclose(good["curve"]["iqm"], [1, (15 + 11 + 12) / 3, 21])

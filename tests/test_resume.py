@@ -224,12 +224,28 @@ def test_resume_true_auto_and_path(tmp_path, capsys, monkeypatch):
     with pytest.raises(CheckpointNotFoundError, match="resume=.*nope.pt: no checkpoint file"):
         train(_config(tmp_path / "none", f"resume={tmp_path / 'nope.pt'}"))
     # auto without a checkpoint starts a new run, keeping the newest 2 numbered checkpoints
-    first = train(_config(tmp_path / "a", "resume=auto", "keep_checkpoints=2"))
+    import resq_torchrl.training.checkpoint as checkpoint
+
+    saved = []  # the frames of every numbered checkpoint written, in order
+    real_save = checkpoint.save
+
+    def recording_save(out_dir, run, cfg, keep=0):
+        if keep:
+            saved.append(run.progress.frames)
+        return real_save(out_dir, run, cfg, keep)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "save", recording_save)
+        first = train(_config(tmp_path / "a", "resume=auto", "keep_checkpoints=2"))
     assert "resume=auto: no checkpoint" in capsys.readouterr().out
     kept = sorted(p.name for p in (tmp_path / "a" / KEPT).iterdir())
-    # periodic checkpoints at 60, 120, 180 frames (+ the final one): the newest two remain
+    assert all(name.startswith("frames_") and name.endswith(".pt") for name in kept), kept
+    # periodic checkpoints at 60, 120, 180 frames (+ the final one): the newest two remain,
+    # newest by frames, not by file name ("frames_60.pt" sorts after "frames_194.pt")
     frames = sorted(int(name[len("frames_") : -len(".pt")]) for name in kept)
-    assert len(frames) == 2 and frames[-1] == first["frames"]
+    assert len(saved) == 4 and saved == sorted(saved) and saved[-1] == first["frames"]
+    assert saved[0] < 100 <= saved[1]  # the first name has fewer digits: last by name order
+    assert frames == saved[-2:]
     assert not list((tmp_path / "a").glob("*.tmp"))
     # auto with a checkpoint continues it
     second = train(_config(tmp_path / "a", "resume=auto", "total_frames=260"))
