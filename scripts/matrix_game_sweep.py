@@ -36,6 +36,23 @@ def load_algorithm(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
+def with_settings(algorithms: dict[str, dict], settings) -> dict[str, dict]:
+    """``algorithm_settings`` applied to every listed algorithm whose config has the key
+    (``{central_mixer_layers: 3}`` reaches the methods with a feed-forward mixer, and only
+    them); a key no listed algorithm has is refused in one line."""
+    settings = dict(settings or {})
+    unknown = [k for k in settings if not any(k in algo for algo in algorithms.values())]
+    if unknown:
+        raise ConfigError(
+            f"algorithm_settings: no listed algorithm has {', '.join(map(repr, unknown))} "
+            f"(algorithms={list(algorithms)}; see configs/algorithm/<name>.yaml)"
+        )
+    return {
+        name: {**algo, **{k: v for k, v in settings.items() if k in algo}}
+        for name, algo in algorithms.items()
+    }
+
+
 def check_sweep(cfg: DictConfig) -> None:
     """One-line errors, before anything is trained or written, for a sweep that could only
     produce an empty table (or train a method other than the one asked for)."""
@@ -58,6 +75,13 @@ def check_sweep(cfg: DictConfig) -> None:
 @cli.main("matrix_game_sweep")
 def main(cfg: DictConfig) -> None:
     check_sweep(cfg)
+    base_settings = cfg.algorithm_settings
+    if base_settings is not None and not OmegaConf.is_dict(base_settings):
+        raise ConfigError(
+            "algorithm_settings must be a mapping, e.g. 'algorithm_settings={central_mixer_"
+            f"layers:3}}', got {base_settings!r}"
+        )
+    base_settings = OmegaConf.to_container(base_settings, resolve=True) if base_settings else {}
     base = OmegaConf.to_container(cfg, resolve=True)
     # what a single run sees (and what its cache key hashes): not the sweep's own options
     for key in (
@@ -69,9 +93,13 @@ def main(cfg: DictConfig) -> None:
         "threads",
         "vectorize",
         "reuse_freed_memory",
+        "algorithm_settings",
     ):
         base.pop(key)
-    algorithms = {name: load_algorithm(name) for name in cfg.algorithms}
+    algorithms = with_settings(
+        {name: load_algorithm(name) for name in cfg.algorithms},
+        base_settings,
+    )
 
     def report(i, n, r):
         print(

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from script_runner import run_in_process
 
@@ -235,3 +236,31 @@ def test_summarize_and_the_table_row_on_three_hand_made_runs():
         "| resq | 1/2 | 7.95 | 2.00 | 2/2 | AA: 1, CC: 1 |",
         "| qmix | 0/1 | 7.90 | 4.00 | 0/1 | CC: 1 |",
     ]
+
+
+def test_algorithm_settings_reach_the_algorithms_that_have_them():
+    """``algorithm_settings={central_mixer_layers:3}`` deepens the feed-forward mixers of
+    the methods that have one and leaves the others as they are; a key no listed method
+    has is one line, before anything trains."""
+    import importlib.util
+
+    from resq_torchrl.errors import ConfigError
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "matrix_game_sweep.py"
+    spec = importlib.util.spec_from_file_location("matrix_game_sweep_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    algos = {n: script.load_algorithm(n) for n in ("resq", "qmix", "cw_qmix")}
+    assert algos["resq"]["central_mixer_layers"] == 2  # the default of the committed runs
+    deep = script.with_settings(algos, {"central_mixer_layers": 3})
+    assert deep["resq"]["central_mixer_layers"] == deep["cw_qmix"]["central_mixer_layers"] == 3
+    assert deep["qmix"] == algos["qmix"] and "central_mixer_layers" not in deep["qmix"]
+    assert script.with_settings(algos, None) == algos
+    with pytest.raises(ConfigError, match="no listed algorithm has 'central_mixer_layers'"):
+        script.with_settings({"qmix": algos["qmix"]}, {"central_mixer_layers": 3})
+    # and the method trains with it: ResQ's central and residual mixers of 3 hidden layers
+    from resq_torchrl.training.builders import EnvDims, make_loss
+
+    loss = make_loss(deep["resq"], {"type": "mlp", "hidden": [8]}, EnvDims(2, 3, 1, 1), "cpu")
+    for mixer in (loss.central_mixer, loss.residual_mixer):
+        assert sum(isinstance(m, torch.nn.Linear) for m in mixer.net) == 4

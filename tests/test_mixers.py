@@ -327,3 +327,33 @@ def test_feedforward_mixer_state_value_by_hand():
     _set(mixer.V[2], [[3.0, 7.0]], [0.5])
     out = mixer(torch.tensor([[[5.0], [-4.0]], [[0.0], [9.0]]]), torch.full((2, 1), 2.0))
     assert out.squeeze(-1).tolist() == [6.5, 6.5]
+
+
+def test_feedforward_mixer_depth_the_reference_layout_and_the_default():
+    """``hidden_layers=3`` is the reference ``QMixerCentralFF`` (oxwhirl/wqmix; ResQ's
+    released code): Linear(S + N, E), ReLU, Linear(E, E), ReLU, Linear(E, E), ReLU,
+    Linear(E, 1), plus V(s) = Linear(S, E), ReLU, Linear(E, 1). The default (2) is the
+    depth the committed results used, built with the same draws as always."""
+    torch.manual_seed(0)
+    deep = FeedForwardMixer(3, 5, embed_dim=16, hidden_layers=3)
+    linears = [(m.in_features, m.out_features) for m in deep.net if isinstance(m, nn.Linear)]
+    assert linears == [(8, 16), (16, 16), (16, 16), (16, 1)]
+    assert [type(m) for m in deep.net[1::2]] == [nn.ReLU] * 3
+    assert [(m.in_features, m.out_features) for m in deep.V[::2]] == [(5, 16), (16, 1)]
+    torch.manual_seed(0)
+    default = FeedForwardMixer(3, 5, embed_dim=16)
+    assert [k for k, _ in default.named_parameters()] == [
+        "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.4.weight",
+        "net.4.bias", "V.0.weight", "V.0.bias", "V.2.weight", "V.2.bias",
+    ]  # fmt: skip
+    # the same first draws: the default's first two layers are the deep one's
+    assert torch.equal(default.net[0].weight, deep.net[0].weight)
+    # every depth mixes a set of fractions as it mixes one, on the split path (S > N)
+    for mixer in (deep, default):
+        q, s = torch.randn(4, 6, 3), torch.randn(4, 5)
+        per_fraction = torch.stack(
+            [mixer(q[:, k].unsqueeze(-1), s).squeeze(-1) for k in range(6)], -1
+        )
+        torch.testing.assert_close(mixer.mix_fractions(q, s), per_fraction)
+    with pytest.raises(ValueError, match="hidden_layers=0"):
+        FeedForwardMixer(3, 5, hidden_layers=0)

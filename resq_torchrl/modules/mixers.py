@@ -116,7 +116,14 @@ class QMixer(Mixer):
 class FeedForwardMixer(Mixer):
     """Unconstrained mixer: Weighted QMIX's central ``Q*`` mixer, and ResQ's residual ``R``.
 
-    ``f([s, q_1..q_N]) + V(s)`` with ``f = Linear -> ReLU -> Linear -> ReLU -> Linear(1)``.
+    ``f([s, q_1..q_N]) + V(s)`` with ``f`` an MLP of ``hidden_layers`` ReLU layers of
+    ``embed_dim`` units and a ``Linear(1)`` output, ``V = Linear -> ReLU -> Linear(1)``.
+
+    ``hidden_layers`` defaults to 2, the depth every result in ``docs/results.md`` was made
+    with. The reference code has 3: ``QMixerCentralFF`` in Weighted QMIX's
+    (``oxwhirl/wqmix``, ``src/modules/mixers/qmix_central_no_hyper.py``) and in ResQ's
+    released code, whose central and residual mixers are that class; ``hidden_layers=3``
+    builds it.
     Not monotonic: it can represent any joint action-value, which is what the central
     ``Q*`` of ResQ and Weighted QMIX needs, and what ResQ mixes into the residual ``R``
     (``ResQLoss`` turns it into ``Q_r = -|R|``, as in the reference code's ``rest_mixer``).
@@ -130,19 +137,25 @@ class FeedForwardMixer(Mixer):
         state_dim: int,
         embed_dim: int = 128,
         device: torch.device | str | None = None,
+        hidden_layers: int = 2,
     ) -> None:
-        check_sizes("FeedForwardMixer", n_agents=n_agents, state_dim=state_dim, embed_dim=embed_dim)
+        check_sizes(
+            "FeedForwardMixer",
+            n_agents=n_agents,
+            state_dim=state_dim,
+            embed_dim=embed_dim,
+            hidden_layers=hidden_layers,
+        )
         super().__init__(
             n_agents=n_agents, needs_state=True, state_shape=(state_dim,), device=device
         )
         self.state_dim = state_dim
-        self.net = nn.Sequential(
-            nn.Linear(state_dim + n_agents, embed_dim, device=device),
-            nn.ReLU(),
-            nn.Linear(embed_dim, embed_dim, device=device),
-            nn.ReLU(),
-            nn.Linear(embed_dim, 1, device=device),
-        )
+        layers: list[nn.Module] = []
+        width = state_dim + n_agents
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(width, embed_dim, device=device), nn.ReLU()]
+            width = embed_dim
+        self.net = nn.Sequential(*layers, nn.Linear(width, 1, device=device))
         self.V = _mlp_head(state_dim, embed_dim, device)
 
     def mix(self, chosen_action_value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -174,11 +187,11 @@ class FeedForwardMixer(Mixer):
             per_set = state.unsqueeze(-2).expand(*state.shape[:-1], k, self.state_dim)
             return self(q.unsqueeze(-1), per_set).squeeze(-1)
         state = state.to(q.dtype)
-        first, hidden, last = self.net[0], self.net[2], self.net[4]
+        first = self.net[0]
         s = self.state_dim
         h_state = nn.functional.linear(state, first.weight[:, :s], first.bias)  # [*B, E]
         h = torch.relu(nn.functional.linear(q, first.weight[:, s:]) + h_state.unsqueeze(-2))
-        out = last(torch.relu(hidden(h))).squeeze(-1)  # [*B, K]
+        out = self.net[2:](h).squeeze(-1)  # the layers after the first: [*B, K]
         return out + self.V(state)
 
 

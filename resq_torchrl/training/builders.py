@@ -253,7 +253,10 @@ def _build_qmix(algo, agent_cfg, dims, device) -> LossModule:
 def _feedforward_mixer(algo, dims: EnvDims, device) -> FeedForwardMixer:
     """Unconstrained mixer of the central ``Q*`` (and of ResQ's residual ``R``)."""
     embed = int(algo.get("central_mixer_embed", 128))
-    return FeedForwardMixer(dims.n_agents, dims.state_dim, embed_dim=embed, device=device)
+    layers = int(algo.get("central_mixer_layers", 2))  # the reference code's: 3
+    return FeedForwardMixer(
+        dims.n_agents, dims.state_dim, embed_dim=embed, device=device, hidden_layers=layers
+    )
 
 
 def _build_resq(algo, agent_cfg, dims, device) -> LossModule:
@@ -396,6 +399,7 @@ ALGORITHM_SIZES = (
     "mixing_embed_dim",
     "hypernet_embed",
     "central_mixer_embed",
+    "central_mixer_layers",
     "adv_hypernet_embed",
     "n_kernels",
     "n_quantiles",
