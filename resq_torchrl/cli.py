@@ -139,18 +139,15 @@ def check_choices(args: list[str], configs: Path = CONFIGS) -> None:
             check_choice(key, choice, configs)
 
 
-#: Hydra's flags that take the next word as their value (``hydra._internal.utils.
-#: get_args_parser``); ``--info`` takes it only when it is one of its choices
-_FLAGS_WITH_VALUE = frozenset(
-    ("--cfg", "-c", "--package", "-p", "--experimental-rerun")
-    + ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
-)
-_INFO_FLAGS = frozenset(("--info", "-i"))
-_INFO_CHOICES = frozenset(("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"))
 #: flags that change which config the overrides apply to: the checks here are left out
 _OTHER_CONFIG = frozenset(
     ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
 )
+#: Hydra's flags that take the next word as their value (``hydra._internal.utils.
+#: get_args_parser``); ``--info`` takes it only when it is one of its choices
+_FLAGS_WITH_VALUE = _OTHER_CONFIG | {"--cfg", "-c", "--package", "-p"}
+_INFO_FLAGS = frozenset(("--info", "-i"))
+_INFO_CHOICES = frozenset(("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"))
 
 
 def override_args(args: list[str]) -> list[str]:

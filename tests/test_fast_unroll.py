@@ -96,6 +96,19 @@ def run(loss, td: TensorDict, fast: bool, pack: bool = True):
     return out, priority, grads
 
 
+def assert_same_run(fast, plain) -> None:
+    """Two :func:`run` results agree: every loss term and diagnostic and the priorities to
+    1e-5, every parameter gradient to 1e-5 (absolute) / 1e-4 (relative)."""
+    (out, prio, grads), (plain_out, plain_prio, plain_grads) = fast, plain
+    assert set(plain_out.keys()) == set(out.keys())
+    for key in plain_out.keys():
+        torch.testing.assert_close(out[key], plain_out[key], atol=1e-5, rtol=1e-5, msg=key)
+    torch.testing.assert_close(prio, plain_prio, atol=1e-5, rtol=1e-5)
+    assert plain_grads.keys() == grads.keys() and plain_grads
+    for name in plain_grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("td_lambda", [0.0, 0.6])
 @pytest.mark.parametrize("pack", [True, False])
@@ -107,17 +120,8 @@ def test_fast_unroll_equals_two_passes(algorithm, td_lambda, pack, monkeypatch):
     monkeypatch.setattr(rnn, "PACK_MAX_FILL", 1.0)
     loss = build(algorithm, seed=0, td_lambda=td_lambda)
     td = episodes(b=5, t=9, seed=1)
-    plain, plain_prio, plain_grads = run(loss, td, fast=False)
-    fast, fast_prio, fast_grads = run(loss, td, fast=True, pack=pack)
-    assert set(plain.keys()) == set(fast.keys())
-    for key in plain.keys():
-        torch.testing.assert_close(fast[key], plain[key], atol=1e-5, rtol=1e-5, msg=key)
-    torch.testing.assert_close(fast_prio, plain_prio, atol=1e-5, rtol=1e-5)
-    assert plain_grads.keys() == fast_grads.keys() and plain_grads
-    for name in plain_grads:
-        torch.testing.assert_close(
-            fast_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name
-        )
+    plain = run(loss, td, fast=False)
+    assert_same_run(run(loss, td, fast=True, pack=pack), plain)
 
 
 @pytest.mark.parametrize("algorithm", ["qmix", "resq", "resz"])
@@ -129,7 +133,7 @@ def test_the_unroll_cuda_takes_equals_two_passes(algorithm, pack, monkeypatch):
     monkeypatch.setattr(rnn, "PACK_MAX_FILL", 1.0)
     loss = build(algorithm, seed=0, td_lambda=0.6)
     td = episodes(b=5, t=9, seed=1)
-    plain, plain_prio, plain_grads = run(loss, td, fast=False)
+    plain = run(loss, td, fast=False)
     nets = [
         m
         for name in loss._agent_network_names
@@ -141,16 +145,9 @@ def test_the_unroll_cuda_takes_equals_two_passes(algorithm, pack, monkeypatch):
     monkeypatch.setattr(rnn._GRUSequence, "apply", lambda *a: calls.append(a))
     for net in nets:
         monkeypatch.setattr(net, "custom_backward", False)
-    fast, fast_prio, fast_grads = run(loss, td, fast=True, pack=pack)
+    fast = run(loss, td, fast=True, pack=pack)
     assert not calls  # the hand-written backward was not used
-    for key in plain.keys():
-        torch.testing.assert_close(fast[key], plain[key], atol=1e-5, rtol=1e-5, msg=key)
-    torch.testing.assert_close(fast_prio, plain_prio, atol=1e-5, rtol=1e-5)
-    assert plain_grads.keys() == fast_grads.keys() and plain_grads
-    for name in plain_grads:
-        torch.testing.assert_close(
-            fast_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name
-        )
+    assert_same_run(fast, plain)
 
 
 def test_fast_path_is_taken_on_whole_episodes_and_declined_otherwise():

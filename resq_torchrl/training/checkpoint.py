@@ -214,11 +214,6 @@ def is_run_checkpoint(path: Path, out_dir: Path) -> bool:
     return Path(path).resolve().parent in (run, run / KEPT, run / KEPT / SUPERSEDED)
 
 
-def saved_frames(path: Path) -> int:
-    """The frame count of the checkpoint at ``path`` (read safely, like :func:`restore`)."""
-    return int(load_checkpoint(path, map_location="cpu").get("frames", 0))
-
-
 def _model_of(cfg: Mapping) -> str:
     """``algorithm=<name> env=<name> agent=<settings>`` of a run config, for messages."""
     algo, env = cfg.get("algorithm") or {}, cfg.get("env") or {}
@@ -297,8 +292,7 @@ def check_resumable(path: Path, cfg: Mapping) -> int:
     one the checkpoint at ``path`` was written with in a setting outside
     :data:`RESUMABLE_SETTINGS`; called before anything of the run is built or written.
     Settings only one of the two names (added since the checkpoint was written) are not
-    compared. Returns the checkpoint's frame count (:func:`saved_frames`, without reading
-    the file again)."""
+    compared. Returns the checkpoint's frame count."""
     state = load_checkpoint(path, map_location="cpu")
     frames = int(state.get("frames", 0))
     saved = plain_config(state.get("config") or {})
@@ -710,7 +704,6 @@ __all__ = [
     "RunState",
     "save",
     "restore",
-    "saved_frames",
     "load_checkpoint",
     "plain_config",
 ]
